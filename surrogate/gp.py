@@ -1,0 +1,229 @@
+"""Gaussian-process surrogate: botorch ``SingleTaskGP`` on (optionally PCA-reduced) features.
+
+Pipeline, all as differentiable torch ops at prediction time (float64 inside):
+
+1. optional PCA (scikit-learn, fitted on the data when ``input_dim > pca_dim``); only its
+   ``components_`` `(k, D)` and ``mean_`` `(D,)` are kept, as tensors, and stored in the
+   checkpoint (the sklearn object is never pickled);
+2. min-max scaling of the projected inputs to the unit cube of the training data;
+3. rewards standardized by our own statistics (``outcome_transform=None`` in botorch);
+4. ``SingleTaskGP`` with botorch's default kernel (in botorch 0.18 an ARD ``RBFKernel``
+   with a dimension-scaled log-normal lengthscale prior, no output scale), constant mean
+   and Gaussian noise, fitted by ``fit_gpytorch_mll`` (L-BFGS-B on the exact marginal
+   likelihood, forced to Cholesky for every size).
+
+``posterior`` is the exact GP posterior (no LOVE / fast variances); ``optimistic`` is
+mean + `β`·std.
+
+Data size (measured by ``benchmarks/bench_surrogate.py`` on this repo's 2-core CPU box,
+see ``benchmarks/results/surrogate.json``, 768-d features reduced to 32 PCA dims): the
+exact fit takes roughly 1 s at N=512, 3-5 s at N=1024 and 15-30 s at N=2048; at N=4096
+it exceeds a minute (the `O(N³)` Cholesky is repeated at every L-BFGS step). Hence the
+fallback, stated plainly: when more than ``max_points`` (default 2048) points are given,
+the GP is fitted on a uniformly random subset of ``max_points`` of them, drawn with the
+``fit`` generator, and a ``UserWarning`` says so; the header's ``n_data`` still counts
+all points and ``fit_info["n_fit"]`` the subset.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import gpytorch
+import torch
+from botorch.fit import fit_gpytorch_mll
+from botorch.models import SingleTaskGP
+from gpytorch.mlls import ExactMarginalLogLikelihood
+from sklearn.decomposition import PCA
+
+from surrogate.base import Standardizer, Surrogate, as_feature_matrix, draw_seed, make_generator
+
+_CHOLESKY_ALWAYS = 1_000_000
+
+
+class GPSurrogate(Surrogate):
+    """Exact GP surrogate with optional PCA input reduction.
+
+    Args:
+        input_dim: Feature dimension `D`.
+        pca_dim: Reduce to this many principal components when ``input_dim > pca_dim``
+            (``None``: never reduce).
+        beta: UCB multiplier: optimistic = mean + `β`·std.
+        max_points: Fit on a random subset of this many points when given more (with a
+            warning); see the module docstring for measured sizes.
+        dtype: Output dtype (``"float32"`` or ``"float64"``); the GP itself runs in float64.
+    """
+
+    kind = "gp"
+
+    def __init__(
+        self,
+        input_dim: int,
+        pca_dim: int | None = 32,
+        beta: float = 2.0,
+        max_points: int = 2048,
+        dtype: str | torch.dtype = "float32",
+    ) -> None:
+        super().__init__(input_dim, dtype)
+        self._hparams.update(pca_dim=None if pca_dim is None else int(pca_dim), beta=float(beta), max_points=int(max_points))
+        self.pca_dim = pca_dim
+        self.beta = float(beta)
+        self.max_points = int(max_points)
+        self.pca_components: torch.Tensor | None = None  # (k, D) or None
+        self.pca_mean: torch.Tensor | None = None  # (D,)
+        self.lower = torch.zeros(0, dtype=torch.float64)
+        self.span = torch.ones(0, dtype=torch.float64)
+        self.y_norm = Standardizer(1, torch.float64)
+        self.model: SingleTaskGP | None = None
+
+    # ------------------------------------------------------------------ inputs
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Map features `(N, D)` to the GP's inputs `(N, k)` (PCA, then unit-cube scaling); differentiable."""
+        z = features.to(torch.float64)
+        if self.pca_components is not None:
+            z = (z - self.pca_mean) @ self.pca_components.T
+        return (z - self.lower) / self.span
+
+    def _fit_projection(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        if self.pca_dim is not None and self.input_dim > self.pca_dim:
+            k = min(int(self.pca_dim), x.shape[0], self.input_dim)
+            pca = PCA(n_components=k, svd_solver="full", random_state=draw_seed(generator) % (2**32))
+            pca.fit(x.detach().cpu().numpy())
+            self.pca_components = torch.from_numpy(pca.components_).to(torch.float64).to(x.device)
+            self.pca_mean = torch.from_numpy(pca.mean_).to(torch.float64).to(x.device)
+        else:
+            self.pca_components = self.pca_mean = None
+        self.lower = torch.zeros(1, dtype=torch.float64, device=x.device)
+        self.span = torch.ones(1, dtype=torch.float64, device=x.device)
+        z = self.project(x)
+        self.lower = z.min(0).values
+        self.span = (z.max(0).values - self.lower).clamp_min(1e-9)
+
+    def _build_model(self, train_x: torch.Tensor, train_y: torch.Tensor) -> SingleTaskGP:
+        return SingleTaskGP(train_x, train_y.unsqueeze(-1), outcome_transform=None)
+
+    # --------------------------------------------------------------------- fit
+    def fit(
+        self,
+        features: torch.Tensor,
+        rewards: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        round: int | None = None,
+        warm_start: bool = False,
+    ) -> dict[str, Any]:
+        """Fit PCA, scaling and the GP hyperparameters (exact marginal likelihood).
+
+        Args:
+            features: `(N, D)`.
+            rewards: `(N,)`.
+            generator: CPU generator (subset choice, PCA, optimizer restarts).
+            seed: Used when ``generator`` is None.
+            round: Outer-loop round stored in the checkpoint header.
+            warm_start: Keep the current projection and start from the current
+                hyperparameters.
+        """
+        import time
+
+        start = time.perf_counter()
+        g = make_generator(generator, seed)
+        x, y = self._prepare_data(features, rewards)
+        n = x.shape[0]
+        x64, y64 = x.to(torch.float64), y.to(torch.float64)
+        if n > self.max_points:
+            warnings.warn(
+                f"GPSurrogate fits an exact GP on a random subset of {self.max_points} of the {n} points "
+                f"(max_points={self.max_points}); raise max_points to use more at O(N^3) cost.",
+                UserWarning,
+                stacklevel=2,
+            )
+            keep = torch.randperm(n, generator=g)[: self.max_points].to(x.device)
+            x64, y64 = x64[keep], y64[keep]
+        warm = warm_start and self.fitted and self.model is not None
+        old_state = self.model.state_dict() if warm else None
+        if not warm:
+            self._fit_projection(x64, g)
+        self.y_norm = Standardizer(1, torch.float64).fit(y64)
+        train_x = self.project(x64).detach()
+        train_y = self.y_norm.transform(y64.unsqueeze(-1)).squeeze(-1)
+        self.model = self._build_model(train_x, train_y)
+        if old_state is not None:
+            self.model.load_state_dict(old_state)
+        mll = ExactMarginalLogLikelihood(self.model.likelihood, self.model)
+        with torch.random.fork_rng(devices=[]), gpytorch.settings.max_cholesky_size(_CHOLESKY_ALWAYS):
+            torch.manual_seed(draw_seed(g))
+            fit_gpytorch_mll(mll)
+        self.model.eval()
+        self.n_data = int(n)
+        if round is not None:
+            self.round = int(round)
+        self.fitted = True
+        self.fit_info = {
+            "n_fit": int(train_x.shape[0]),
+            "subsampled": bool(n > self.max_points),
+            "gp_input_dim": int(train_x.shape[1]),
+            "lengthscale": self.model.covar_module.lengthscale.detach().reshape(-1).tolist(),
+            "noise": float(self.model.likelihood.noise.detach().reshape(-1)[0]),
+            "seconds": time.perf_counter() - start,
+            "warm_start": warm,
+        }
+        return self.fit_info
+
+    # --------------------------------------------------------------- predict
+    def posterior(self, features: torch.Tensor, *, observation_noise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_fitted()
+        assert self.model is not None
+        x, lead = as_feature_matrix(features, self.input_dim)
+        z = self.project(x)
+        self.model.eval()
+        with gpytorch.settings.fast_pred_var(False), gpytorch.settings.max_cholesky_size(_CHOLESKY_ALWAYS):
+            mvn = self.model(z)
+            mean, var = mvn.mean, mvn.variance
+        if observation_noise:
+            var = var + self.model.likelihood.noise.reshape(-1)[0]
+        std = var.clamp_min(1e-30).sqrt() * self.y_norm.std[0]
+        mean = self.y_norm.inverse(mean.unsqueeze(-1)).squeeze(-1)
+        return mean.to(self.dtype).reshape(lead), std.to(self.dtype).reshape(lead)
+
+    def optimistic(self, features: torch.Tensor) -> torch.Tensor:
+        mean, std = self.posterior(features)
+        return mean + self.beta * std
+
+    # ------------------------------------------------------------ checkpoint
+    def _move(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        for name in ("pca_components", "pca_mean", "lower", "span"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+        self.y_norm.to(device)
+        if self.model is not None:
+            self.model.to(device)
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        assert self.model is not None
+        tensors = {f"gp.{k}": v for k, v in self.model.state_dict().items()}
+        tensors["train_x"] = self.model.train_inputs[0]
+        tensors["train_y"] = self.model.train_targets
+        tensors["lower"] = self.lower
+        tensors["span"] = self.span
+        if self.pca_components is not None:
+            tensors["pca.components"] = self.pca_components
+            tensors["pca.mean"] = self.pca_mean
+        tensors.update(self.y_norm.state("y_norm"))
+        return tensors
+
+    def _load_state_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
+        self.pca_components = tensors.get("pca.components")
+        self.pca_mean = tensors.get("pca.mean")
+        self.lower, self.span = tensors["lower"], tensors["span"]
+        self.y_norm.load_state(tensors, "y_norm")
+        self.model = self._build_model(tensors["train_x"], tensors["train_y"])
+        self.model.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("gp.")})
+        self.model.eval()
+        self.fit_info = dict(header.get("extra", {}).get("fit_info", {}))
+
+    def _extra_header(self) -> dict[str, Any]:
+        return {"fit_info": self.fit_info}

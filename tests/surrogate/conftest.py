@@ -1,0 +1,20 @@
+"""Session fixtures for the surrogate tests."""
+
+from __future__ import annotations
+
+import pytest
+from surrogate_helpers import small_kwargs, toy_data
+
+from surrogate import make_surrogate
+
+
+@pytest.fixture(scope="session")
+def fitted():
+    """One fitted float32 surrogate per kind (fitted once per session)."""
+    x, y = toy_data()
+    models = {}
+    for kind in ("ucb", "greedy", "bootstrap", "gp"):
+        model = make_surrogate(kind, **small_kwargs(kind))
+        model.fit(x, y, seed=1, round=3)
+        models[kind] = model
+    return models
