@@ -61,11 +61,11 @@ class Standardizer:
         self.mean = torch.zeros(dim, dtype=dtype)
         self.std = torch.ones(dim, dtype=dtype)
 
-    def fit(self, x: torch.Tensor, min_std: float = 1e-6) -> "Standardizer":
+    def fit(self, x: torch.Tensor, min_std: float = 1e-6, correction: int = 0) -> "Standardizer":
         """Set the statistics from data `x` of shape `(N, dim)` (or `(N,)` when `dim == 1`)."""
         x2 = x.detach().reshape(x.shape[0], -1)
         self.mean = x2.mean(0).to(self.mean.dtype)
-        std = x2.std(0, correction=0) if x2.shape[0] > 1 else torch.ones_like(self.mean)
+        std = x2.std(0, correction=correction) if x2.shape[0] > 1 else torch.ones_like(self.mean)
         self.std = std.clamp_min(min_std).to(self.std.dtype)
         return self
 

@@ -145,7 +145,7 @@ class GPSurrogate(Surrogate):
         old_state = self.model.state_dict() if warm else None
         if not warm:
             self._fit_projection(x64, g)
-        self.y_norm = Standardizer(1, torch.float64).fit(y64)
+        self.y_norm = Standardizer(1, torch.float64).fit(y64, correction=1)  # botorch's convention
         train_x = self.project(x64).detach()
         train_y = self.y_norm.transform(y64.unsqueeze(-1)).squeeze(-1)
         self.model = self._build_model(train_x, train_y)
