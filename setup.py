@@ -1,0 +1,44 @@
+"""Package metadata for the DAS toolkit: test-time alignment and online black-box
+optimization of diffusion models."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="das-toolkit",
+    version="0.1.0",
+    description=(
+        "Diffusion Alignment as Sampling (SMC over the denoising chain) and an online "
+        "black-box optimization loop with uncertainty-aware surrogates."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["das", "das.*", "surrogate", "surrogate.*", "online", "online.*", "config", "config.*"]),
+    include_package_data=True,
+    install_requires=[
+        # Ranges that the CPU wheel torch==2.13.0 satisfies; install it first.
+        "torch>=2.1,<3",
+        "numpy>=1.24",
+        "scipy>=1.11",
+        "safetensors>=0.4",
+        "ml_collections>=0.1.1",
+        "absl-py>=1.0",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "pillow>=9.0",
+        "diffusers>=0.30",
+        "transformers>=4.40",
+        "accelerate>=0.30",
+        "scikit-learn>=1.3",
+        "gpytorch>=1.11",
+        "botorch>=0.11",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        # Heavy optional scorers, imported only when the reward is chosen.
+        "imagereward": ["image-reward>=1.5"],
+        "hpsv2": ["hpsv2>=1.2", "open_clip_torch>=2.20"],
+        "tracking": ["tensorboard>=2.12"],
+        "wandb": ["wandb>=0.15"],
+    },
+)
