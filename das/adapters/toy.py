@@ -1,8 +1,8 @@
 """Adapter for analytic Gaussian-mixture models: an exact-score diffusion model.
 
-The chain is DDIM with parameter ``eta`` (1 is the DDPM-like ancestral sampler), on the
-schedule of a diffusers :class:`~diffusers.DDIMScheduler` (linear betas, 1000 training
-steps by default), with the mixture's exact noise prediction in place of a network.
+The chain is DDIM with parameter ``eta`` (1 is the DDPM-like ancestral sampler), stepped
+by a diffusers :class:`~diffusers.DDIMScheduler` (linear betas, 1000 training steps by
+default), with the mixture's exact noise prediction in place of a network.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from das.adapters.base import Conditioning, Transition
+from das.adapters.scheduling import ddim_transition
 from das.toy import GaussianMixture
 
 
@@ -46,16 +47,11 @@ class ToyAdapter:
         self.eta = float(eta)
         self._device = torch.device(device)
         self.dtype = dtype
-        abar = self.scheduler.alphas_cumprod.to(torch.float64)
-        final = float(self.scheduler.final_alpha_cumprod)
-        stride = self.scheduler.config.num_train_timesteps // num_steps
-        timesteps = self.scheduler.timesteps.tolist()
-        self._abar = [float(abar[t]) for t in timesteps]
-        self._abar_prev = [float(abar[t - stride]) if t - stride >= 0 else final for t in timesteps]
+        self._timesteps = [int(t) for t in self.scheduler.timesteps]
 
     @property
     def num_steps(self) -> int:
-        return len(self._abar)
+        return len(self._timesteps)
 
     @property
     def device(self) -> torch.device:
@@ -68,13 +64,9 @@ class ToyAdapter:
         return torch.randn(num_rows, self.prior.dim, generator=generator, device=self._device, dtype=self.dtype)
 
     def transition(self, x_t: torch.Tensor, step: int, cond: Conditioning) -> Transition:
-        abar, abar_prev = self._abar[step], self._abar_prev[step]
-        eps = self.prior.noise_prediction(x_t, abar)
-        x0_hat = (x_t - (1.0 - abar) ** 0.5 * eps) / abar**0.5
-        var = self.eta**2 * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)
-        mean = abar_prev**0.5 * x0_hat + max(1.0 - abar_prev - var, 0.0) ** 0.5 * eps
-        std = torch.tensor(var**0.5, device=x_t.device, dtype=x_t.dtype)
-        return Transition(x0_hat=x0_hat, mean=mean, std=std)
+        timestep = self._timesteps[step]
+        eps = self.prior.noise_prediction(x_t, float(self.scheduler.alphas_cumprod[timestep]))
+        return ddim_transition(self.scheduler, eps, timestep, x_t, self.eta)
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         return x0
