@@ -90,3 +90,16 @@ def test_missing_hub_id_offline(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(WeightsNotAvailableError, match="no-such-user/no-such-pixel-model"):
         PixelUNetAdapter.from_pretrained("no-such-user/no-such-pixel-model")
+
+
+def test_unconditional_eta0_reproduces_ddim_pipeline(uncond_folder):
+    from diffusers import DDIMPipeline
+
+    adapter = PixelUNetAdapter.from_pretrained(uncond_folder, num_steps=3, eta=0.0)
+    zero = FunctionReward(lambda images: images.sum(dim=(1, 2, 3)) * 0.0, differentiable=False)
+    result = DASSampler(adapter, zero, kl_coeff=1.0, num_particles=2).sample(["", ""], torch.Generator().manual_seed(5))
+    pipe = DDIMPipeline(unet=adapter.unet, scheduler=DDIMScheduler.from_config(adapter.scheduler.config))
+    images = pipe(batch_size=4, generator=torch.Generator().manual_seed(5), eta=0.0, num_inference_steps=3,
+                  output_type="np").images
+    expected = torch.from_numpy(images).permute(0, 3, 1, 2)
+    torch.testing.assert_close(result.images.reshape(expected.shape), expected, atol=1e-5, rtol=1e-5)
