@@ -16,9 +16,10 @@ At the end the twist is the exact reward of the decoded sample with ``λ = 1``, 
 final weights target ``p_tar`` exactly (up to the chain's own discretization), and the
 running product of mean incremental weights estimates ``log E_pre[exp(r/α)]``.
 
-Nothing in a step synchronizes with the host: resampling runs for every prompt on the
-device and is applied where the ESS test says so (``torch.where``), and traces are stacked
-only at the end.
+On accelerators nothing in a step synchronizes with the host: resampling runs for every
+prompt on the device and is applied where the ESS test says so (``torch.where``), and
+traces are stacked only at the end. On the CPU, where a host check costs nothing, steps on
+which no prompt needs resampling skip that work.
 """
 
 from __future__ import annotations
@@ -239,28 +240,31 @@ class DASSampler:
         lam = self.tempering(self._info(-1, num_steps, zeros, torch.zeros(b, k, device=device), reward, current, x, event_dims))
         log_w = lam.unsqueeze(-1) * reward / alpha
         log_z = torch.logsumexp(log_w, dim=-1) - math.log(k)
+        log_w = normalize_log_weights(log_w)  # kept normalized from here on
         degenerate = torch.zeros(b, device=device, dtype=torch.long)
 
         ess_trace, lam_trace, resampled_trace = [], [lam], []
-        reward_trace = [(normalize_log_weights(log_w).exp() * reward).sum(-1)]
+        reward_trace = [(log_w.exp() * reward).sum(-1)]
         images = final_reward = None
         for step in tqdm(range(num_steps), desc="DAS", disable=not self.progress, leave=False):
             # Resample the prompts whose ESS fell below the threshold.
             ess = effective_sample_size(log_w)
             ess_trace.append(ess)
-            degenerate += (~torch.isfinite(log_w)).all(dim=-1).long()
             resample = ess < self.ess_threshold * k
             resampled_trace.append(resample)
-            ancestors = torch.where(resample.unsqueeze(-1), self.resample(log_w, generator), identity)
-            rows = (ancestors + offsets).reshape(-1)
-            x, reward = x[rows], reward.reshape(-1)[rows].view(b, k)
-            current = _Evaluation(
-                current.mean[rows],
-                current.std if current.std.dim() == 0 else current.std[rows],
-                current.reward[rows],
-                None if current.grad is None else current.grad[rows],
-            )
-            log_w = torch.where(resample.unsqueeze(-1), torch.zeros_like(log_w), normalize_log_weights(log_w))
+            # On the CPU a host check is free and skips the resampling work on quiet steps;
+            # on accelerators every prompt resamples on the device and `where` applies it.
+            if x.device.type != "cpu" or bool(resample.any()):
+                ancestors = torch.where(resample.unsqueeze(-1), self.resample(log_w, generator), identity)
+                rows = (ancestors + offsets).reshape(-1)
+                x, reward = x[rows], reward.reshape(-1)[rows].view(b, k)
+                current = _Evaluation(
+                    current.mean[rows],
+                    current.std if current.std.dim() == 0 else current.std[rows],
+                    current.reward[rows],
+                    None if current.grad is None else current.grad[rows],
+                )
+                log_w = torch.where(resample.unsqueeze(-1), torch.full_like(log_w, -math.log(k)), log_w)
 
             # Propose from the twisted transition.
             last = step == num_steps - 1
@@ -284,8 +288,10 @@ class DASSampler:
                 current = self._evaluate(x, step + 1, cond, row_prompts)
                 new_reward = current.reward.view(b, k)
             increment = log_ratio + (lam_next.unsqueeze(-1) * new_reward - lam.unsqueeze(-1) * reward) / alpha
-            log_z = log_z + torch.logsumexp(normalize_log_weights(log_w) + increment, dim=-1)
-            log_w = normalize_log_weights(log_w + increment)
+            updated = log_w + increment
+            degenerate += (~torch.isfinite(updated)).all(dim=-1).long()
+            log_z = log_z + torch.logsumexp(updated, dim=-1)
+            log_w = normalize_log_weights(updated)
             lam, reward = lam_next, new_reward
             lam_trace.append(lam)
             reward_trace.append((log_w.exp() * reward).sum(-1))
@@ -313,8 +319,8 @@ class DASSampler:
         guidance_norm = drift_norm = None
         if getattr(self.tempering, "needs_gradient_norms", False) and current.grad is not None:
             b, k = log_w.shape
-            std2 = (current.std.float() ** 2) if current.std.dim() == 0 else (current.std.float() ** 2)
-            guidance_norm = (std2 * current.grad.float() / self.kl_coeff).flatten(1).norm(dim=1).view(b, k)
+            guidance = current.std.float() ** 2 * current.grad.float() / self.kl_coeff
+            guidance_norm = guidance.flatten(1).norm(dim=1).view(b, k)
             drift_norm = (current.mean - x).float().flatten(1).norm(dim=1).view(b, k)
         return TemperingInfo(
             step=step,

@@ -1,0 +1,232 @@
+"""Trains the embedded world's text-to-image pixel diffusion model from scratch on a CPU.
+
+The model is a small ``UNet2DConditionModel`` (3×32×32 pixels, cross-attention at 8×8
+and in the middle block) conditioned on a tiny ``CLIPTextModel`` trained jointly with it, with a
+``CLIPTokenizer`` built offline for the world's words, and a ``DDIMScheduler`` for
+sampling. It is saved as a diffusers-style folder::
+
+    <out>/unet/            config.json, diffusion_pytorch_model.safetensors (EMA weights)
+    <out>/text_encoder/    config.json, model.safetensors (EMA weights)
+    <out>/tokenizer/       vocab.json, merges.txt, tokenizer_config.json
+    <out>/scheduler/       scheduler_config.json (DDIMScheduler)
+    <out>/model_index.json, <out>/training_info.json
+
+Usage::
+
+    python -m das.world.train --out checkpoints/pretrained/shapes32 --steps 3000
+
+A fraction ``--p-uncond`` of the captions is replaced by the empty prompt, so
+classifier-free guidance with an empty negative prompt works as for Stable Diffusion. The
+folder is rewritten atomically every ``--save-every`` steps, so an interrupted run leaves
+a usable model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from das.world.scenes import IMAGE_SIZE, PROMPTS, make_dataset
+from das.world.tokenizer import save_tokenizer
+
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_schedule="squaredcos_cap_v2",
+    prediction_type="epsilon",
+    clip_sample=True,
+    clip_sample_range=1.0,
+    set_alpha_to_one=True,
+    steps_offset=0,
+    timestep_spacing="leading",
+)
+
+
+def unet_config(tiny: bool = False, cross_attention_dim: int = 64) -> dict:
+    """``UNet2DConditionModel`` keyword arguments (``tiny`` for tests)."""
+    return dict(
+        sample_size=IMAGE_SIZE,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        block_out_channels=(8, 16, 16) if tiny else (32, 64, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+    )
+
+
+def text_config(vocab_size: int, bos: int, eos: int, max_len: int, tiny: bool = False) -> CLIPTextConfig:
+    """A tiny ``CLIPTextConfig``."""
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=32 if tiny else 64,
+        intermediate_size=64 if tiny else 128,
+        num_hidden_layers=1 if tiny else 2,
+        num_attention_heads=2,
+        max_position_embeddings=max_len,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
+
+
+def _save(out: str, unet, text_encoder, tokenizer_dir: str, info: dict) -> None:
+    """Writes the model folder to a temporary name, then swaps it in."""
+    tmp, old = out.rstrip("/") + ".tmp", out.rstrip("/") + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    unet.save_pretrained(os.path.join(tmp, "unet"), safe_serialization=True)
+    text_encoder.save_pretrained(os.path.join(tmp, "text_encoder"), safe_serialization=True)
+    shutil.copytree(tokenizer_dir, os.path.join(tmp, "tokenizer"))
+    DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(os.path.join(tmp, "scheduler"))
+    index = {
+        "_class_name": "EmbeddedWorldPixelPipeline",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+    }
+    with open(os.path.join(tmp, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+    with open(os.path.join(tmp, "training_info.json"), "w") as f:
+        json.dump(info, f, indent=2)
+    if os.path.exists(out):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="output model folder")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--num-per-prompt", type=int, default=1000, help="training images rendered per prompt")
+    p.add_argument("--p-uncond", type=float, default=0.15, help="probability of the empty caption")
+    p.add_argument("--ema-decay", type=float, default=0.998)
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
+    p.add_argument("--tiny", action="store_true", help="tiny model and data (for tests)")
+    p.add_argument("--init", default=None, help="continue from this model folder's weights")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    start = time.time()
+
+    tok_dir = args.out.rstrip("/") + ".tokenizer"
+    save_tokenizer(tok_dir, {w for p in PROMPTS for w in p.split()})
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    max_len = tokenizer.model_max_length
+    ids = tokenizer(list(PROMPTS) + [""], padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
+    uncond_index = len(PROMPTS)
+
+    if args.init:
+        unet = UNet2DConditionModel.from_pretrained(os.path.join(args.init, "unet"))
+        text_encoder = CLIPTextModel.from_pretrained(os.path.join(args.init, "text_encoder"))
+    else:
+        tcfg = text_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, max_len, args.tiny)
+        text_encoder = CLIPTextModel(tcfg)
+        unet = UNet2DConditionModel(**unet_config(args.tiny, tcfg.hidden_size))
+    ema_unet = UNet2DConditionModel.from_config(unet.config)
+    ema_unet.load_state_dict(unet.state_dict())
+    ema_text = CLIPTextModel(text_encoder.config)
+    ema_text.load_state_dict(text_encoder.state_dict())
+    for m in (ema_unet, ema_text):
+        m.requires_grad_(False).eval()
+    n_params = sum(p.numel() for p in unet.parameters()) + sum(p.numel() for p in text_encoder.parameters())
+
+    images, labels = make_dataset(4 if args.tiny else args.num_per_prompt, seed=args.seed)
+    labels = torch.tensor(labels)
+    print(f"rendered {len(labels)} images in {time.time() - start:.1f}s; {n_params / 1e6:.2f}M parameters", flush=True)
+
+    sched = DDIMScheduler(**SCHEDULER_CONFIG)
+    abar = sched.alphas_cumprod.float()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
+    running, info = None, {}
+    unet.train()
+    text_encoder.train()
+    for step in range(args.steps):
+        idx = torch.randint(len(labels), (args.batch_size,), generator=gen)
+        x0 = images[idx].float() / 127.5 - 1.0
+        flip = torch.rand(args.batch_size, generator=gen) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        cls = labels[idx]
+        cls = torch.where(torch.rand(args.batch_size, generator=gen) < args.p_uncond, torch.full_like(cls, uncond_index), cls)
+        t = torch.randint(0, sched.config.num_train_timesteps, (args.batch_size,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = abar[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        hidden = text_encoder(ids[cls]).last_hidden_state
+        pred = unet(xt, t, encoder_hidden_states=hidden).sample
+        loss = F.mse_loss(pred, noise)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema_params, params):
+                pe.lerp_(p.detach(), 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        done = step + 1
+        if done % args.log_every == 0 or done == args.steps:
+            print(f"step {done}/{args.steps} loss {running:.4f} lr {lr_at(step):.2e} {time.time() - start:.0f}s", flush=True)
+        if done % args.save_every == 0 or done == args.steps:
+            info = {
+                "steps": done,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "p_uncond": args.p_uncond,
+                "ema_decay": args.ema_decay,
+                "num_train_images": len(labels),
+                "seed": args.seed,
+                "loss_ema": running,
+                "wall_seconds": time.time() - start,
+                "torch_threads": torch.get_num_threads(),
+                "parameters": n_params,
+                "prompts": list(PROMPTS),
+                "command": "python -m das.world.train " + " ".join(sys.argv[1:] if argv is None else argv),
+            }
+            _save(args.out, ema_unet, ema_text, tok_dir, info)
+    shutil.rmtree(tok_dir, ignore_errors=True)
+    print(f"saved {args.out} after {time.time() - start:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
