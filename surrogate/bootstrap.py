@@ -59,8 +59,8 @@ class BootstrapEnsembleSurrogate(Surrogate):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         batch_size: int = 256,
-        max_epochs: int = 200,
-        patience: int = 10,
+        max_epochs: int = 100,
+        patience: int = 5,
         val_fraction: float = 0.1,
         dtype: str | torch.dtype = "float32",
     ) -> None:

@@ -52,6 +52,7 @@ class GPSurrogate(Surrogate):
         beta: UCB multiplier: optimistic = mean + `β`·std.
         max_points: Fit on a random subset of this many points when given more (with a
             warning); see the module docstring for measured sizes.
+        max_iter: Cap on L-BFGS-B iterations of the marginal-likelihood fit.
         dtype: Output dtype (``"float32"`` or ``"float64"``); the GP itself runs in float64.
     """
 
@@ -62,11 +63,15 @@ class GPSurrogate(Surrogate):
         input_dim: int,
         pca_dim: int | None = 32,
         beta: float = 2.0,
-        max_points: int = 2048,
+        max_points: int = 1024,
+        max_iter: int = 100,
         dtype: str | torch.dtype = "float32",
     ) -> None:
         super().__init__(input_dim, dtype)
-        self._hparams.update(pca_dim=None if pca_dim is None else int(pca_dim), beta=float(beta), max_points=int(max_points))
+        self._hparams.update(
+            pca_dim=None if pca_dim is None else int(pca_dim), beta=float(beta), max_points=int(max_points), max_iter=int(max_iter)
+        )
+        self.max_iter = int(max_iter)
         self.pca_dim = pca_dim
         self.beta = float(beta)
         self.max_points = int(max_points)
@@ -88,7 +93,7 @@ class GPSurrogate(Surrogate):
     def _fit_projection(self, x: torch.Tensor, generator: torch.Generator) -> None:
         if self.pca_dim is not None and self.input_dim > self.pca_dim:
             k = min(int(self.pca_dim), x.shape[0], self.input_dim)
-            pca = PCA(n_components=k, svd_solver="full", random_state=draw_seed(generator) % (2**32))
+            pca = PCA(n_components=k, svd_solver="covariance_eigh")
             pca.fit(x.detach().cpu().numpy())
             self.pca_components = torch.from_numpy(pca.components_).to(torch.float64).to(x.device)
             self.pca_mean = torch.from_numpy(pca.mean_).to(torch.float64).to(x.device)
@@ -154,7 +159,7 @@ class GPSurrogate(Surrogate):
         mll = ExactMarginalLogLikelihood(self.model.likelihood, self.model)
         with torch.random.fork_rng(devices=[]), gpytorch.settings.max_cholesky_size(_CHOLESKY_ALWAYS):
             torch.manual_seed(draw_seed(g))
-            fit_gpytorch_mll(mll)
+            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.max_iter}})
         self.model.eval()
         self.n_data = int(n)
         if round is not None:
