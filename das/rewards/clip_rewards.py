@@ -89,7 +89,7 @@ class AestheticReward(nn.Module):
             mlp_path: the aesthetic MLP weights file.
             clip: an already loaded ``CLIPModel`` (shared with other rewards).
         """
-        if mlp_path is None:
+        if not mlp_path:
             from das.adapters.loading import WeightsNotAvailableError
 
             raise WeightsNotAvailableError(
