@@ -1,0 +1,96 @@
+"""DAS overhead on tiny Stable Diffusion components: ``python -m benchmarks.bench_das_sd``.
+
+B = 4 prompts × K = 4 particles, 20 steps, a differentiable reward (mean brightness through
+the VAE decode). Reports DAS time over the "floor" — 20 × (one batched guided UNet forward
++ decode + reward forward + backward), measured in the same run — and DAS time over plain
+pipeline sampling of the same B·K images. Writes ``benchmarks/results/das_sd.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from das import DASSampler  # noqa: E402
+from das.adapters.stable_diffusion import StableDiffusionAdapter  # noqa: E402
+from das.rewards import FunctionReward  # noqa: E402
+from tiny_components import tiny_sd_pipeline  # noqa: E402
+
+B, K, STEPS, REPEATS = 4, 4, 20, 3
+PROMPTS = ["a cat", "a dog", "a horse", "a zebra"]
+
+
+def best_of(fn, repeats=REPEATS):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    pipe = tiny_sd_pipeline()
+    adapter = StableDiffusionAdapter(pipe, num_steps=STEPS, guidance_scale=5.0)
+    reward = FunctionReward(lambda images: images.mean(dim=(1, 2, 3)), differentiable=True, name="brightness")
+    sampler = DASSampler(adapter, reward, kl_coeff=0.005, num_particles=K)
+
+    das_time = best_of(lambda: sampler.sample(PROMPTS, torch.Generator().manual_seed(0)))
+
+    cond = {k: v.repeat_interleave(K, 0) for k, v in adapter.encode_prompts(PROMPTS).items()}
+    x0 = adapter.initial_noise(B * K, torch.Generator().manual_seed(0))
+    prompts = [p for p in PROMPTS for _ in range(K)]
+
+    def floor():
+        for step in range(STEPS):
+            x = x0.detach().requires_grad_(True)
+            out = adapter.model_output(x, step, cond)
+            r = reward(adapter.decode(out), prompts)
+            torch.autograd.grad(r.sum(), x)
+
+    floor_time = best_of(floor)
+
+    def plain():
+        with torch.no_grad():
+            pipe(prompt=PROMPTS, num_images_per_prompt=K, num_inference_steps=STEPS, guidance_scale=5.0, eta=1.0,
+                 generator=torch.Generator().manual_seed(0), output_type="pt")
+
+    pipe.set_progress_bar_config(disable=True)
+    from diffusers import DDIMScheduler
+
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    plain_time = best_of(plain)
+
+    result = {
+        "benchmark": "das_sd",
+        "setup": {"prompts": B, "particles": K, "steps": STEPS, "components": "tiny random SD (tests/tiny_components.py)",
+                  "latent": list(adapter.latent_shape), "guidance_scale": 5.0, "repeats": REPEATS, "statistic": "min"},
+        "das_seconds": das_time,
+        "floor_seconds": floor_time,
+        "plain_pipeline_seconds": plain_time,
+        "das_over_floor": das_time / floor_time,
+        "das_over_floor_target": 1.15,
+        "das_over_plain_pipeline": das_time / plain_time,
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out = Path(__file__).resolve().parent / "results" / "das_sd.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
