@@ -23,18 +23,21 @@ from das.adapters.stable_diffusion import StableDiffusionAdapter  # noqa: E402
 from das.rewards import FunctionReward  # noqa: E402
 from tiny_components import tiny_sd_pipeline  # noqa: E402
 
-B, K, STEPS, REPEATS = 4, 4, 20, 3
+B, K, STEPS, REPEATS = 4, 4, 20, 2
 PROMPTS = ["a cat", "a dog", "a horse", "a zebra"]
 
 
-def best_of(fn, repeats=REPEATS):
-    fn()  # warm-up
-    times = []
+def interleaved_best(fns: dict, repeats=REPEATS) -> dict:
+    """Min time of each function, runs interleaved so that load changes on a shared machine hit all alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -43,7 +46,8 @@ def main() -> None:
     reward = FunctionReward(lambda images: images.mean(dim=(1, 2, 3)), differentiable=True, name="brightness")
     sampler = DASSampler(adapter, reward, kl_coeff=0.005, num_particles=K)
 
-    das_time = best_of(lambda: sampler.sample(PROMPTS, torch.Generator().manual_seed(0)))
+    def das():
+        sampler.sample(PROMPTS, torch.Generator().manual_seed(0))
 
     cond = {k: v.repeat_interleave(K, 0) for k, v in adapter.encode_prompts(PROMPTS).items()}
     x0 = adapter.initial_noise(B * K, torch.Generator().manual_seed(0))
@@ -56,7 +60,6 @@ def main() -> None:
             r = reward(adapter.decode(out), prompts)
             torch.autograd.grad(r.sum(), x)
 
-    floor_time = best_of(floor)
 
     def plain():
         with torch.no_grad():
@@ -67,12 +70,13 @@ def main() -> None:
     from diffusers import DDIMScheduler
 
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    plain_time = best_of(plain)
+    timed = interleaved_best({"das": das, "floor": floor, "plain": plain})
+    das_time, floor_time, plain_time = timed["das"], timed["floor"], timed["plain"]
 
     result = {
         "benchmark": "das_sd",
         "setup": {"prompts": B, "particles": K, "steps": STEPS, "components": "tiny random SD (tests/tiny_components.py)",
-                  "latent": list(adapter.latent_shape), "guidance_scale": 5.0, "repeats": REPEATS, "statistic": "min"},
+                  "latent": list(adapter.latent_shape), "guidance_scale": 5.0, "repeats": REPEATS, "statistic": "min, interleaved runs"},
         "das_seconds": das_time,
         "floor_seconds": floor_time,
         "plain_pipeline_seconds": plain_time,
