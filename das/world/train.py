@@ -60,7 +60,7 @@ def unet_config(tiny: bool = False, cross_attention_dim: int = 64) -> dict:
         out_channels=3,
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        block_out_channels=(8, 16, 16) if tiny else (32, 64, 64),
+        block_out_channels=(8, 16, 16) if tiny else (8, 16, 32),
         layers_per_block=1,
         norm_num_groups=8,
         cross_attention_dim=cross_attention_dim,
@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="also stop after this much training wall time; the cosine schedule then follows elapsed time (0: off)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     p.add_argument("--tiny", action="store_true", help="tiny model and data (for tests)")
     p.add_argument("--init", default=None, help="continue from this model folder's weights")
@@ -168,17 +170,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
 
+    train_start = time.time()
+
+    def progress(step: int) -> float:
+        frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+        if args.max_minutes > 0:
+            frac = max(frac, (time.time() - train_start) / (60.0 * args.max_minutes))
+        return frac
+
     def lr_at(step: int) -> float:
         if step < args.warmup:
             return args.lr * (step + 1) / args.warmup
-        frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+        frac = progress(step)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
     ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
     running, info = None, {}
     unet.train()
     text_encoder.train()
+    last = False
     for step in range(args.steps):
+        last = step + 1 == args.steps or (args.max_minutes > 0 and step >= args.warmup and progress(step) >= 1.0)
         idx = torch.randint(len(labels), (args.batch_size,), generator=gen)
         x0 = images[idx].float() / 127.5 - 1.0
         flip = torch.rand(args.batch_size, generator=gen) < 0.5
@@ -204,12 +216,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pe.lerp_(p.detach(), 1 - decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         done = step + 1
-        if done % args.log_every == 0 or done == args.steps:
+        if done % args.log_every == 0 or last:
             print(f"step {done}/{args.steps} loss {running:.4f} lr {lr_at(step):.2e} {time.time() - start:.0f}s", flush=True)
-        if done % args.save_every == 0 or done == args.steps:
+        if done % args.save_every == 0 or last:
             info = {
                 "steps": done,
                 "batch_size": args.batch_size,
+                "max_steps": args.steps,
+                "max_minutes": args.max_minutes,
                 "lr": args.lr,
                 "p_uncond": args.p_uncond,
                 "ema_decay": args.ema_decay,
@@ -223,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "command": "python -m das.world.train " + " ".join(sys.argv[1:] if argv is None else argv),
             }
             _save(args.out, ema_unet, ema_text, tok_dir, info)
+        if last:
+            break
     shutil.rmtree(tok_dir, ignore_errors=True)
     print(f"saved {args.out} after {time.time() - start:.0f}s", flush=True)
     return 0

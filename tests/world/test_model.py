@@ -1,0 +1,66 @@
+"""The shipped world model: loads through PixelUNetAdapter, samples every prompt recognisably,
+and its samples spread each oracle far beyond the loop's configured label noise."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from das.smc import DASSampler
+from das.world import DEFAULT_MODEL_PATH, ORACLE_NOISE_STD, PROMPTS
+from das.world.classify import SceneClassifier
+from das.world.oracles import jpeg_reward, oracle_values
+from das.world.sampling import sample_images
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(os.path.join(DEFAULT_MODEL_PATH, "unet")),
+                                reason="the shipped world model is missing (train it with python -m das.world.train)")
+
+MIN_ACCURACY = 0.8
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    from das.adapters.pixel import PixelUNetAdapter
+
+    return PixelUNetAdapter.from_pretrained(DEFAULT_MODEL_PATH, num_steps=25, guidance_scale=3.0, eta=1.0)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return SceneClassifier.fit(num_per_prompt=60, seed=12345)
+
+
+def _accuracy(adapter, classifier, per_prompt: int, seed: int):
+    prompts = [p for p in PROMPTS for _ in range(per_prompt)]
+    images = sample_images(adapter, prompts, torch.Generator().manual_seed(seed))
+    pred = classifier.predict(images)
+    target = np.repeat(np.arange(len(PROMPTS)), per_prompt)
+    per = {p: float((pred[target == i] == i).mean()) for i, p in enumerate(PROMPTS)}
+    return images, float((pred == target).mean()), per
+
+
+def test_shipped_model_samples_are_the_prompted_scenes_and_spread_the_oracles(adapter, classifier):
+    images, acc, per = _accuracy(adapter, classifier, per_prompt=6, seed=0)
+    assert images.shape == (6 * len(PROMPTS), 3, 32, 32)
+    assert acc >= MIN_ACCURACY, per
+    values = oracle_values(images)
+    for name, v in values.items():
+        p10, p90 = np.percentile(v, [10, 90])
+        assert p90 - p10 >= 10 * ORACLE_NOISE_STD[name], (name, p10, p90)
+
+
+def test_das_runs_on_the_shipped_model_with_a_black_box_oracle(adapter):
+    from das.adapters.pixel import PixelUNetAdapter
+
+    small = PixelUNetAdapter.from_pretrained(DEFAULT_MODEL_PATH, num_steps=4, guidance_scale=3.0)
+    result = DASSampler(small, jpeg_reward(), kl_coeff=0.1, num_particles=2).sample(list(PROMPTS[:2]), torch.Generator().manual_seed(0))
+    assert result.images.shape == (2, 2, 3, 32, 32) and torch.isfinite(result.rewards).all()
+
+
+@pytest.mark.slow
+def test_sixty_four_samples_per_prompt_are_recognised(adapter, classifier):
+    _, acc, per = _accuracy(adapter, classifier, per_prompt=64, seed=1)
+    print("accuracy per prompt:", per)
+    assert acc >= MIN_ACCURACY, per
+    assert min(per.values()) >= 0.6, per

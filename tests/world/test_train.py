@@ -1,0 +1,24 @@
+import json
+import os
+
+import torch
+
+from das.world import PROMPTS
+from das.world.sampling import sample_images
+from das.world.train import main
+
+
+def test_training_script_runs_and_saves_a_loadable_model(tmp_path):
+    out = str(tmp_path / "tiny_world")
+    assert main(["--out", out, "--steps", "2", "--tiny", "--batch-size", "4", "--save-every", "1", "--warmup", "1"]) == 0
+    for sub in ("unet", "scheduler", "text_encoder", "tokenizer"):
+        assert os.path.isdir(os.path.join(out, sub)), sub
+    info = json.load(open(os.path.join(out, "training_info.json")))
+    assert info["steps"] == 2 and info["prompts"] == list(PROMPTS)
+    assert not os.path.exists(out + ".tmp") and not os.path.exists(out + ".tokenizer")
+
+    from das.adapters.pixel import PixelUNetAdapter
+
+    adapter = PixelUNetAdapter.from_pretrained(out, num_steps=2, guidance_scale=3.0)
+    images = sample_images(adapter, list(PROMPTS[:2]), torch.Generator().manual_seed(0))
+    assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
