@@ -17,6 +17,7 @@ process; Gerber, Chopin & Whiteley, 2019), whose offspring counts, like systemat
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -32,16 +33,26 @@ def normalize_log_weights(log_weights: torch.Tensor) -> torch.Tensor:
 
     Returns:
         `(B, K)` log-weights whose exponentials sum to one per row. NaN entries count as
-        ``-inf``; rows with no finite entry become uniform.
+        ``-inf``, ``+inf`` entries share the row's mass, and rows with no finite entry
+        become uniform.
+    """
+    return normalize_with_log_sum(log_weights)[0]
+
+
+def normalize_with_log_sum(log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`normalize_log_weights` and the rows' ``logsumexp`` before normalizing.
+
+    Returns:
+        The normalized `(B, K)` log-weights and the `(B,)` log-sums, ``-inf`` for rows
+        that had no finite weight (those rows come back uniform).
     """
     dtype = torch.promote_types(log_weights.dtype, torch.float32)
-    lw = torch.nan_to_num(log_weights.to(dtype), nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
-    # +inf entries share the row's mass equally.
-    has_posinf = torch.isposinf(lw).any(dim=-1, keepdim=True)
-    lw = torch.where(has_posinf, torch.where(torch.isposinf(lw), 0.0, float("-inf")), lw)
-    dead = torch.isneginf(lw).all(dim=-1, keepdim=True)
-    lw = torch.where(dead, torch.zeros_like(lw), lw)
-    return lw - torch.logsumexp(lw, dim=-1, keepdim=True)
+    big = torch.finfo(dtype).max / 4  # +inf becomes a finite value that dominates its row
+    lw = torch.nan_to_num(log_weights.to(dtype), nan=float("-inf"), posinf=big, neginf=float("-inf"))
+    log_sum = torch.logsumexp(lw, dim=-1, keepdim=True)
+    alive = torch.isfinite(log_sum)
+    uniform = torch.full_like(lw, -math.log(lw.shape[-1]))
+    return torch.where(alive, lw - log_sum, uniform), log_sum.squeeze(-1)
 
 
 def normalized_weights(log_weights: torch.Tensor) -> torch.Tensor:
@@ -49,9 +60,12 @@ def normalized_weights(log_weights: torch.Tensor) -> torch.Tensor:
     return normalize_log_weights(log_weights).exp()
 
 
-def effective_sample_size(log_weights: torch.Tensor) -> torch.Tensor:
-    """ESS ``1 / sum_k W_k^2`` per row, from `(B, K)` log-weights; returns `(B,)`."""
-    lw = normalize_log_weights(log_weights)
+def effective_sample_size(log_weights: torch.Tensor, normalized: bool = False) -> torch.Tensor:
+    """ESS ``1 / sum_k W_k^2`` per row, from `(B, K)` log-weights; returns `(B,)`.
+
+    Pass ``normalized=True`` for log-weights already normalized per row, to skip that work.
+    """
+    lw = log_weights if normalized else normalize_log_weights(log_weights)
     return torch.exp(-torch.logsumexp(2.0 * lw, dim=-1))
 
 

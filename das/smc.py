@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from das.adapters.base import Conditioning, DenoiserAdapter
-from das.resampling import effective_sample_size, get_resampler, normalize_log_weights
+from das.resampling import effective_sample_size, get_resampler, normalize_with_log_sum
 from das.rewards.base import Reward
 from das.tempering import Schedule, TemperingInfo, make_tempering
 
@@ -238,9 +238,8 @@ class DASSampler:
         reward = current.reward.view(b, k)
         zeros = torch.zeros(b, device=device)
         lam = self.tempering(self._info(-1, num_steps, zeros, torch.zeros(b, k, device=device), reward, current, x, event_dims))
-        log_w = lam.unsqueeze(-1) * reward / alpha
-        log_z = torch.logsumexp(log_w, dim=-1) - math.log(k)
-        log_w = normalize_log_weights(log_w)  # kept normalized from here on
+        log_w, log_z = normalize_with_log_sum(lam.unsqueeze(-1) * reward / alpha)  # kept normalized from here on
+        log_z = log_z - math.log(k)
         degenerate = torch.zeros(b, device=device, dtype=torch.long)
 
         ess_trace, lam_trace, resampled_trace = [], [lam], []
@@ -248,7 +247,7 @@ class DASSampler:
         images = final_reward = None
         for step in tqdm(range(num_steps), desc="DAS", disable=not self.progress, leave=False):
             # Resample the prompts whose ESS fell below the threshold.
-            ess = effective_sample_size(log_w)
+            ess = effective_sample_size(log_w, normalized=True)
             ess_trace.append(ess)
             resample = ess < self.ess_threshold * k
             resampled_trace.append(resample)
@@ -274,11 +273,13 @@ class DASSampler:
             if current.grad is not None:
                 scale = (lam_next / alpha).to(x.dtype).repeat_interleave(k).view(-1, *([1] * len(event_dims)))
                 shift = current.std * scale * current.grad  # σ λ ∇r / α, the shift in units of σ
+                x = current.mean + current.std * (noise + shift)
+                # log p_pre − log q for N(μ, σ²) vs N(μ + σ·shift, σ²) at x = μ + σ(noise + shift).
+                shift = shift.float()
+                log_ratio = -(shift * (noise.float() + 0.5 * shift)).sum(event_dims).view(b, k)
             else:
-                shift = torch.zeros_like(x)
-            x = current.mean + current.std * (noise + shift)
-            # log p_pre − log q for N(μ, σ²) vs N(μ + σ·shift, σ²) at x = μ + σ(noise + shift).
-            log_ratio = -(noise.float() * shift.float() + 0.5 * shift.float() ** 2).sum(event_dims).view(b, k)
+                x = current.mean + current.std * noise
+                log_ratio = 0.0
 
             # Twist at the new particles: exact reward at the end, Tweedie's otherwise.
             if last:
@@ -288,15 +289,14 @@ class DASSampler:
                 current = self._evaluate(x, step + 1, cond, row_prompts)
                 new_reward = current.reward.view(b, k)
             increment = log_ratio + (lam_next.unsqueeze(-1) * new_reward - lam.unsqueeze(-1) * reward) / alpha
-            updated = log_w + increment
-            degenerate += (~torch.isfinite(updated)).all(dim=-1).long()
-            log_z = log_z + torch.logsumexp(updated, dim=-1)
-            log_w = normalize_log_weights(updated)
+            log_w, log_sum = normalize_with_log_sum(log_w + increment)
+            degenerate += (~torch.isfinite(log_sum)).long()
+            log_z = log_z + log_sum
             lam, reward = lam_next, new_reward
             lam_trace.append(lam)
             reward_trace.append((log_w.exp() * reward).sum(-1))
 
-        ess_trace.append(effective_sample_size(log_w))
+        ess_trace.append(effective_sample_size(log_w, normalized=True))
         samples = x.view(b, k, *x.shape[1:])
         images = images.view(b, k, *images.shape[1:])
         selected_index, selected = self._select(log_w, images, generator)

@@ -1,0 +1,36 @@
+"""Shared helpers for benchmark scripts: machine facts and atomic JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    """Facts that make a figure comparable: versions, threads, CPU, device."""
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_result(name: str, payload: dict) -> Path:
+    """Writes ``results/<name>.json`` atomically and returns its path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
+    os.replace(tmp, path)
+    return path
