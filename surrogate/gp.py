@@ -15,14 +15,19 @@ Pipeline, all as differentiable torch ops at prediction time (float64 inside):
 ``posterior`` is the exact GP posterior (no LOVE / fast variances); ``optimistic`` is
 mean + `β`·std.
 
-Data size (measured by ``benchmarks/bench_surrogate.py`` on this repo's 2-core CPU box,
-see ``benchmarks/results/surrogate.json``, 768-d features reduced to 32 PCA dims): the
-exact fit takes roughly 1 s at N=512, 3-5 s at N=1024 and 15-30 s at N=2048; at N=4096
-it exceeds a minute (the `O(N³)` Cholesky is repeated at every L-BFGS step). Hence the
-fallback, stated plainly: when more than ``max_points`` (default 2048) points are given,
+Data size, measured by ``benchmarks/bench_surrogate.py`` (``benchmarks/results/surrogate.json``;
+768-d features reduced to 32 PCA dims, L-BFGS-B capped at ``max_iter=100`` iterations) on
+this repo's 2-core CPU box while other jobs kept its load average at 6-8: with 1 torch
+thread the exact fit took 19 s at N=256, 22 s at N=512 and 68 s at N=1024 (with 2 threads,
+oversubscribed: 54 s, 43 s and 128 s). So the largest size measured to fit in under a
+minute is N=512, which is the default ``max_points``; an idle machine is faster (not
+measured), and the cost grows as `O(N³)` per L-BFGS step.
+
+Beyond it, the fallback, stated plainly: when more than ``max_points`` points are given,
 the GP is fitted on a uniformly random subset of ``max_points`` of them, drawn with the
-``fit`` generator, and a ``UserWarning`` says so; the header's ``n_data`` still counts
-all points and ``fit_info["n_fit"]`` the subset.
+``fit`` generator, and a ``UserWarning`` says so; the other points are ignored by the GP.
+The header's ``n_data`` still counts all points and ``fit_info["n_fit"]`` the subset.
+Raise ``max_points`` to use more data at the cubic cost.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ class GPSurrogate(Surrogate):
         input_dim: int,
         pca_dim: int | None = 32,
         beta: float = 2.0,
-        max_points: int = 1024,
+        max_points: int = 512,
         max_iter: int = 100,
         dtype: str | torch.dtype = "float32",
     ) -> None:
