@@ -1,6 +1,11 @@
 """Surrogate benchmark (CPU): fit times, UCB bonus throughput, GP scaling, calibration.
 
 Run: ``.venv/bin/python -m benchmarks.bench_surrogate`` -> ``benchmarks/results/surrogate.json``.
+``--sections fit calibration gp_scaling threads`` runs a subset and merges it into the existing
+file (``sections_run_last`` says which, ``machine_of_previous_run`` keeps the older machine
+info); ``--threads N`` sets ``torch.set_num_threads`` for the run (recorded as
+``machine.threads``). On the shared 2-core box, 2 OpenMP threads are badly oversubscribed
+when other jobs run, so the committed figures were taken with ``--threads 1``.
 
 * fit time at N=4096 points of 768-d features (unit-norm, CLIP-like) for each surrogate
   with default hyperparameters;

@@ -16,12 +16,13 @@ Pipeline, all as differentiable torch ops at prediction time (float64 inside):
 mean + `β`·std.
 
 Data size, measured by ``benchmarks/bench_surrogate.py`` (``benchmarks/results/surrogate.json``;
-768-d features reduced to 32 PCA dims, L-BFGS-B capped at ``max_iter=100`` iterations) on
-this repo's 2-core CPU box while other jobs kept its load average at 6-8: with 1 torch
-thread the exact fit took 19 s at N=256, 22 s at N=512 and 68 s at N=1024 (with 2 threads,
-oversubscribed: 54 s, 43 s and 128 s). So the largest size measured to fit in under a
-minute is N=512, which is the default ``max_points``; an idle machine is faster (not
-measured), and the cost grows as `O(N³)` per L-BFGS step.
+768-d features reduced to 32 PCA dims, L-BFGS-B capped at ``max_iter=100`` iterations, 1
+torch thread) on this repo's 2-core CPU box shared with other jobs: at load average ~3
+the exact fit took 9 s at N=256, 12 s at N=512, 30 s at N=1024 and 207 s at N=2048, so
+the largest size fitted in under a minute is N=1024 (N=2048 takes over three minutes).
+Under heavier load (6-8) the same fits took 19 s, 22 s and 68 s, i.e. only N=512 stayed
+under a minute. The default ``max_points=512`` keeps the fit under a minute in both
+cases; the cost grows as `O(N³)` per L-BFGS step.
 
 Beyond it, the fallback, stated plainly: when more than ``max_points`` points are given,
 the GP is fitted on a uniformly random subset of ``max_points`` of them, drawn with the
