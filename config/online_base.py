@@ -1,0 +1,171 @@
+"""Shared pieces of the online-loop configs (``config/UCB_smc.py`` and friends).
+
+Each method file picks a surrogate and calls :func:`online_config` with a variant name:
+
+* ``aesthetic`` / ``jpeg``: Stable Diffusion 1.5 with CLIP ViT-L/14 features and the
+  reference settings of the DAS/SEIKO online experiments (16 queries per round, 257
+  rounds, 256 queries in round 0, label noise std 0.1, K = 4, 100 DDIM steps, eta = 1,
+  CFG 7.5, SSP at ESS < 0.5·K, exponential tempering γ = 0.008, α = 0.005 / 0.1).
+* ``evaluate``: load ``reward_model_path`` (a round checkpoint) and sample the evaluation
+  prompts with DAS guided by the surrogate mean, scored by the true oracle.
+* ``tiny_jpeg`` / ``tiny_colorfulness`` / ``tiny_multi`` / ``tiny_evaluate``: the embedded
+  world (``checkpoints/pretrained/shapes32``), small enough for a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+CLIP_MODEL = "openai/clip-vit-large-patch14"
+AESTHETIC_MLP = "checkpoints/aesthetic/sac+logos+ava1-l14-linearMSE.pth"
+WORLD_MODEL = "checkpoints/pretrained/shapes32"
+
+VARIANTS = ("aesthetic", "jpeg", "evaluate", "tiny_jpeg", "tiny_colorfulness", "tiny_multi", "tiny_evaluate")
+
+
+def _surrogate(kind: str) -> ml_collections.ConfigDict:
+    s = ml_collections.ConfigDict()
+    s.kind = kind  # ucb | bootstrap | gp | greedy
+    # Keyword arguments of the surrogate class (surrogate/), e.g. beta, ridge, hidden sizes.
+    s.kwargs = ml_collections.ConfigDict()
+    if kind == "ucb":
+        # Design-matrix bonus σ̂·sqrt(φᵀA⁻¹φ), A = λI + Σφφᵀ, in reward units. The reference's
+        # normalized-covariance bonus is bonus_covariance="normalized" with beta=0.01.
+        s.kwargs.beta = 1.0
+        s.kwargs.lam = 0.001
+        s.kwargs.clip = 10.0
+    elif kind == "bootstrap":
+        s.kwargs.num_heads = 4
+    elif kind == "gp":
+        s.kwargs.beta = 1.0
+    s.warm_start = True
+    return s
+
+
+def _sd_model() -> ml_collections.ConfigDict:
+    m = ml_collections.ConfigDict()
+    m.family = "sd"  # sd | sdxl | lcm | pixel
+    m.path = SD_MODEL
+    m.dtype = "fp16"
+    m.num_steps = 100
+    m.eta = 1.0
+    m.guidance_scale = 7.5
+    m.negative_prompt = ""
+    m.height = 0  # 0: from the model's config
+    m.width = 0
+    return m
+
+
+def _world_model() -> ml_collections.ConfigDict:
+    m = _sd_model()
+    m.family = "pixel"
+    m.path = WORLD_MODEL
+    m.dtype = "fp32"
+    m.num_steps = 20
+    m.guidance_scale = 3.0
+    return m
+
+
+def _base(surrogate_kind: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.mode = "train"  # train | evaluate
+    c.run_name = "online"
+    c.output_dir = "runs"
+    c.overwrite = False
+    c.resume_from = ""  # a run directory to continue after its last complete round
+    c.reward_model_path = ""  # evaluate mode: a round directory or its surrogate.safetensors
+    c.seed = 0
+    c.device = ""  # "" lets accelerate choose; "cpu" forces the CPU
+    c.tracker = ""  # "" | "tensorboard" | "wandb" (optional extras)
+    c.progress = True
+
+    c.model = _sd_model()
+    c.prompts = ml_collections.ConfigDict()
+    c.prompts.train_file = "config/prompts/animals_train.txt"
+    c.prompts.eval_file = "config/prompts/animals_eval.txt"
+
+    c.featurizer = ml_collections.ConfigDict()
+    c.featurizer.kind = "clip"  # clip | world
+    c.featurizer.path = CLIP_MODEL
+
+    c.oracle = ml_collections.ConfigDict()
+    c.oracle.kind = "aesthetic"  # aesthetic | jpeg | colorfulness | multi | external
+    c.oracle.noise_std = 0.1  # label noise added to each answer, as in the reference
+    c.oracle.clip_model = CLIP_MODEL
+    c.oracle.mlp_path = AESTHETIC_MLP
+    c.oracle.weights = ml_collections.ConfigDict({"jpeg": 0.5, "colorfulness": 0.5})  # for kind=multi
+    c.oracle.command = []  # kind=external: argv list, e.g. ["python", "rate.py"]
+    c.oracle.batch_size = 0  # items per oracle call (0: the whole batch); answers are saved per call
+    c.oracle.max_retries = 2
+    c.oracle.timeout_s = 600.0
+
+    c.surrogate = _surrogate(surrogate_kind)
+
+    c.smc = ml_collections.ConfigDict()
+    c.smc.kl_coeff = 0.005
+    c.smc.num_particles = 4
+    c.smc.resampling = "ssp"
+    c.smc.ess_threshold = 0.5
+    c.smc.tempering = "exponential"
+    c.smc.tempering_gamma = 0.008
+    c.smc.tempering_start = 0
+    c.smc.max_chunk_rows = 0  # 0: all rows per forward/backward
+    c.smc.prompts_per_call = 16  # prompts (each with K particles) per sampler call
+    c.smc.guidance = "optimistic"  # optimistic (mean + bonus) | mean
+
+    c.loop = ml_collections.ConfigDict()
+    c.loop.num_rounds = 257  # round 0 (pretrained samples) included
+    c.loop.initial_queries = 256
+    c.loop.queries_per_round = 16
+    c.loop.images_per_prompt = 1  # queried images per prompt: the K particles by weight
+
+    c.evaluate = ml_collections.ConfigDict()
+    c.evaluate.num_prompts = 0  # 0: every evaluation prompt
+    c.evaluate.images_per_prompt = 4
+    return c
+
+
+# Embedded world: label noise is 0.1 × each oracle's natural scale (das.world.ORACLE_NOISE_STD);
+# the multi-objective oracle sums the two oracles divided by their scales, with these weights.
+WORLD_NOISE_STD = {"jpeg": 0.1, "colorfulness": 5.0, "multi": 0.1}
+WORLD_SCALES = {"jpeg": 1.0, "colorfulness": 50.0}
+WORLD_KL_COEFF = {"jpeg": 0.02, "colorfulness": 1.0, "multi": 0.02}
+
+
+def _tiny(c: ml_collections.ConfigDict, oracle: str) -> ml_collections.ConfigDict:
+    c.model = _world_model()
+    c.prompts.train_file = "world:train"
+    c.prompts.eval_file = "world:eval"
+    c.featurizer.kind = "world"
+    c.featurizer.path = ""
+    c.oracle.kind = oracle
+    c.oracle.noise_std = WORLD_NOISE_STD[oracle]
+    c.oracle.weights = ml_collections.ConfigDict({k: 0.5 / v for k, v in WORLD_SCALES.items()})
+    c.smc.kl_coeff = WORLD_KL_COEFF[oracle]
+    c.smc.tempering_gamma = 0.1
+    c.loop.num_rounds = 7
+    c.loop.initial_queries = 64
+    c.loop.queries_per_round = 16
+    c.evaluate.images_per_prompt = 2
+    return c
+
+
+def online_config(surrogate_kind: str, variant: str, method: str) -> ml_collections.ConfigDict:
+    """The config of `method` (its surrogate kind) for one variant."""
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown config variant {variant!r}; choose one of: {', '.join(VARIANTS)}.")
+    c = _base(surrogate_kind)
+    c.run_name = f"{method}-{variant}"
+    if variant == "jpeg":
+        c.oracle.kind = "jpeg"
+        c.smc.kl_coeff = 0.1
+    elif variant == "evaluate":
+        c.mode = "evaluate"
+    elif variant.startswith("tiny_"):
+        oracle = variant[len("tiny_"):]
+        c = _tiny(c, "jpeg" if oracle == "evaluate" else oracle)
+        c.run_name = f"{method}-{variant}"
+        if oracle == "evaluate":
+            c.mode = "evaluate"
+    return c

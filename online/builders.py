@@ -1,0 +1,119 @@
+"""From a config to objects: prompts, featurizer, oracle, surrogate, sampler settings.
+
+Only entry points and this module read ConfigDicts; everything they build takes plain
+keyword arguments. Heavy imports (diffusers pipelines, CLIP) happen inside the builders,
+after :mod:`online.validation` has accepted the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from online.oracles import ExternalCommandOracle, Oracle, QueryPolicy, WeightedOracle, reward_as_oracle
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORLD_PROMPTS = ("world:train", "world:eval")
+
+
+def resolve_path(path: str) -> Path:
+    """A path as given, or relative to the repository when it does not exist as given."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+
+
+def read_prompts(source: str) -> list[str]:
+    """Prompts from a text file (one per line, ``#`` comments) or the embedded world's list."""
+    if source in WORLD_PROMPTS:
+        from das.world import PROMPTS
+
+        return list(PROMPTS)
+    from das.cli import read_prompts as read_prompt_file
+
+    return read_prompt_file(str(resolve_path(source)))
+
+
+def featurizer_dim(config) -> int:
+    """The feature dimension the configured featurizer produces (cheap: builds no model)."""
+    if config.featurizer.kind == "world":
+        from das.world import WorldFeaturizer
+
+        return WorldFeaturizer().dim
+    return 768  # CLIP ViT-L/14 image embeddings
+
+
+def build_featurizer(config, device: torch.device):
+    if config.featurizer.kind == "world":
+        from das.world import WorldFeaturizer
+
+        return WorldFeaturizer().to(device).eval()
+    from das.clip import CLIPImageFeaturizer
+
+    return CLIPImageFeaturizer.from_pretrained(config.featurizer.path).to(device).eval()
+
+
+def build_oracle(config) -> Oracle:
+    """The black box named by ``config.oracle.kind``."""
+    kind = config.oracle.kind
+    if kind == "external":
+        return ExternalCommandOracle(list(config.oracle.command), timeout_s=config.oracle.timeout_s)
+    if kind == "multi":
+        parts = {name: _reward_oracle(name, config) for name in ("jpeg", "colorfulness")}
+        return WeightedOracle(parts, {name: float(config.oracle.weights[name]) for name in parts})
+    return _reward_oracle(kind, config)
+
+
+def _reward_oracle(kind: str, config) -> Oracle:
+    if kind == "jpeg":
+        from das.rewards.jpeg import JPEGCompressibility
+
+        return reward_as_oracle(JPEGCompressibility())
+    if kind == "colorfulness":
+        from das.rewards.colorfulness import ColorfulnessReward
+
+        return reward_as_oracle(ColorfulnessReward())
+    from das.rewards import make_reward
+
+    reward = make_reward("aesthetic", clip_model=config.oracle.clip_model, mlp_path=str(resolve_path(config.oracle.mlp_path)))
+    return reward_as_oracle(reward)
+
+
+def query_policy(config) -> QueryPolicy:
+    return QueryPolicy(
+        max_retries=int(config.oracle.max_retries),
+        timeout_s=float(config.oracle.timeout_s),
+        batch_size=int(config.oracle.batch_size),
+    )
+
+
+def build_surrogate(config, input_dim: int):
+    from surrogate import make_surrogate
+
+    return make_surrogate(config.surrogate.kind, input_dim=input_dim, **dict(config.surrogate.kwargs))
+
+
+def sampler_kwargs(config) -> dict:
+    """Keyword arguments of :class:`das.DASSampler` from ``config.smc``."""
+    smc = config.smc
+    return dict(
+        kl_coeff=float(smc.kl_coeff),
+        num_particles=int(smc.num_particles),
+        resampling=smc.resampling,
+        ess_threshold=float(smc.ess_threshold),
+        tempering=smc.tempering,
+        tempering_gamma=float(smc.tempering_gamma),
+        tempering_start=int(smc.tempering_start),
+        max_chunk_rows=int(smc.max_chunk_rows) or None,
+        selection="all",
+    )
+
+
+def build_adapter(config, device: torch.device):
+    from das.cli import build_adapter as build_from_model_config
+
+    model = config.model
+    if model.family == "pixel":
+        model = model.copy_and_resolve_references()
+        model.path = str(resolve_path(model.path))
+    return build_from_model_config(model, str(device))

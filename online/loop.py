@@ -1,0 +1,298 @@
+"""The online loop: sample, query the black box, keep the answers, fit, checkpoint.
+
+Round ``k``:
+
+1. sample the round's prompts with DAS guided by the surrogate of round ``k − 1`` (round 0
+   samples the pretrained model), split across processes and gathered on the main one;
+2. stage the batch on disk, then ask the oracle about every item, each answer made durable
+   as it arrives (a resumed round asks only about the items still unanswered);
+3. write the round's dataset shard: from here on the queries are part of the dataset;
+4. fit the surrogate on all valid rows so far and broadcast it;
+5. write the round's checkpoint (surrogate, resolved config, RNG seeds, metrics) and,
+   last, its ``COMPLETE`` marker.
+
+Every random stream of round ``k`` is seeded from ``(seed, k, stream, rank)``, so a resumed
+run draws exactly what an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from online import builders
+from online.distributed import broadcast_from_main, gather_to_main, shard
+from online.guidance import SurrogateReward, ZeroReward
+from online.metrics import diversity, plot_reward_vs_queries, print_table, summary, write_metrics_lines
+from online.oracles import query_with_retries
+from online.sampling import merge_batches, sample_batch
+from online.storage import (
+    AnswerJournal,
+    atomic_write_json,
+    complete_rounds,
+    data_shard,
+    load_dataset,
+    load_rows,
+    mark_complete,
+    round_dir,
+    save_rows,
+)
+from online.validation import run_directory
+
+STREAMS = {"prompts": 1, "sample": 2, "noise": 3, "fit": 4}
+
+
+def stream_seed(seed: int, round_index: int, stream: str, rank: int = 0) -> int:
+    """The seed of one random stream of one round on one process."""
+    return (seed * 1_000_003 + round_index * 10_007 + STREAMS[stream] * 101 + rank) % (2**62)
+
+
+def round_prompts(prompts: list[str], count: int, seed: int, round_index: int) -> list[str]:
+    """`count` prompts drawn uniformly with replacement for a round."""
+    generator = torch.Generator().manual_seed(stream_seed(seed, round_index, "prompts"))
+    picks = torch.randint(len(prompts), (count,), generator=generator)
+    return [prompts[i] for i in picks.tolist()]
+
+
+def _prepare_run_directory(config, accelerator) -> tuple[Path, object]:
+    """Creates (or reopens) the run directory; returns it and the config the run uses."""
+    import ml_collections
+
+    run_dir = run_directory(config)
+    if config.resume_from:
+        stored = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
+        stored.loop.num_rounds = config.loop.num_rounds  # a resume may extend the run
+        stored.resume_from = config.resume_from
+        stored.progress = config.progress
+        config = stored
+    elif accelerator.is_main_process:
+        if run_dir.exists() and config.overwrite:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", config.to_dict())
+    accelerator.wait_for_everyone()
+    return run_dir, config
+
+
+def run_training(config, accelerator) -> Path:
+    """Runs (or resumes) the loop to ``config.loop.num_rounds`` rounds; returns the run dir."""
+    from surrogate import load_surrogate
+
+    run_dir, config = _prepare_run_directory(config, accelerator)
+    main = accelerator.is_main_process
+    device = accelerator.device
+    adapter = builders.build_adapter(config, device)
+    featurizer = builders.build_featurizer(config, device)
+    oracle = builders.build_oracle(config) if main else None
+    policy = builders.query_policy(config)
+    prompts = builders.read_prompts(config.prompts.train_file)
+    sampler_kwargs = builders.sampler_kwargs(config)
+
+    done = complete_rounds(run_dir)
+    surrogate = None
+    if done:
+        surrogate = load_surrogate(round_dir(run_dir, done[-1]) / "surrogate.safetensors", device=device)
+    rows = [json.loads((round_dir(run_dir, r) / "metrics.json").read_text()) for r in done]
+    first = done[-1] + 1 if done else 0
+    if main and first > 0:
+        print(f"Resuming {run_dir} after round {first - 1}.")
+
+    rounds = tqdm(range(first, config.loop.num_rounds), desc="rounds", disable=not (main and config.progress))
+    for k in rounds:
+        started = time.perf_counter()
+        seconds: dict[str, float] = {}
+        folder = round_dir(run_dir, k)
+        # -- 1-3. the round's paid-for rows: from disk if a crash left them, else sampled and queried
+        need_sampling = broadcast_from_main(main and not data_shard(run_dir, k).exists() and not (folder / "batch.safetensors").exists(), accelerator)
+        batch_stats = {}
+        if need_sampling:
+            tick = time.perf_counter()
+            batch = _sample_round(config, k, adapter, featurizer, surrogate, prompts, sampler_kwargs, accelerator)
+            seconds["sample"] = time.perf_counter() - tick
+            if main:
+                batch_stats = {"ess_fraction": float(batch["ess_fraction"].mean()), "log_normalizer": float(batch["log_normalizer"].mean())}
+                save_rows(folder / "batch.safetensors", {"images": batch["images"], "features": batch["features"]}, batch["prompts"], k)
+        if main:
+            tick = time.perf_counter()
+            failed = _query_round(config, run_dir, k, oracle, policy)
+            seconds["query"] = time.perf_counter() - tick
+        accelerator.wait_for_everyone()
+
+        # -- 4. fit on everything so far (main), broadcast
+        tick = time.perf_counter()
+        fit_info, new_surrogate_bytes = {}, None
+        if main:
+            shard_rows, _ = load_rows(data_shard(run_dir, k))
+            prediction_rmse = _prediction_rmse(surrogate, shard_rows)
+            new_surrogate, fit_info = _fit(config, run_dir, k, surrogate, featurizer.dim if hasattr(featurizer, "dim") else shard_rows["features"].shape[1])
+            path = folder / "surrogate.safetensors"
+            new_surrogate.save(path)
+            new_surrogate_bytes = path.read_bytes()
+        new_surrogate_bytes = broadcast_from_main(new_surrogate_bytes, accelerator)
+        surrogate = _surrogate_from_bytes(new_surrogate_bytes, folder, device, main)
+        seconds["fit"] = time.perf_counter() - tick
+
+        # -- 5. checkpoint and metrics (main)
+        if main:
+            tick = time.perf_counter()
+            row = _round_metrics(k, shard_rows, rows, failed, batch_stats, prediction_rmse, fit_info)
+            seconds["checkpoint"] = time.perf_counter() - tick
+            seconds["total"] = time.perf_counter() - started
+            row["seconds"] = seconds
+            atomic_write_json(folder / "config.json", config.to_dict())
+            atomic_write_json(
+                folder / "rng.json",
+                {"seed": config.seed, "round": k, "streams": {s: stream_seed(config.seed, k, s) for s in STREAMS},
+                 "sample_per_rank": [stream_seed(config.seed, k, "sample", r) for r in range(accelerator.num_processes)]},
+            )
+            atomic_write_json(folder / "metrics.json", row)
+            rows.append(row)
+            write_metrics_lines(run_dir / "metrics.jsonl", rows)
+            _log_tracker(accelerator, row)
+            mark_complete(run_dir, k)
+            rounds.set_postfix(true_mean=f"{row['true_reward']['mean']:.3f}")
+        accelerator.wait_for_everyone()
+
+    if main and rows:
+        print_table(rows)
+        plot_reward_vs_queries(rows, run_dir / "reward_vs_queries.png", f"{config.run_name}: {config.oracle.kind} oracle")
+        print(f"Run directory: {run_dir} (reward_vs_queries.png, metrics.jsonl, round_*/surrogate.safetensors)")
+    return run_dir
+
+
+def _sample_round(config, k, adapter, featurizer, surrogate, prompts, sampler_kwargs, accelerator) -> dict | None:
+    """This round's batch on the main process (each process samples its share of prompts)."""
+    if k == 0 or surrogate is None:
+        count, per_prompt = config.loop.initial_queries, 1
+        reward = ZeroReward()
+        kwargs = {**sampler_kwargs, "num_particles": 1}  # the pretrained chain, nothing else
+    else:
+        per_prompt = config.loop.images_per_prompt
+        count = config.loop.queries_per_round // per_prompt
+        reward = SurrogateReward(featurizer, surrogate, mode=config.smc.guidance)
+        kwargs = sampler_kwargs
+    mine = shard(round_prompts(prompts, count, config.seed, k), accelerator)
+    generator = torch.Generator(device=accelerator.device).manual_seed(stream_seed(config.seed, k, "sample", accelerator.process_index))
+    part = sample_batch(
+        adapter, reward, featurizer, mine, per_prompt, kwargs, config.smc.prompts_per_call, generator,
+        progress=config.progress and accelerator.is_main_process,
+    ) if mine else None
+    parts = gather_to_main(part, accelerator)
+    return merge_batches([p for p in parts if p is not None]) if parts is not None else None
+
+
+def _query_round(config, run_dir: Path, k: int, oracle, policy) -> int:
+    """Asks the oracle about the round's unanswered items, then writes the dataset shard."""
+    shard_path = data_shard(run_dir, k)
+    if shard_path.exists():
+        rows, _ = load_rows(shard_path)
+        return int((~rows["valid"]).sum())
+    folder = round_dir(run_dir, k)
+    staged, prompts = load_rows(folder / "batch.safetensors")
+    images = staged["images"]
+    n = images.shape[0]
+    noise = torch.randn(n, generator=torch.Generator().manual_seed(stream_seed(config.seed, k, "noise")), dtype=torch.float64)
+    journal = AnswerJournal(folder / "answers.jsonl")
+    answered = journal.read()
+    todo = [i for i in range(n) if i not in answered]
+
+    def keep(answers: list[dict]) -> None:
+        for row in answers:
+            value = row["value"]
+            row["true_reward"] = value
+            row["reward"] = None if value is None else value + config.oracle.noise_std * float(noise[row["index"]])
+        journal.append(answers)
+
+    if todo:
+        query_with_retries(oracle, images, prompts, todo, policy, keep)
+    answered = journal.read()
+    valid = torch.tensor([answered[i]["status"] == "ok" for i in range(n)])
+    observed = torch.tensor([answered[i]["reward"] if answered[i]["status"] == "ok" else math.nan for i in range(n)], dtype=torch.float64)
+    true = torch.tensor([answered[i]["true_reward"] if answered[i]["status"] == "ok" else math.nan for i in range(n)], dtype=torch.float64)
+    uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    save_rows(shard_path, {"features": staged["features"], "rewards": observed, "true_rewards": true, "valid": valid, "images": uint8}, prompts, k)
+    (folder / "batch.safetensors").unlink(missing_ok=True)  # the shard now holds everything
+    return int((~valid).sum())
+
+
+def _fit(config, run_dir: Path, k: int, previous, input_dim: int):
+    """Fits the surrogate on every valid row of rounds 0..k."""
+    data, _, _ = load_dataset(run_dir, up_to_round=k)
+    valid = data["valid"]
+    features, rewards = data["features"][valid].float(), data["rewards"][valid].float()
+    if features.shape[0] < 2:
+        raise RuntimeError(f"Only {features.shape[0]} valid oracle answers so far; the surrogate needs at least 2 (check the oracle).")
+    warm = bool(config.surrogate.warm_start) and previous is not None and previous.kind == config.surrogate.kind
+    surrogate = previous if warm else builders.build_surrogate(config, input_dim)
+    generator = torch.Generator().manual_seed(stream_seed(config.seed, k, "fit"))
+    info = surrogate.fit(features, rewards, generator=generator, round=k, warm_start=warm)
+    return surrogate, {key: value for key, value in (info or {}).items() if isinstance(value, (int, float, str, bool))}
+
+
+def _prediction_rmse(surrogate, rows: dict) -> float | None:
+    """How well last round's surrogate predicted this round's answers (before seeing them)."""
+    if surrogate is None or not bool(rows["valid"].any()):
+        return None
+    valid = rows["valid"]
+    with torch.no_grad():
+        mean = surrogate.mean(rows["features"][valid].float().to(surrogate_device(surrogate))).cpu().double()
+    return float(((mean - rows["rewards"][valid]) ** 2).mean().sqrt())
+
+
+def surrogate_device(surrogate) -> torch.device:
+    return getattr(surrogate, "device", torch.device("cpu"))
+
+
+def _surrogate_from_bytes(data: bytes, folder: Path, device, main: bool):
+    """The broadcast surrogate on this process (other ranks load it from the bytes)."""
+    from surrogate import load_surrogate
+
+    if main:
+        return load_surrogate(folder / "surrogate.safetensors", device=device)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "surrogate.safetensors"
+        path.write_bytes(data)
+        return load_surrogate(path, device=device)
+
+
+def _round_metrics(k, shard_rows, previous_rows, failed, batch_stats, prediction_rmse, fit_info) -> dict:
+    queries = int(shard_rows["valid"].numel())
+    total = queries + (previous_rows[-1]["queries_total"] if previous_rows else 0)
+    return {
+        "round": k,
+        "queries_round": queries,
+        "queries_total": total,
+        "failed_queries": failed,
+        "true_reward": summary(shard_rows["true_rewards"]),
+        "observed_reward": summary(shard_rows["rewards"]),
+        "diversity": diversity(shard_rows["features"]),
+        "surrogate_prediction_rmse": prediction_rmse,
+        "surrogate_fit": fit_info,
+        **batch_stats,
+    }
+
+
+def _log_tracker(accelerator, row: dict) -> None:
+    if not accelerator.log_with:
+        return
+    flat = {
+        "true_reward/mean": row["true_reward"]["mean"],
+        "true_reward/max": row["true_reward"]["max"],
+        "true_reward/std": row["true_reward"]["std"],
+        "diversity": row["diversity"],
+        "failed_queries": row["failed_queries"],
+        "queries_total": row["queries_total"],
+    }
+    if row.get("ess_fraction") is not None:
+        flat["ess_fraction"] = row["ess_fraction"]
+    if row.get("surrogate_prediction_rmse") is not None:
+        flat["surrogate/prediction_rmse"] = row["surrogate_prediction_rmse"]
+    accelerator.log(flat, step=row["round"])

@@ -1,0 +1,166 @@
+"""Black-box oracles: images (and prompts) -> rewards, queried with a fault policy.
+
+An oracle is any callable ``(images (N, C, H, W) in [0, 1], prompts) -> (N,)`` tensor; it
+may raise, hang, or answer NaN for some items. From the loop's point of view it is never
+differentiable. Kinds:
+
+* ``jpeg``, ``colorfulness``, ``aesthetic``: the project's reward functions used as black
+  boxes (``das.rewards``);
+* ``multi``: a weighted sum of ``jpeg`` and ``colorfulness`` (embedded world);
+* ``external``: a user's command (argv list, run without a shell) for human-in-the-loop or
+  lab use. It receives on standard input one line per item, ``<image path>\\t<prompt>``,
+  with each image saved as a PNG, and must print one reward per line on standard output
+  (``nan`` for an item it cannot score).
+
+:func:`query_with_retries` applies the fault policy: a call that raises, exceeds the
+timeout, or answers a non-finite value is retried (only the affected items), then recorded
+as failed and left out of fitting.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+Oracle = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
+
+ORACLE_KINDS = ("aesthetic", "jpeg", "colorfulness", "multi", "external")
+
+
+class ExternalCommandOracle:
+    """Runs a user's command to score images (see the module docstring for the protocol).
+
+    Args:
+        command: argv list, e.g. ``["python", "rate.py"]``; no shell is involved.
+        timeout_s: seconds before the command is killed.
+    """
+
+    def __init__(self, command: Sequence[str], timeout_s: float = 600.0):
+        if not command:
+            raise ValueError("The external oracle needs oracle.command, an argv list such as ['python', 'rate.py'].")
+        self.command = [str(part) for part in command]
+        self.timeout_s = float(timeout_s)
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        from das.images import save_png, to_uint8
+
+        with tempfile.TemporaryDirectory(prefix="oracle-") as folder:
+            lines = []
+            for i, (image, prompt) in enumerate(zip(to_uint8(images), prompts)):
+                path = Path(folder) / f"item_{i:05d}.png"
+                save_png(image, path)
+                lines.append(f"{path}\t{prompt}")
+            done = subprocess.run(
+                self.command, input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=self.timeout_s, check=False
+            )
+        if done.returncode != 0:
+            raise RuntimeError(f"oracle command exited with {done.returncode}: {done.stderr.strip()[-500:]}")
+        values = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+        if len(values) != len(lines):
+            raise RuntimeError(f"oracle command printed {len(values)} rewards for {len(lines)} images")
+        return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+
+class WeightedOracle:
+    """``Σ_i w_i · oracle_i(images)``."""
+
+    def __init__(self, oracles: dict[str, Oracle], weights: dict[str, float]):
+        self.oracles, self.weights = oracles, weights
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return sum(self.weights[name] * oracle(images, prompts).double() for name, oracle in self.oracles.items())
+
+
+def reward_as_oracle(reward) -> Oracle:
+    """A ``das`` reward used as a black box: no gradients, float64 answers on the CPU."""
+
+    def oracle(images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return reward(images, list(prompts)).detach().double().cpu()
+
+    return oracle
+
+
+@dataclass
+class QueryPolicy:
+    """How the loop treats a misbehaving oracle.
+
+    Attributes:
+        max_retries: extra attempts for items whose call raised, timed out or gave a
+            non-finite value.
+        timeout_s: seconds allowed per call.
+        batch_size: items per call (0: all at once); answers become durable per call.
+    """
+
+    max_retries: int = 2
+    timeout_s: float = 600.0
+    batch_size: int = 0
+
+
+def _call_with_timeout(oracle: Oracle, images: torch.Tensor, prompts: list[str], timeout_s: float) -> torch.Tensor:
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        future = executor.submit(oracle, images, prompts)
+        values = future.result(timeout=timeout_s)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+    values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if values.numel() != len(prompts):
+        raise RuntimeError(f"oracle returned {values.numel()} values for {len(prompts)} items")
+    return values
+
+
+def query_with_retries(
+    oracle: Oracle,
+    images: torch.Tensor,
+    prompts: Sequence[str],
+    indices: Sequence[int],
+    policy: QueryPolicy,
+    on_answers: Callable[[list[dict]], None],
+) -> None:
+    """Asks `oracle` about the items `indices` of a batch, under `policy`.
+
+    Each call's answers are handed to `on_answers` (which makes them durable) before the
+    next call, one dict per item: ``index``, ``value`` (float or None), ``status``
+    (``ok``/``failed``), ``attempts``, ``error``.
+    """
+    pending = list(indices)
+    step = policy.batch_size or max(len(pending), 1)
+    for start in range(0, len(pending), step):
+        chunk = pending[start : start + step]
+        attempts = {i: 0 for i in chunk}
+        errors: dict[int, str] = {}
+        todo = list(chunk)
+        while todo:
+            for i in todo:
+                attempts[i] += 1
+            try:
+                values = _call_with_timeout(oracle, images[todo], [prompts[i] for i in todo], policy.timeout_s)
+                bad = [i for i, v in zip(todo, values.tolist()) if not math.isfinite(v)]
+                answers = [
+                    {"index": i, "value": v, "status": "ok", "attempts": attempts[i], "error": ""}
+                    for i, v in zip(todo, values.tolist())
+                    if math.isfinite(v)
+                ]
+                for i in bad:
+                    errors[i] = "non-finite value"
+            except concurrent.futures.TimeoutError:
+                bad, answers = list(todo), []
+                for i in bad:
+                    errors[i] = f"timed out after {policy.timeout_s:g} s"
+            except Exception as error:  # noqa: BLE001 - any oracle failure is retried, then recorded
+                bad, answers = list(todo), []
+                for i in bad:
+                    errors[i] = f"{type(error).__name__}: {error}"[:300]
+            failed = [i for i in bad if attempts[i] > policy.max_retries]
+            answers += [{"index": i, "value": None, "status": "failed", "attempts": attempts[i], "error": errors[i]} for i in failed]
+            if answers:
+                on_answers(answers)
+            todo = [i for i in bad if attempts[i] <= policy.max_retries]
