@@ -37,6 +37,10 @@ def _surrogate(kind: str) -> ml_collections.ConfigDict:
         s.kwargs.clip = 10.0
     elif kind == "bootstrap":
         s.kwargs.num_heads = 4
+    if kind in ("ucb", "bootstrap", "greedy"):
+        s.kwargs.hidden = (1024, 128, 64, 16)  # the reference MLP on 768-d CLIP features
+        s.kwargs.max_epochs = 100  # early stopping on a shuffled validation split ends most fits sooner
+        s.kwargs.patience = 5
     elif kind == "gp":
         s.kwargs.beta = 1.0
     s.warm_start = True
@@ -95,7 +99,7 @@ def _base(surrogate_kind: str) -> ml_collections.ConfigDict:
     c.oracle.clip_model = CLIP_MODEL
     c.oracle.mlp_path = AESTHETIC_MLP
     c.oracle.weights = ml_collections.ConfigDict({"jpeg": 0.5, "colorfulness": 0.5})  # for kind=multi
-    c.oracle.command = []  # kind=external: argv list, e.g. ["python", "rate.py"]
+    c.oracle.command = ()  # kind=external: argv, e.g. --config.oracle.command="('python', 'rate.py')"
     c.oracle.batch_size = 0  # items per oracle call (0: the whole batch); answers are saved per call
     c.oracle.max_retries = 2
     c.oracle.timeout_s = 600.0

@@ -1,0 +1,76 @@
+"""The fault policy and the external-command oracle."""
+
+import math
+import sys
+import time
+
+import torch
+
+from online.oracles import ExternalCommandOracle, QueryPolicy, query_with_retries
+
+
+def _collect():
+    rows = []
+    return rows, rows.extend
+
+
+def test_raising_and_nan_items_are_retried_then_recorded_as_failed():
+    calls = []
+
+    def flaky(images, prompts):
+        calls.append(list(prompts))
+        if len(calls) == 1:
+            raise RuntimeError("instrument offline")
+        values = [float(p) for p in prompts]
+        return torch.tensor([math.nan if p == "3" else v for p, v in zip(prompts, values)])
+
+    images = torch.zeros(5, 3, 4, 4)
+    prompts = [str(i) for i in range(5)]
+    rows, keep = _collect()
+    query_with_retries(flaky, images, prompts, range(5), QueryPolicy(max_retries=2), keep)
+    by_index = {row["index"]: row for row in rows}
+    assert sorted(by_index) == [0, 1, 2, 3, 4]
+    assert by_index[3]["status"] == "failed" and by_index[3]["attempts"] == 3 and "non-finite" in by_index[3]["error"]
+    assert all(by_index[i]["status"] == "ok" and by_index[i]["value"] == i for i in (0, 1, 2, 4))
+    assert calls[1] == prompts and calls[2:] == [["3"]]  # only the bad item is asked again
+
+
+def test_a_hanging_oracle_times_out_and_the_run_goes_on():
+    def slow(images, prompts):
+        time.sleep(5)
+        return torch.zeros(len(prompts))
+
+    rows, keep = _collect()
+    start = time.perf_counter()
+    query_with_retries(slow, torch.zeros(2, 3, 4, 4), ["a", "b"], [0, 1], QueryPolicy(max_retries=1, timeout_s=0.2), keep)
+    assert time.perf_counter() - start < 3
+    assert [row["status"] for row in rows] == ["failed", "failed"] and "timed out" in rows[0]["error"]
+
+
+def test_answers_become_durable_per_call():
+    seen = []
+    rows, keep = _collect()
+
+    def record(answers):
+        seen.append([a["index"] for a in answers])
+        keep(answers)
+
+    query_with_retries(lambda im, p: torch.ones(len(p)), torch.zeros(5, 3, 4, 4), list("abcde"), range(5), QueryPolicy(batch_size=2), record)
+    assert seen == [[0, 1], [2, 3], [4]]
+
+
+def test_external_command_reads_paths_and_prompts_and_prints_rewards(tmp_path):
+    script = tmp_path / "rate.py"
+    script.write_text(
+        "import sys\n"
+        "from PIL import Image\n"
+        "for line in sys.stdin:\n"
+        "    path, prompt = line.rstrip('\\n').split('\\t')\n"
+        "    image = Image.open(path)\n"
+        "    print(sum(image.getpixel((0, 0))) / 765 + len(prompt))\n"
+    )
+    oracle = ExternalCommandOracle([sys.executable, str(script)], timeout_s=60)
+    images = torch.zeros(2, 3, 4, 4)
+    images[1] = 1.0
+    values = oracle(images, ["ab", "abc"])
+    assert torch.allclose(values, torch.tensor([2.0, 4.0], dtype=torch.float64))

@@ -1,0 +1,81 @@
+"""Bad input ends in one clear line and a non-zero exit before any model is loaded."""
+
+import subprocess
+import sys
+
+import pytest
+
+from online.validation import ConfigError, validate
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("oracle.kind", "telepathy", "oracle.kind"),
+        ("surrogate.kind", "crystal_ball", "surrogate.kind"),
+        ("smc.num_particles", 0, "num_particles"),
+        ("smc.ess_threshold", 1.5, "ess_threshold"),
+        ("smc.kl_coeff", 0.0, "kl_coeff"),
+        ("smc.resampling", "lottery", "smc.resampling"),
+        ("loop.images_per_prompt", 3, "exceeds smc.num_particles"),
+        ("loop.queries_per_round", 0, "queries_per_round"),
+        ("model.family", "dalle", "model.family"),
+        ("model.path", "/nonexistent/model", "does not exist"),
+        ("prompts.train_file", "/nonexistent/prompts.txt", "prompt file"),
+        ("oracle.kind", "external", "oracle.command"),
+        ("tracker", "mlflow", "tracker"),
+    ],
+)
+def test_bad_fields_are_named(make_config, field, value, message):
+    config = make_config()
+    section, _, name = field.rpartition(".")
+    target = config[section] if section else config
+    target[name] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_an_existing_run_directory_is_never_overwritten_unless_asked(make_config, tmp_path):
+    config = make_config()
+    run_dir = tmp_path / "runs" / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "precious.txt").write_text("paid for")
+    with pytest.raises(ConfigError, match="already exists"):
+        validate(config)
+    config.overwrite = True
+    validate(config)
+
+
+def test_evaluate_needs_a_compatible_checkpoint(make_config, tmp_path):
+    import torch
+
+    from surrogate import make_surrogate
+
+    config = make_config("tiny_evaluate")
+    config.reward_model_path = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="No surrogate checkpoint"):
+        validate(config)
+    wrong = make_surrogate("ucb", input_dim=5, hidden=(8, 4), max_epochs=2)
+    wrong.fit(torch.randn(20, 5), torch.randn(20), seed=0)
+    wrong.save(tmp_path / "wrong.safetensors")
+    config.reward_model_path = str(tmp_path / "wrong.safetensors")
+    with pytest.raises(ConfigError, match="128-d features were expected"):
+        validate(config)
+    (tmp_path / "pickle.safetensors").write_bytes(b"\x80\x04K\x01.")
+    config.reward_model_path = str(tmp_path / "pickle.safetensors")
+    with pytest.raises(ConfigError):
+        validate(config)
+
+
+def test_the_entry_point_prints_one_line_and_exits_2():
+    done = subprocess.run(
+        [sys.executable, "online/online_main_smc.py", "--config", "config/UCB_smc.py:tiny_jpeg", "--config.smc.num_particles=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "num_particles" in lines[0], done.stderr
