@@ -18,7 +18,6 @@ one line and exit non-zero.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -28,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from das.images import image_grid, save_png, to_uint8
 
 FAMILIES = ("sd", "sdxl", "lcm", "pixel")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -118,29 +119,6 @@ def build_adapter(model, device: str):
     return cls.from_pretrained(model.path, **kwargs)
 
 
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """`(..., 3, H, W)` in [0, 1] -> `(..., H, W, 3)` uint8."""
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
-
-
-def _save_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray(array).save(path)
-
-
-def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
-    """`(N, H, W, 3)` uint8 -> one grid image."""
-    n, h, w, c = images.shape
-    columns = columns or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / columns)
-    grid = np.zeros((rows * h, columns * w, c), dtype=np.uint8)
-    for i, image in enumerate(images):
-        r, q = divmod(i, columns)
-        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = image
-    return grid
-
-
 def sample_prompts(sampler, prompts: Sequence[str], batch: int, seed: int, offset: int) -> list[dict]:
     """Runs the sampler over `prompts` in batches; one record per prompt (CPU/numpy only)."""
     records = []
@@ -153,8 +131,8 @@ def sample_prompts(sampler, prompts: Sequence[str], batch: int, seed: int, offse
             records.append({
                 "index": offset + start + b,
                 "prompt": prompt,
-                "particles": _to_uint8(result.images[b]),
-                "selected": _to_uint8(result.selected[b]) if selected.dim() == 1 else None,
+                "particles": to_uint8(result.images[b]),
+                "selected": to_uint8(result.selected[b]) if selected.dim() == 1 else None,
                 "selected_index": selected[b].tolist(),
                 "rewards": result.rewards[b].tolist(),
                 "weights": result.weights[b].tolist(),
@@ -179,12 +157,12 @@ def write_outputs(run_dir: Path, config, records: list[dict]) -> None:
         i = r["index"]
         for k, particle in enumerate(r["particles"]):
             name = f"particles/{i:04d}_k{k}.png"
-            _save_png(particle, tmp / name)
+            save_png(particle, tmp / name)
             per_image.append({"prompt_index": i, "prompt": r["prompt"], "particle": k, "file": name,
                               "reward": r["rewards"][k], "weight": r["weights"][k]})
         sel = r["selected_index"] if isinstance(r["selected_index"], int) else int(np.argmax(r["weights"]))
         image = r["selected"] if r["selected"] is not None else r["particles"][sel]
-        _save_png(image, tmp / f"images/{i:04d}.png")
+        save_png(image, tmp / f"images/{i:04d}.png")
         chosen.append(image)
         per_prompt.append({"prompt_index": i, "prompt": r["prompt"], "file": f"images/{i:04d}.png", "selected_particle": sel,
                            "selected_reward": r["rewards"][sel], "mean_reward": float(np.mean(r["rewards"])),
@@ -195,7 +173,7 @@ def write_outputs(run_dir: Path, config, records: list[dict]) -> None:
     (tmp / "rewards.json").write_text(json.dumps({"summary": summary, "per_prompt": per_prompt, "per_image": per_image}, indent=1))
     (tmp / "traces.json").write_text(json.dumps({"num_particles": config.smc.num_particles, "per_prompt": traces}))
     (tmp / "config.json").write_text(config.to_json_best_effort(indent=1))
-    _save_png(image_grid(np.stack(chosen)), tmp / "grid.png")
+    save_png(image_grid(np.stack(chosen)), tmp / "grid.png")
     if run_dir.exists():  # validated earlier: only with overwrite=True
         shutil.rmtree(run_dir)
     os.replace(tmp, run_dir)
@@ -243,7 +221,7 @@ def run(config) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parses ``--config path.py:variant`` (with ``--config.x=y`` overrides) and runs."""
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
     from das.adapters.loading import WeightsNotAvailableError
