@@ -2,7 +2,8 @@
 
 Colour is a rule: the foreground is the set of saturated pixels (HSV saturation > 0.6 and
 value > 0.35; backgrounds are rendered with saturation ≤ 0.45), and its colour is the
-nearest of the world's hues to their circular-mean hue. Shape is a nearest-centroid
+nearest of the world's hues to their circular-mean hue. Only the largest 8-connected
+component of saturated pixels counts as the foreground. Shape is a nearest-centroid
 classifier on two rotation-tolerant mask statistics, fitted on rendered images:
 
 - compactness ``area / (π r_max²)`` with ``r_max`` the largest distance from the mask's
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from das.world.scenes import COLOR_HUES, COLORS, PROMPTS, SHAPES, make_dataset, prompt_label
 
@@ -49,7 +51,14 @@ def mask_features(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndar
     hues = np.zeros(n)
     area = mask.reshape(n, -1).sum(1).astype(float)
     for i in range(n):
-        m = mask[i]
+        # Keep the largest 8-connected component: stray saturated pixels are not the shape.
+        comp, count = ndimage.label(mask[i], structure=np.ones((3, 3)))
+        if count == 0:
+            area[i] = 0
+            continue
+        sizes = ndimage.sum(np.ones_like(comp), comp, index=np.arange(1, count + 1))
+        m = comp == (int(np.argmax(sizes)) + 1)
+        area[i] = m.sum()
         if area[i] < 4:
             continue
         cy, cx = yy[m].mean(), xx[m].mean()
