@@ -1,6 +1,6 @@
 """A simple classifier of the world's scenes, fitted on the generator's own labelled images.
 
-Colour is a rule: the foreground is the set of saturated pixels (HSV saturation > 0.6 and
+Colour is a rule: the foreground is the set of saturated pixels (HSV saturation > 0.75 and
 value > 0.35; backgrounds are rendered with saturation ≤ 0.45), and its colour is the
 nearest of the world's hues to their circular-mean hue. Only the largest 8-connected
 component of saturated pixels counts as the foreground. Shape is a nearest-centroid
@@ -44,7 +44,7 @@ def mask_features(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndar
     x = images.detach().cpu()
     x = (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).numpy()
     hue, sat, val = _hsv(x)
-    mask = (sat > 0.6) & (val > 0.35)
+    mask = (sat > 0.75) & (val > 0.35)
     n, h, w = mask.shape
     yy, xx = np.mgrid[0:h, 0:w]
     feats = np.zeros((n, 2))

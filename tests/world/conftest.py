@@ -1,3 +1,4 @@
 import torch
 
-torch.set_num_threads(2)
+# The CPU is shared: one thread avoids oversubscription stalls.
+torch.set_num_threads(1)
