@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo toy-demo test install bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,14 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
+# The embedded-world UCB loop (7 rounds: round 0 + 6 guided rounds), then evaluate mode on
+# its last round's surrogate.
 demo: $(STAMP)
+	$(PY) online/online_main_smc.py --config config/UCB_smc.py:tiny_jpeg --config.run_name=demo --config.overwrite=True
+	$(PY) online/online_main_smc.py --config config/UCB_smc.py:tiny_evaluate --config.run_name=demo-evaluate \
+		--config.overwrite=True --config.reward_model_path=runs/demo/round_0006
+
+toy-demo: $(STAMP)
 	$(PY) -m das.toy_demo --out runs/toy_demo
 
 test: $(STAMP)

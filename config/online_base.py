@@ -130,26 +130,29 @@ def _base(surrogate_kind: str) -> ml_collections.ConfigDict:
     return c
 
 
-# Embedded world: label noise is 0.1 × each oracle's natural scale (das.world.ORACLE_NOISE_STD);
-# the multi-objective oracle sums the two oracles divided by their scales, with these weights.
-WORLD_NOISE_STD = {"jpeg": 0.1, "colorfulness": 5.0, "multi": 0.1}
-WORLD_SCALES = {"jpeg": 1.0, "colorfulness": 50.0}
-WORLD_KL_COEFF = {"jpeg": 0.02, "colorfulness": 1.0, "multi": 0.02}
+# Embedded world: the label noise of JPEG and colourfulness is the world's own
+# (das.world.ORACLE_NOISE_STD, a tenth of each oracle's spread over the model's samples);
+# the multi-objective oracle sums the two divided by their spreads, with weight ½ each.
+WORLD_SCALES = {"jpeg": 0.2, "colorfulness": 50.0}
+WORLD_KL_COEFF = {"jpeg": 0.02, "colorfulness": 5.0, "multi": 0.1}
 
 
 def _tiny(c: ml_collections.ConfigDict, oracle: str) -> ml_collections.ConfigDict:
+    from das.world import ORACLE_NOISE_STD
+
     c.model = _world_model()
+    c.model.num_steps = 15
     c.prompts.train_file = "world:train"
     c.prompts.eval_file = "world:eval"
     c.featurizer.kind = "world"
     c.featurizer.path = ""
     c.oracle.kind = oracle
-    c.oracle.noise_std = WORLD_NOISE_STD[oracle]
+    c.oracle.noise_std = ORACLE_NOISE_STD.get(oracle, 0.1)
     c.oracle.weights = ml_collections.ConfigDict({k: 0.5 / v for k, v in WORLD_SCALES.items()})
     c.smc.kl_coeff = WORLD_KL_COEFF[oracle]
     c.smc.tempering_gamma = 0.1
     c.loop.num_rounds = 7
-    c.loop.initial_queries = 64
+    c.loop.initial_queries = 48
     c.loop.queries_per_round = 16
     c.evaluate.images_per_prompt = 2
     return c
