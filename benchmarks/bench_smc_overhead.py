@@ -20,7 +20,7 @@ from das.adapters.toy import ToyAdapter
 from das.smc import DASSampler
 from das.toy import GaussianMixture, QuadraticReward, nine_gaussians, paper_toy_reward
 
-B, K, STEPS, REPEATS = 8, 16, 50, 5
+B, K, STEPS, REPEATS = 8, 16, 50, 11
 
 
 def _model_and_reward_only(sampler: DASSampler, prompts: list[str], generator: torch.Generator) -> None:

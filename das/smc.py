@@ -98,6 +98,11 @@ def _gradient(reward: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(x) if grad is None else grad
 
 
+def _squared_norm(x: torch.Tensor) -> torch.Tensor:
+    """Per-row ``‖x‖²`` in float32 (at least), `(N,)`."""
+    return torch.linalg.vector_norm(x.flatten(1), dim=1, dtype=torch.promote_types(x.dtype, torch.float32)) ** 2
+
+
 class DASSampler:
     """Diffusion Alignment as Sampling over any :class:`DenoiserAdapter`.
 
@@ -271,14 +276,14 @@ class DASSampler:
             lam_next = torch.ones_like(lam) if last else self.tempering(info)
             noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
             if current.grad is not None:
-                scale = (lam_next / alpha).to(x.dtype).repeat_interleave(k).view(-1, *([1] * len(event_dims)))
-                shift = current.std * scale * current.grad  # σ λ ∇r / α, the shift in units of σ
-                x = current.mean + current.std * (noise + shift)
-                # log p_pre − log q for N(μ, σ²) vs N(μ + σ·shift, σ²) at x = μ + σ(noise + shift).
-                shift = shift.float()
-                log_ratio = -(shift * (noise.float() + 0.5 * shift)).sum(event_dims).view(b, k)
+                # The proposal N(μ + σ²λ∇r/α, σ²) draws x = μ + σ z with z = ε + σλ∇r/α, and
+                # log p_pre(x) − log q(x) = (‖ε‖² − ‖z‖²) / 2.
+                scale = current.std * (lam_next / alpha).to(x.dtype).repeat_interleave(k).view(-1, *([1] * len(event_dims)))
+                z = torch.addcmul(noise, scale, current.grad)
+                x = torch.addcmul(current.mean, current.std, z)
+                log_ratio = 0.5 * (_squared_norm(noise) - _squared_norm(z)).view(b, k)
             else:
-                x = current.mean + current.std * noise
+                x = torch.addcmul(current.mean, current.std, noise)
                 log_ratio = 0.0
 
             # Twist at the new particles: exact reward at the end, Tweedie's otherwise.
