@@ -9,9 +9,11 @@ import torch
 
 from das.images import image_grid, save_png, to_uint8
 from online import builders
+from online.distributed import gather_to_main, shard
 from online.guidance import SurrogateReward
 from online.metrics import diversity, summary
-from online.sampling import sample_batch
+from online.oracles import query_with_retries
+from online.sampling import merge_batches, sample_batch
 from online.storage import atomic_write_json
 from online.validation import surrogate_path
 
@@ -36,9 +38,6 @@ def run_evaluation(config, accelerator) -> Path:
     prompts = builders.read_prompts(config.prompts.eval_file)
     if config.evaluate.num_prompts:
         prompts = prompts[: config.evaluate.num_prompts]
-    from online.distributed import gather_to_main, shard
-    from online.sampling import merge_batches
-
     mine = shard(prompts, accelerator)
     generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + EVAL_STREAM_SEED + accelerator.process_index)
     reward = SurrogateReward(featurizer, surrogate, mode="mean")
@@ -51,7 +50,14 @@ def run_evaluation(config, accelerator) -> Path:
         return out
     batch = merge_batches([p for p in parts if p is not None])
     oracle = builders.build_oracle(config)
-    true = oracle(batch["images"], batch["prompts"]).double()
+    true = torch.full((len(batch["prompts"]),), float("nan"), dtype=torch.float64)
+
+    def keep(answers: list[dict]) -> None:
+        for row in answers:
+            if row["value"] is not None:
+                true[row["index"]] = row["value"]
+
+    query_with_retries(oracle, batch["images"], batch["prompts"], range(len(batch["prompts"])), builders.query_policy(config), keep)
     with torch.no_grad():
         predicted = surrogate.mean(batch["features"].to(device)).double().cpu()
     pixels = to_uint8(batch["images"])
@@ -65,6 +71,7 @@ def run_evaluation(config, accelerator) -> Path:
         "checkpoint": str(checkpoint),
         "oracle": config.oracle.kind,
         "num_images": len(batch["prompts"]),
+        "failed_queries": int(torch.isnan(true).sum()),
         "true_reward": summary(true),
         "surrogate_mean": summary(predicted),
         "diversity": diversity(batch["features"]),

@@ -114,6 +114,9 @@ def _validate_evaluate(config) -> None:
         check_header(header, path, config.surrogate.kind, featurizer_dim(config))
     except SurrogateCheckpointError as error:
         raise ConfigError(str(error)) from None
+    out = Path(config.output_dir) / config.run_name
+    if out.exists() and any(out.iterdir()) and not config.overwrite:
+        raise ConfigError(f"The evaluation directory {str(out)!r} already exists; choose another --config.run_name or pass --config.overwrite=True.")
 
 
 def _validate_run_directory(config) -> None:
