@@ -20,15 +20,10 @@ TEXT_HIDDEN = 32
 
 
 def _byte_chars() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
+    """The 256 printable stand-ins of byte-level BPE, in CLIP's order."""
+    from das.world.tokenizer import bytes_to_unicode
+
+    return list(bytes_to_unicode().values())
 
 
 def write_tokenizer_files(folder: str | os.PathLike) -> tuple[str, str]:

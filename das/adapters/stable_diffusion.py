@@ -89,7 +89,17 @@ class _LatentPipelineAdapter(DiffusersAdapter):
         return (self.vae.decode(latents).sample / 2 + 0.5).clamp(0, 1)
 
 
-class StableDiffusionAdapter(_LatentPipelineAdapter):
+class _DDIMPipelineAdapter(_LatentPipelineAdapter):
+    """A latent pipeline stepped by DDIM (built from the pipeline's own scheduler config)."""
+
+    def __init__(self, pipeline, num_steps: int = 100, eta: float = 1.0, guidance_scale: float = 5.0,
+                 negative_prompt: str | None = None, height: int | None = None, width: int | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32):
+        super().__init__(pipeline, to_ddim(pipeline.scheduler), num_steps, eta, guidance_scale, negative_prompt, height,
+                         width, device, dtype)
+
+
+class StableDiffusionAdapter(_DDIMPipelineAdapter):
     """Stable Diffusion 1.x/2.x (``StableDiffusionPipeline``) as a DAS adapter.
 
     Args:
@@ -105,12 +115,6 @@ class StableDiffusionAdapter(_LatentPipelineAdapter):
     """
 
     pipeline_name = "Stable Diffusion pipeline"
-
-    def __init__(self, pipeline, num_steps: int = 100, eta: float = 1.0, guidance_scale: float = 5.0,
-                 negative_prompt: str | None = None, height: int | None = None, width: int | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32):
-        super().__init__(pipeline, to_ddim(pipeline.scheduler), num_steps, eta, guidance_scale, negative_prompt, height,
-                         width, device, dtype)
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str | os.PathLike, dtype: torch.dtype | str = torch.float32, **kwargs):
@@ -137,7 +141,7 @@ class StableDiffusionAdapter(_LatentPipelineAdapter):
         return self.unet(model_in, timestep, encoder_hidden_states=cond["prompt_embeds"]).sample
 
 
-class StableDiffusionXLAdapter(_LatentPipelineAdapter):
+class StableDiffusionXLAdapter(_DDIMPipelineAdapter):
     """SDXL (``StableDiffusionXLPipeline``): two text encoders, pooled embeddings and time ids.
 
     Latents default to ``unet.config.sample_size`` (128 for SDXL base, i.e. 1024×1024 images).
@@ -156,12 +160,6 @@ class StableDiffusionXLAdapter(_LatentPipelineAdapter):
     """
 
     pipeline_name = "Stable Diffusion XL pipeline"
-
-    def __init__(self, pipeline, num_steps: int = 100, eta: float = 1.0, guidance_scale: float = 5.0,
-                 negative_prompt: str | None = None, height: int | None = None, width: int | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32):
-        super().__init__(pipeline, to_ddim(pipeline.scheduler), num_steps, eta, guidance_scale, negative_prompt, height,
-                         width, device, dtype)
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str | os.PathLike, dtype: torch.dtype | str = torch.float32, **kwargs):
