@@ -130,7 +130,7 @@ def run_training(config, accelerator) -> Path:
         if main:
             shard_rows, _ = load_rows(data_shard(run_dir, k))
             prediction_rmse = _prediction_rmse(surrogate, shard_rows)
-            new_surrogate, fit_info = _fit(config, run_dir, k, surrogate, featurizer.dim if hasattr(featurizer, "dim") else shard_rows["features"].shape[1])
+            new_surrogate, fit_info = _fit(config, run_dir, k, surrogate, featurizer.dim)
             path = folder / "surrogate.safetensors"
             new_surrogate.save(path)
             new_surrogate_bytes = path.read_bytes()
