@@ -242,7 +242,7 @@ class DASSampler:
         current = self._evaluate(x, 0, cond, row_prompts)
         reward = current.reward.view(b, k)
         zeros = torch.zeros(b, device=device)
-        lam = self.tempering(self._info(-1, num_steps, zeros, torch.zeros(b, k, device=device), reward, current, x, event_dims))
+        lam = self.tempering(self._info(-1, num_steps, zeros, torch.zeros(b, k, device=device), reward, current, x))
         log_w, log_z = normalize_with_log_sum(lam.unsqueeze(-1) * reward / alpha)  # kept normalized from here on
         log_z = log_z - math.log(k)
         degenerate = torch.zeros(b, device=device, dtype=torch.long)
@@ -272,7 +272,7 @@ class DASSampler:
 
             # Propose from the twisted transition.
             last = step == num_steps - 1
-            info = self._info(step, num_steps, lam, log_w, reward, current, x, event_dims)
+            info = self._info(step, num_steps, lam, log_w, reward, current, x)
             lam_next = torch.ones_like(lam) if last else self.tempering(info)
             noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
             if current.grad is not None:
@@ -320,7 +320,8 @@ class DASSampler:
             selected=selected.detach(),
         )
 
-    def _info(self, step, num_steps, lam, log_w, reward, current, x, event_dims) -> TemperingInfo:
+    def _info(self, step, num_steps, lam, log_w, reward, current, x) -> TemperingInfo:
+        """What the tempering schedule sees: weights, rewards and (if it asks) guidance norms."""
         guidance_norm = drift_norm = None
         if getattr(self.tempering, "needs_gradient_norms", False) and current.grad is not None:
             b, k = log_w.shape
