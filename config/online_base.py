@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import ml_collections
 
-SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+from config.sd import base as das_config
+
 CLIP_MODEL = "openai/clip-vit-large-patch14"
 AESTHETIC_MLP = "checkpoints/aesthetic/sac+logos+ava1-l14-linearMSE.pth"
 WORLD_MODEL = "checkpoints/pretrained/shapes32"
@@ -48,17 +49,20 @@ def _surrogate(kind: str) -> ml_collections.ConfigDict:
 
 
 def _sd_model() -> ml_collections.ConfigDict:
-    m = ml_collections.ConfigDict()
-    m.family = "sd"  # sd | sdxl | lcm | pixel
-    m.path = SD_MODEL
-    m.dtype = "fp16"
-    m.num_steps = 100
-    m.eta = 1.0
+    """The offline CLI's Stable Diffusion model section, with the online code's CFG 7.5."""
+    m = das_config().model
     m.guidance_scale = 7.5
-    m.negative_prompt = ""
-    m.height = 0  # 0: from the model's config
-    m.width = 0
     return m
+
+
+def _smc() -> ml_collections.ConfigDict:
+    """The offline CLI's DAS settings, plus what the loop adds; it keeps every particle itself."""
+    smc = das_config().smc
+    del smc.selection
+    smc.tempering_start = 0
+    smc.prompts_per_call = 16  # prompts (each with K particles) per sampler call
+    smc.guidance = "optimistic"  # optimistic (mean + bonus) | mean
+    return smc
 
 
 def _world_model() -> ml_collections.ConfigDict:
@@ -106,17 +110,7 @@ def _base(surrogate_kind: str) -> ml_collections.ConfigDict:
 
     c.surrogate = _surrogate(surrogate_kind)
 
-    c.smc = ml_collections.ConfigDict()
-    c.smc.kl_coeff = 0.005
-    c.smc.num_particles = 4
-    c.smc.resampling = "ssp"
-    c.smc.ess_threshold = 0.5
-    c.smc.tempering = "exponential"
-    c.smc.tempering_gamma = 0.008
-    c.smc.tempering_start = 0
-    c.smc.max_chunk_rows = 0  # 0: all rows per forward/backward
-    c.smc.prompts_per_call = 16  # prompts (each with K particles) per sampler call
-    c.smc.guidance = "optimistic"  # optimistic (mean + bonus) | mean
+    c.smc = _smc()
 
     c.loop = ml_collections.ConfigDict()
     c.loop.num_rounds = 257  # round 0 (pretrained samples) included

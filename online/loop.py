@@ -126,16 +126,17 @@ def run_training(config, accelerator) -> Path:
 
         # -- 4. fit on everything so far (main), broadcast
         tick = time.perf_counter()
-        fit_info, new_surrogate_bytes = {}, None
+        fit_info = {}
         if main:
             shard_rows, _ = load_rows(data_shard(run_dir, k))
             prediction_rmse = _prediction_rmse(surrogate, shard_rows)
-            new_surrogate, fit_info = _fit(config, run_dir, k, surrogate, featurizer.dim)
-            path = folder / "surrogate.safetensors"
-            new_surrogate.save(path)
-            new_surrogate_bytes = path.read_bytes()
-        new_surrogate_bytes = broadcast_from_main(new_surrogate_bytes, accelerator)
-        surrogate = _surrogate_from_bytes(new_surrogate_bytes, folder, device, main)
+            surrogate, fit_info = _fit(config, run_dir, k, surrogate, featurizer.dim)
+            surrogate.save(folder / "surrogate.safetensors")
+            surrogate = surrogate.to(device)
+        if accelerator.num_processes > 1:
+            checkpoint = broadcast_from_main((folder / "surrogate.safetensors").read_bytes() if main else None, accelerator)
+            if not main:
+                surrogate = _surrogate_from_bytes(checkpoint, device)
         seconds["fit"] = time.perf_counter() - tick
 
         # -- 5. checkpoint and metrics (main)
@@ -249,13 +250,11 @@ def surrogate_device(surrogate) -> torch.device:
     return getattr(surrogate, "device", torch.device("cpu"))
 
 
-def _surrogate_from_bytes(data: bytes, folder: Path, device, main: bool):
-    """The broadcast surrogate on this process (other ranks load it from the bytes)."""
-    from surrogate import load_surrogate
-
-    if main:
-        return load_surrogate(folder / "surrogate.safetensors", device=device)
+def _surrogate_from_bytes(data: bytes, device):
+    """The surrogate the main process fitted, on another process (from its checkpoint bytes)."""
     import tempfile
+
+    from surrogate import load_surrogate
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "surrogate.safetensors"
