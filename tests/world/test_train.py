@@ -22,3 +22,13 @@ def test_training_script_runs_and_saves_a_loadable_model(tmp_path):
     adapter = PixelUNetAdapter.from_pretrained(out, num_steps=2, guidance_scale=3.0)
     images = sample_images(adapter, list(PROMPTS[:2]), torch.Generator().manual_seed(0))
     assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+
+
+def test_min_snr_weights_follow_their_closed_form():
+    from das.world.train import min_snr_weights
+
+    abar = torch.tensor([0.999, 0.9, 5.0 / 6.0, 0.5, 0.01])  # SNR 999, 9, 5, 1, 1/99
+    w = min_snr_weights(abar, gamma=5.0)
+    snr = abar / (1 - abar)
+    torch.testing.assert_close(w, torch.tensor([5.0 / snr[0].item(), 5.0 / 9.0, 1.0, 1.0, 1.0]))
+    assert torch.equal(min_snr_weights(abar, gamma=0.0), torch.ones(5))
