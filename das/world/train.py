@@ -51,7 +51,7 @@ SCHEDULER_CONFIG = dict(
 )
 
 
-DEFAULT_CHANNELS = (16, 32, 64)
+DEFAULT_CHANNELS = (32, 64, 64)
 
 
 def unet_config(tiny: bool = False, cross_attention_dim: int = 64, channels: Sequence[int] = DEFAULT_CHANNELS) -> dict:
