@@ -40,25 +40,28 @@ def _accuracy(adapter, classifier, per_prompt: int, seed: int):
     return images, float((pred == target).mean()), per
 
 
-# The model trained within the 30-minute CPU budget gets colours and triangles right but
-# does not yet separate circles from squares (see docs/embedded_world.md); the full-prompt
-# accuracy bar is therefore an expected failure until a longer-trained model is shipped.
-SHAPE_XFAIL = pytest.mark.xfail(reason="shipped model confuses circles and squares (below the 80% bar)", strict=True)  # a model that passes must drop the marker
+# The samples behind docs/images/world_oracles.json (python -m das.world.pictures: 32 per
+# prompt, seed 0), so the default suite checks the figures the docs report.
+PER_PROMPT = 32
 
 
 @pytest.fixture(scope="module")
 def samples(adapter):
-    prompts = [p for p in PROMPTS for _ in range(6)]
+    prompts = [p for p in PROMPTS for _ in range(PER_PROMPT)]
     return sample_images(adapter, prompts, torch.Generator().manual_seed(0))
 
 
+def _targets():
+    return np.repeat(np.arange(len(PROMPTS)), PER_PROMPT)
+
+
 def test_shipped_model_samples_every_prompt_in_the_prompted_colour(samples, classifier):
-    assert samples.shape == (6 * len(PROMPTS), 3, 32, 32)
+    assert samples.shape == (PER_PROMPT * len(PROMPTS), 3, 32, 32)
     pred = classifier.predict(samples)
-    target = np.repeat(np.arange(len(PROMPTS)), 6)
+    target = _targets()
     colour_ok = (pred >= 0) & (pred // 3 == target // 3)  # PROMPTS is colour-major, 3 shapes per colour
-    # A regression guard below the acceptance bar: ~0.83 measured on 108 samples (docs).
-    assert colour_ok.mean() >= 0.7
+    # 0.99 measured (docs/embedded_world.md); a regression guard.
+    assert colour_ok.mean() >= 0.95
 
 
 def test_shipped_model_samples_spread_the_oracles(samples):
@@ -68,11 +71,9 @@ def test_shipped_model_samples_spread_the_oracles(samples):
         assert p90 - p10 >= 10 * ORACLE_NOISE_STD[name], (name, p10, p90)
 
 
-@SHAPE_XFAIL
 def test_shipped_model_samples_are_the_prompted_scenes(samples, classifier):
     pred = classifier.predict(samples)
-    target = np.repeat(np.arange(len(PROMPTS)), 6)
-    assert (pred == target).mean() >= MIN_ACCURACY
+    assert (pred == _targets()).mean() >= MIN_ACCURACY
 
 
 def test_das_runs_on_the_shipped_model_with_a_black_box_oracle(adapter):
@@ -83,8 +84,7 @@ def test_das_runs_on_the_shipped_model_with_a_black_box_oracle(adapter):
     assert result.images.shape == (2, 2, 3, 32, 32) and torch.isfinite(result.rewards).all()
 
 
-@SHAPE_XFAIL
-@pytest.mark.slow
+@pytest.mark.slow  # 576 images: about 5 minutes on one thread; 0.94 measured (docs/embedded_world.md)
 def test_sixty_four_samples_per_prompt_are_recognised(adapter, classifier):
     _, acc, per = _accuracy(adapter, classifier, per_prompt=64, seed=1)
     print("accuracy per prompt:", per)
