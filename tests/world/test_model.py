@@ -40,8 +40,8 @@ def _accuracy(adapter, classifier, per_prompt: int, seed: int):
     return images, float((pred == target).mean()), per
 
 
-# The samples behind docs/images/world_oracles.json (python -m das.world.pictures: 32 per
-# prompt, seed 0), so the default suite checks the figures the docs report.
+# The prompts, count and seed behind docs/images/world_oracles.json (python -m
+# das.world.pictures: 32 per prompt, seed 0), so the default suite checks what the docs report.
 PER_PROMPT = 32
 
 
