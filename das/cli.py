@@ -30,12 +30,43 @@ import torch
 
 from das.images import image_grid, save_png, to_uint8
 
-FAMILIES = ("sd", "sdxl", "lcm", "pixel")
+from das.config_checks import (
+    ConfigError,
+    check_device,
+    check_flag,
+    check_model_section,
+    check_number,
+    check_seed,
+    check_smc_section,
+)
+from das.run_dirs import RunDirError, check_removable, check_run_name, write_marker
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+RUN_KIND = "das-sample"
+EXAMPLE = "config/sd.py:aesthetic"
+HELP = """usage: python -m das --config config/<MODEL>.py:<VARIANT> [--config.<field>=<value> ...]
 
+Samples every prompt of a prompt file with DAS (SMC over the denoising chain) towards
+p_pre(x)·exp(r(x)/α) and writes the chosen image per prompt, every particle, rewards and traces.
 
-class ConfigError(ValueError):
-    """A configuration a user can fix."""
+Config files and variants:
+  config/sd.py     Stable Diffusion 1.5: aesthetic, pick, clip, multi, jpeg
+  config/sdxl.py   SDXL (same variants)
+  config/lcm.py    Latent Consistency Model (same variants)
+
+Main fields (override with --config.<field>=<value>):
+  run_name, output_dir, overwrite   the outputs go to <output_dir>/<run_name> (a plain name);
+                                    overwrite replaces an earlier output of this tool there, nothing else
+  prompt_file, num_prompts, batch_prompts, seed, device ('' automatic, 'cpu', 'cuda', 'cuda:N')
+  model.path, model.dtype, model.num_steps, model.guidance_scale
+  reward.name, reward.kwargs.*
+  smc.kl_coeff (α), smc.num_particles, smc.resampling, smc.tempering, smc.tempering_gamma, smc.selection
+
+Example:
+  python -m das --config config/sd.py:jpeg --config.num_prompts=4 --config.run_name=jpeg-test
+
+Exit status: 0 done, 2 bad input (nothing written).
+"""
 
 
 def _resolve(path: str) -> Path:
@@ -52,29 +83,20 @@ def validate(config) -> None:
     from das.smc import SELECTIONS
 
     smc = config.smc
-    if config.model.family not in FAMILIES:
-        raise ConfigError(f"Unknown model.family {config.model.family!r}; choose one of: {', '.join(FAMILIES)}.")
-    if not config.model.path:
-        raise ConfigError("model.path is empty; set it to a hub id or a local model folder.")
+    check_model_section(config.model)
     try:
         check_reward_name(config.reward.name)
         get_resampler(smc.resampling)
     except (ValueError, KeyError) as error:
         raise ConfigError(str(error).strip("'\"")) from None
-    if smc.num_particles < 1:
-        raise ConfigError(f"smc.num_particles must be at least 1, got {smc.num_particles}.")
-    if not 0.0 <= smc.ess_threshold <= 1.0:
-        raise ConfigError(f"smc.ess_threshold must lie in [0, 1], got {smc.ess_threshold}.")
-    if smc.kl_coeff <= 0:
-        raise ConfigError(f"smc.kl_coeff (α) must be positive, got {smc.kl_coeff}.")
+    check_smc_section(smc, config.model.num_steps)
     if smc.selection not in SELECTIONS:
         raise ConfigError(f"Unknown smc.selection {smc.selection!r}; choose one of: {', '.join(SELECTIONS)}.")
-    if config.model.num_steps < 1:
-        raise ConfigError(f"model.num_steps must be at least 1, got {config.model.num_steps}.")
-    if config.model.dtype not in ("fp32", "fp16", "bf16"):
-        raise ConfigError(f"Unknown model.dtype {config.model.dtype!r}; choose one of: fp32, fp16, bf16.")
-    if config.num_prompts < 0 or config.batch_prompts < 1:
-        raise ConfigError("num_prompts must be >= 0 (0 means all) and batch_prompts >= 1.")
+    check_number(config.num_prompts, "num_prompts (0: all)", integer=True, minimum=0)
+    check_number(config.batch_prompts, "batch_prompts", integer=True, minimum=1)
+    check_seed(config.seed)
+    check_device(config.device)
+    check_flag(config.overwrite, "overwrite")
     if not _resolve(config.prompt_file).is_file():
         raise ConfigError(f"The prompt file {config.prompt_file!r} does not exist; set prompt_file to a text file with one prompt per line.")
     mlp_path = config.reward.kwargs.get("mlp_path", "")
@@ -83,9 +105,26 @@ def validate(config) -> None:
             f"The aesthetic MLP weights {mlp_path!r} do not exist; download sac+logos+ava1-l14-linearMSE.pth "
             f"(LAION improved-aesthetic-predictor) and set --config.reward.kwargs.mlp_path to it."
         )
-    run_dir = Path(config.output_dir) / config.run_name
-    if run_dir.exists() and not config.overwrite:
-        raise ConfigError(f"The run directory {str(run_dir)!r} already exists; choose another run_name or pass --config.overwrite=True.")
+    try:
+        _check_run_directory(config)
+    except RunDirError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _check_run_directory(config) -> None:
+    """The output directory is a plain name inside output_dir; an existing one is replaced only
+    when it is an earlier output of this tool and ``overwrite`` is set."""
+    check_run_name(config.run_name)
+    if not str(config.output_dir).strip():
+        raise ConfigError("output_dir is empty; set it to a folder such as outputs/das.")
+    output_dir = Path(config.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir {str(output_dir)!r} is a file, not a folder; choose another output_dir.")
+    run_dir = output_dir / config.run_name
+    if run_dir.is_symlink() or run_dir.exists():
+        if not config.overwrite:
+            raise ConfigError(f"The run directory {str(run_dir)!r} already exists; choose another run_name or pass --config.overwrite=True.")
+        check_removable(run_dir, output_dir, RUN_KIND)
 
 
 def read_prompts(path: str, num: int = 0) -> list[str]:
@@ -149,7 +188,23 @@ def write_outputs(run_dir: Path, config, records: list[dict]) -> None:
     """Writes the run directory atomically (a temporary sibling renamed into place)."""
     records = sorted(records, key=lambda r: r["index"])
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".tmp", dir=run_dir.parent))
+    try:
+        _write_files(tmp, config, records)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the temporary folder is ours; the old outputs are untouched
+        raise
+    if run_dir.exists() or run_dir.is_symlink():  # validated earlier: an output of this tool, overwrite=True
+        check_removable(run_dir, run_dir.parent, RUN_KIND)
+        old = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.old.", suffix=".tmp", dir=run_dir.parent))
+        os.replace(run_dir, old / "run")  # swap first, delete after: a crash never loses both
+        os.replace(tmp, run_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, run_dir)
+
+
+def _write_files(tmp: Path, config, records: list[dict]) -> None:
     (tmp / "images").mkdir()
     (tmp / "particles").mkdir()
     per_image, per_prompt, traces, chosen = [], [], [], []
@@ -174,9 +229,7 @@ def write_outputs(run_dir: Path, config, records: list[dict]) -> None:
     (tmp / "traces.json").write_text(json.dumps({"num_particles": config.smc.num_particles, "per_prompt": traces}))
     (tmp / "config.json").write_text(config.to_json_best_effort(indent=1))
     save_png(image_grid(np.stack(chosen)), tmp / "grid.png")
-    if run_dir.exists():  # validated earlier: only with overwrite=True
-        shutil.rmtree(run_dir)
-    os.replace(tmp, run_dir)
+    write_marker(tmp, RUN_KIND)
 
 
 def run(config) -> Path:
@@ -221,28 +274,22 @@ def run(config) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parses ``--config path.py:variant`` (with ``--config.x=y`` overrides) and runs."""
-    from absl import flags
-    from ml_collections import config_flags
-
     from das.adapters.loading import WeightsNotAvailableError
+    from das.config_cli import CommandLineError, parse_config_argv, wants_help
     from das.rewards.optional import MissingExtraError
 
-    if "config" not in flags.FLAGS:
-        config_flags.DEFINE_config_file("config", None, "Run configuration: path/to/file.py:variant.", lock_config=True)
     argv = list(sys.argv if argv is None else argv)
+    if wants_help(argv):
+        print(HELP)
+        return 0
     try:
-        flags.FLAGS(argv)
-    except (flags.Error, ValueError, AttributeError, KeyError, TypeError) as error:
-        print(f"das: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 2
-    config = flags.FLAGS.config
-    if config is None:
-        print("das: no configuration given; pass --config config/sd.py:aesthetic (or another file:variant).", file=sys.stderr)
-        return 2
-    try:
+        config, _ = parse_config_argv(argv, EXAMPLE, lock_config=True)
         run_dir = run(config)
-    except (ConfigError, WeightsNotAvailableError, MissingExtraError) as error:
-        print(f"das: {error}", file=sys.stderr)
+    except (CommandLineError, ConfigError, RunDirError, WeightsNotAvailableError, MissingExtraError) as error:
+        print(f"das: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"das: {error.strerror or error} ({error.filename}); nothing was overwritten.", file=sys.stderr)
+        return 1
     print(f"das: wrote {run_dir}")
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -15,26 +14,46 @@ from online.metrics import diversity, summary
 from online.oracles import query_with_retries
 from online.sampling import merge_batches, sample_batch
 from online.storage import atomic_write_json
-from online.validation import surrogate_path
+from online.errors import RunError
+from online.run_directory import RunDirectory
+from online.validation import surrogate_path, validate
 
 EVAL_STREAM_SEED = 7_777
 
 
 def run_evaluation(config, accelerator) -> Path:
-    """Samples the evaluation prompts and writes images, a grid PNG and ``metrics.json``."""
+    """Samples the evaluation prompts and writes images, a grid PNG and ``metrics.json``.
+
+    The config is validated first; the evaluation directory is created (or, with
+    ``overwrite``, an earlier evaluation there is emptied) only after the models and the
+    checkpoint have loaded, and it is locked while the evaluation runs.
+    """
+    validate(config)
+    run = RunDirectory.for_config(config)
+    main = accelerator.is_main_process
+    if main and run.path.exists():
+        run.lock()
+    try:
+        return _evaluate(config, accelerator, run)
+    finally:
+        if main:
+            run.release()
+
+
+def _evaluate(config, accelerator, run: RunDirectory) -> Path:
     from surrogate import load_surrogate
 
     main = accelerator.is_main_process
     device = accelerator.device
-    out = Path(config.output_dir) / config.run_name
-    if main:
-        if out.exists() and config.overwrite:
-            shutil.rmtree(out)
-        (out / "images").mkdir(parents=True, exist_ok=True)
+    out = run.path
     adapter = builders.build_adapter(config, device)
     featurizer = builders.build_featurizer(config, device)
     checkpoint = surrogate_path(Path(config.reward_model_path))
     surrogate = load_surrogate(checkpoint, expected_kind=config.surrogate.kind, expected_input_dim=featurizer.dim, device=device)
+    if main:
+        run.create(config.overwrite, config.to_dict())
+        (out / "images").mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     prompts = builders.read_prompts(config.prompts.eval_file)
     if config.evaluate.num_prompts:
         prompts = prompts[: config.evaluate.num_prompts]
@@ -49,6 +68,8 @@ def run_evaluation(config, accelerator) -> Path:
     if not main:
         return out
     batch = merge_batches([p for p in parts if p is not None])
+    if not (torch.isfinite(batch["images"]).all() and torch.isfinite(batch["features"]).all()):
+        raise RunError("The evaluation batch holds NaN or inf pixels or features; nothing was queried. Check the checkpoint.")
     oracle = builders.build_oracle(config)
     true = torch.full((len(batch["prompts"]),), float("nan"), dtype=torch.float64)
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from online import builders
+from online import builders, faults
+from online.errors import RunError
 from online.distributed import broadcast_from_main, gather_to_main, shard
 from online.guidance import SurrogateReward, ZeroReward
 from online.metrics import diversity, plot_reward_vs_queries, print_table, summary, write_metrics_lines
@@ -43,7 +43,8 @@ from online.storage import (
     round_dir,
     save_rows,
 )
-from online.validation import run_directory
+from online.run_directory import RunDirectory
+from online.validation import resume_config, validate
 
 STREAMS = {"prompts": 1, "sample": 2, "noise": 3, "fit": 4}
 
@@ -60,31 +61,32 @@ def round_prompts(prompts: list[str], count: int, seed: int, round_index: int) -
     return [prompts[i] for i in picks.tolist()]
 
 
-def _prepare_run_directory(config, accelerator) -> tuple[Path, object]:
-    """Creates (or reopens) the run directory; returns it and the config the run uses."""
-    import ml_collections
+def run_training(config, accelerator, overrides: dict | None = None) -> Path:
+    """Runs (or resumes) the loop to ``config.loop.num_rounds`` rounds; returns the run dir.
 
-    run_dir = run_directory(config)
+    Args:
+        config: the loop config (validated here again; nothing is created before that).
+        accelerator: the ``accelerate.Accelerator`` of this process.
+        overrides: on a resume, the fields given explicitly on the command line (see
+            :func:`online.validation.resume_config`); None takes the safe fields of `config`.
+    """
     if config.resume_from:
-        stored = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
-        stored.loop.num_rounds = config.loop.num_rounds  # a resume may extend the run
-        stored.resume_from = config.resume_from
-        stored.progress = config.progress
-        config = stored
-    elif accelerator.is_main_process:
-        if run_dir.exists() and config.overwrite:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", config.to_dict())
-    accelerator.wait_for_everyone()
-    return run_dir, config
+        config = resume_config(config, overrides)
+    validate(config)
+    run = RunDirectory.for_config(config)
+    main = accelerator.is_main_process
+    if main and run.path.exists():
+        run.lock()  # a resume or an overwrite: nobody else may touch it while the models load
+    try:
+        return _train(config, accelerator, run)
+    finally:
+        if main:
+            run.release()
 
 
-def run_training(config, accelerator) -> Path:
-    """Runs (or resumes) the loop to ``config.loop.num_rounds`` rounds; returns the run dir."""
+def _train(config, accelerator, run: RunDirectory) -> Path:
     from surrogate import load_surrogate
 
-    run_dir, config = _prepare_run_directory(config, accelerator)
     main = accelerator.is_main_process
     device = accelerator.device
     adapter = builders.build_adapter(config, device)
@@ -93,15 +95,25 @@ def run_training(config, accelerator) -> Path:
     policy = builders.query_policy(config)
     prompts = builders.read_prompts(config.prompts.train_file)
     sampler_kwargs = builders.sampler_kwargs(config)
+    run_dir = run.path
+    if main:
+        if run.resuming:
+            run.verify_for_resume(featurizer.dim)
+        else:
+            run.create(config.overwrite, config.to_dict())
+    accelerator.wait_for_everyone()
 
     done = complete_rounds(run_dir)
     surrogate = None
     if done:
-        surrogate = load_surrogate(round_dir(run_dir, done[-1]) / "surrogate.safetensors", device=device)
+        surrogate = load_surrogate(
+            round_dir(run_dir, done[-1]) / "surrogate.safetensors",
+            expected_kind=config.surrogate.kind, expected_input_dim=featurizer.dim, device=device,
+        )
     rows = [json.loads((round_dir(run_dir, r) / "metrics.json").read_text()) for r in done]
     first = done[-1] + 1 if done else 0
     if main and first > 0:
-        print(f"Resuming {run_dir} after round {first - 1}.")
+        print(f"Resuming {run_dir} after round {first - 1} (running to {config.loop.num_rounds} rounds).")
 
     rounds = tqdm(range(first, config.loop.num_rounds), desc="rounds", disable=not (main and config.progress))
     for k in rounds:
@@ -116,6 +128,8 @@ def run_training(config, accelerator) -> Path:
             batch = _sample_round(config, k, adapter, featurizer, surrogate, prompts, sampler_kwargs, accelerator)
             seconds["sample"] = time.perf_counter() - tick
             if main:
+                _check_finite(batch, k)
+                faults.crash_point("sampled", k)
                 batch_stats = {"ess_fraction": float(batch["ess_fraction"].mean()), "log_normalizer": float(batch["log_normalizer"].mean())}
                 save_rows(folder / "batch.safetensors", {"images": batch["images"], "features": batch["features"]}, batch["prompts"], k)
         if main:
@@ -132,6 +146,7 @@ def run_training(config, accelerator) -> Path:
             prediction_rmse = _prediction_rmse(surrogate, shard_rows)
             surrogate, fit_info = _fit(config, run_dir, k, surrogate, featurizer.dim)
             surrogate.save(folder / "surrogate.safetensors")
+            faults.crash_point("checkpoint", k)
             surrogate = surrogate.to(device)
         if accelerator.num_processes > 1:
             checkpoint = broadcast_from_main((folder / "surrogate.safetensors").read_bytes() if main else None, accelerator)
@@ -188,6 +203,16 @@ def _sample_round(config, k, adapter, featurizer, surrogate, prompts, sampler_kw
     return merge_batches([p for p in parts if p is not None]) if parts is not None else None
 
 
+def _check_finite(batch: dict, k: int) -> None:
+    """A batch with NaN or inf pixels or features is never shown to the oracle."""
+    bad = ~torch.isfinite(batch["images"]).flatten(1).all(1) | ~torch.isfinite(batch["features"]).all(1)
+    if bool(bad.any()):
+        raise RunError(
+            f"Round {k} sampled {int(bad.sum())} of {bad.numel()} images with NaN or inf pixels or features; nothing was "
+            "queried. Lower the guidance strength (raise smc.kl_coeff, lower surrogate beta) or use model.dtype=fp32."
+        )
+
+
 def _query_round(config, run_dir: Path, k: int, oracle, policy) -> int:
     """Asks the oracle about the round's unanswered items, then writes the dataset shard."""
     shard_path = data_shard(run_dir, k)
@@ -209,6 +234,7 @@ def _query_round(config, run_dir: Path, k: int, oracle, policy) -> int:
             row["true_reward"] = value
             row["reward"] = None if value is None else value + config.oracle.noise_std * float(noise[row["index"]])
         journal.append(answers)
+        faults.crash_point("query", k)
 
     if todo:
         query_with_retries(oracle, images, prompts, todo, policy, keep)
@@ -218,6 +244,7 @@ def _query_round(config, run_dir: Path, k: int, oracle, policy) -> int:
     true = torch.tensor([answered[i]["true_reward"] if answered[i]["status"] == "ok" else math.nan for i in range(n)], dtype=torch.float64)
     uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     save_rows(shard_path, {"features": staged["features"], "rewards": observed, "true_rewards": true, "valid": valid, "images": uint8}, prompts, k)
+    faults.crash_point("shard", k)
     (folder / "batch.safetensors").unlink(missing_ok=True)  # the shard now holds everything
     return int((~valid).sum())
 
@@ -228,7 +255,10 @@ def _fit(config, run_dir: Path, k: int, previous, input_dim: int):
     valid = data["valid"]
     features, rewards = data["features"][valid].float(), data["rewards"][valid].float()
     if features.shape[0] < 2:
-        raise RuntimeError(f"Only {features.shape[0]} valid oracle answers so far; the surrogate needs at least 2 (check the oracle).")
+        raise RunError(
+            f"Only {features.shape[0]} valid oracle answers so far, and the surrogate needs at least 2; the oracle failed on "
+            f"every item (see {run_dir / 'round_*' / 'answers.jsonl'} for its errors): fix it, then resume the run."
+        )
     warm = bool(config.surrogate.warm_start) and previous is not None and previous.kind == config.surrogate.kind
     surrogate = previous if warm else builders.build_surrogate(config, input_dim)
     generator = torch.Generator().manual_seed(stream_seed(config.seed, k, "fit"))

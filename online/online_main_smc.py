@@ -6,7 +6,9 @@
         --config.reward_model_path=runs/UCB-tiny_jpeg/round_0006
     python online/online_main_smc.py --config config/UCB_smc.py:tiny_jpeg --config.resume_from=runs/UCB-tiny_jpeg
 
-A config mistake ends in one line and exit status 2 before any model is loaded.
+A mistake in the command line or the config ends in one line and exit status 2 before any
+model is loaded or any directory is created; a failure while running ends in one line and
+exit status 1 (see ``online/errors.py`` and ``docs/reliability.md``).
 """
 
 from __future__ import annotations
@@ -17,21 +19,63 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from absl import app  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+EXAMPLE = "config/UCB_smc.py:tiny_jpeg"
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Loop config, e.g. config/UCB_smc.py:tiny_jpeg.", lock_config=False)
+HELP = """usage: online/online_main_smc.py --config config/<METHOD>_smc.py:<VARIANT> [--config.<field>=<value> ...]
+
+Online black-box optimization of a diffusion model: each round samples a batch with DAS
+guided by an optimistic surrogate, asks the oracle about it, refits the surrogate, and
+saves a checkpoint. Evaluate mode samples with a saved round's surrogate.
+
+Methods (config files): UCB_smc.py (MLP + UCB bonus), Bootstrap_smc.py (bootstrap ensemble),
+  GP_smc.py (Gaussian process), Greedy_smc.py (MLP mean, no optimism).
+Variants: {variants}
+  tiny_* run the embedded world model on a laptop CPU; aesthetic/jpeg use Stable Diffusion 1.5.
+
+Main fields (override with --config.<field>=<value>):
+  run_name, output_dir     the run directory is <output_dir>/<run_name> (a plain name)
+  overwrite                empty an earlier run of this tool at that place (never anything else)
+  resume_from              a run directory to continue; its own config.json is used, and only
+                           {safe} may change
+  seed, device             '' (automatic), 'cpu', 'cuda' or 'cuda:N'
+  loop.num_rounds, loop.initial_queries, loop.queries_per_round, loop.images_per_prompt
+  smc.num_particles, smc.kl_coeff, smc.tempering, smc.tempering_gamma, smc.guidance
+  surrogate.kwargs.*       e.g. surrogate.kwargs.beta, surrogate.kwargs.hidden
+  oracle.kind, oracle.noise_std, oracle.command (external), oracle.max_retries, oracle.timeout_s
+  mode=evaluate with reward_model_path=<run_dir>/round_<k>
+
+Examples:
+  python online/online_main_smc.py --config {example} --config.run_name=first
+  python online/online_main_smc.py --config {example} --config.resume_from=runs/first --config.loop.num_rounds=10
+  python online/online_main_smc.py --config config/UCB_smc.py:tiny_evaluate --config.reward_model_path=runs/first/round_0006
+
+Exit status: 0 done, 2 bad input (nothing created or paid), 1 failed while running (answers kept; resume).
+"""
 
 
-def run(config) -> int:
+def help_text() -> str:
+    from config.online_base import VARIANTS
+    from online.validation import SAFE_TO_CHANGE_ON_RESUME
+
+    return HELP.format(variants=", ".join(VARIANTS), safe=", ".join(SAFE_TO_CHANGE_ON_RESUME), example=EXAMPLE)
+
+
+def run(config, overrides: dict | None = None) -> int:
     """Validates `config`, then trains or evaluates; returns the exit status."""
-    from online.validation import ConfigError, validate
+    from das.adapters.loading import WeightsNotAvailableError
+    from das.config_checks import ConfigError
+    from das.rewards.optional import MissingExtraError
+    from das.run_dirs import RunDirError
+    from online.errors import RunError, describe_os_error
+    from online.validation import resume_config, validate
+    from surrogate import SurrogateCheckpointError
 
     try:
+        if config.resume_from and config.mode == "train":
+            config = resume_config(config, overrides)
         validate(config)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _fail(error, 2)
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=config.device == "cpu", log_with=config.tracker or None, project_dir=config.output_dir)
@@ -46,21 +90,37 @@ def run(config) -> int:
             from online.loop import run_training
 
             run_training(config, accelerator)
+    except (ConfigError, RunDirError, SurrogateCheckpointError, WeightsNotAvailableError, MissingExtraError) as error:
+        return _fail(error, 2)
+    except RunError as error:
+        return _fail(error, 1)
+    except OSError as error:
+        return _fail(describe_os_error(error), 1)
     finally:
         if config.tracker:
             accelerator.end_training()
     return 0
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; pass settings as --config.<field>=<value>.", file=sys.stderr)
-        sys.exit(2)
-    if _CONFIG.value is None:
-        print("error: --config is required, e.g. --config config/UCB_smc.py:tiny_jpeg.", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(run(_CONFIG.value))
+def _fail(error, status: int) -> int:
+    text = " ".join(str(error).split())  # always one line
+    print(f"error: {text}", file=sys.stderr)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    from das.config_cli import CommandLineError, parse_config_argv, wants_help
+
+    argv = list(sys.argv if argv is None else argv)
+    if wants_help(argv):
+        print(help_text())
+        return 0
+    try:
+        config, overrides = parse_config_argv(argv, EXAMPLE, lock_config=False)
+    except CommandLineError as error:
+        return _fail(error, 2)
+    return run(config, overrides)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -2,6 +2,8 @@
 
 Layout of ``<run_dir>``::
 
+    run.json                    the marker: this directory is a run of this tool
+    .lock                       the OS lock a running loop holds
     config.json                 the resolved config of the run
     data/round_0003.safetensors the rows a round paid for: features, observed and true
                                 rewards, validity, images (uint8); prompts in the metadata
@@ -11,8 +13,8 @@ Layout of ``<run_dir>``::
     round_0003/COMPLETE           written last: the round is whole
     metrics.jsonl               one line per complete round
 
-Every file is written to a temporary name in its folder and renamed, so a reader sees the
-old content or the new, never half of it. A round's query answers are durable as they
+Every file is written to a temporary name in its folder (``.<name>.<random>.tmp``) and
+renamed, so a reader sees the old content or the new, never half of it. A round's query answers are durable as they
 arrive (``answers.jsonl``), its dataset shard before the surrogate is fitted.
 """
 
@@ -20,27 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 from safetensors.torch import save
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` atomically (temporary file in the same folder, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from das.run_dirs import atomic_write_bytes
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:

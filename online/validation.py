@@ -1,69 +1,79 @@
-"""Checks a loop config before any model is loaded: one clear line per mistake."""
+"""Checks a loop config before anything is created, built or paid for: one line per mistake.
+
+Also decides what a resumed run uses: the run's own ``config.json``, with only the fields in
+:data:`SAFE_TO_CHANGE_ON_RESUME` taken from the command line, and only when they were given
+there explicitly. Any other difference is refused with a line naming the field, so a resume
+never silently changes the method, the seed, or the number of paid rounds.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
+from das.config_checks import (
+    ConfigError,
+    check_choice,
+    check_device,
+    check_flag,
+    check_model_section,
+    check_number,
+    check_seed,
+    check_smc_section,
+)
+from das.run_dirs import RunDirError
 from online.builders import WORLD_PROMPTS, featurizer_dim, resolve_path
 from online.guidance import GUIDANCE_MODES
 from online.oracles import ORACLE_KINDS
+from online.run_directory import RunDirectory
 
 MODES = ("train", "evaluate")
-FAMILIES = ("sd", "sdxl", "lcm", "pixel")
 FEATURIZERS = ("clip", "world")
 TRACKERS = ("", "tensorboard", "wandb")
+MAX_QUERIES = 10_000_000
 
-
-class ConfigError(ValueError):
-    """A mistake in the config that the user can fix; the message says how."""
-
-
-def _one_of(value, valid, field: str) -> None:
-    if value not in valid:
-        shown = ", ".join(repr(v) if v == "" else str(v) for v in valid)
-        raise ConfigError(f"Unknown {field} {value!r}; choose one of: {shown}.")
-
-
-def _positive(value, field: str, minimum: float = 1) -> None:
-    if value < minimum:
-        raise ConfigError(f"{field} must be at least {minimum:g}, got {value}.")
-
-
-def run_directory(config) -> Path:
-    return Path(config.resume_from) if config.resume_from else Path(config.output_dir) / config.run_name
+# Fields a resume may change, when given on the command line: how many rounds to run in
+# all (to extend a finished run on purpose), and how to show progress and treat a slow or
+# failing oracle. Everything else of a resumed run comes from its config.json.
+SAFE_TO_CHANGE_ON_RESUME = (
+    "loop.num_rounds",
+    "progress",
+    "tracker",
+    "oracle.timeout_s",
+    "oracle.max_retries",
+    "oracle.batch_size",
+)
+# Where the run lives: given by resume_from on a resume, not compared.
+LOCATION_FIELDS = ("resume_from", "run_name", "output_dir", "overwrite")
 
 
 def validate(config) -> None:
-    """Raises :class:`ConfigError` for anything that would fail later; loads no model."""
-    from das.resampling import RESAMPLERS
-    from das.tempering import TEMPERINGS
-    from surrogate import SURROGATES
+    """Raises :class:`ConfigError` for anything that would fail later; loads no model, writes nothing."""
+    from surrogate import SURROGATES, HyperparameterError, check_hyperparameters
 
-    _one_of(config.mode, MODES, "mode")
-    _one_of(config.model.family, FAMILIES, "model.family")
-    _one_of(config.model.dtype, ("fp32", "fp16", "bf16"), "model.dtype")
-    _one_of(config.featurizer.kind, FEATURIZERS, "featurizer.kind")
-    _one_of(config.oracle.kind, ORACLE_KINDS, "oracle.kind")
-    _one_of(config.surrogate.kind, sorted(SURROGATES), "surrogate.kind")
-    _one_of(config.smc.resampling, sorted(RESAMPLERS), "smc.resampling")
-    _one_of(config.smc.tempering, sorted(TEMPERINGS), "smc.tempering")
-    _one_of(config.smc.guidance, GUIDANCE_MODES, "smc.guidance")
-    _one_of(config.tracker, TRACKERS, "tracker")
+    check_choice(config.mode, MODES, "mode")
+    check_model_section(config.model)
+    check_choice(config.featurizer.kind, FEATURIZERS, "featurizer.kind")
+    check_choice(config.oracle.kind, ORACLE_KINDS, "oracle.kind")
+    check_choice(config.surrogate.kind, sorted(SURROGATES), "surrogate.kind")
+    check_choice(config.smc.guidance, GUIDANCE_MODES, "smc.guidance")
+    check_choice(config.tracker, TRACKERS, "tracker")
     if config.tracker and importlib.util.find_spec(config.tracker) is None:
         raise ConfigError(f"tracker {config.tracker!r} is not installed; pip install {config.tracker} or set --config.tracker=''.")
+    check_device(config.device)
+    check_seed(config.seed)
+    for field in ("overwrite", "progress"):
+        check_flag(config[field], field)
+    check_flag(config.surrogate.warm_start, "surrogate.warm_start")
 
     smc, loop = config.smc, config.loop
-    _positive(smc.num_particles, "smc.num_particles")
-    if not 0.0 <= smc.ess_threshold <= 1.0:
-        raise ConfigError(f"smc.ess_threshold must lie in [0, 1], got {smc.ess_threshold}.")
-    if smc.kl_coeff <= 0:
-        raise ConfigError(f"smc.kl_coeff (α) must be positive, got {smc.kl_coeff}.")
-    _positive(config.model.num_steps, "model.num_steps")
-    _positive(loop.num_rounds, "loop.num_rounds")
-    _positive(loop.initial_queries, "loop.initial_queries")
-    _positive(loop.queries_per_round, "loop.queries_per_round")
-    _positive(loop.images_per_prompt, "loop.images_per_prompt")
+    check_smc_section(smc, config.model.num_steps)
+    check_number(smc.prompts_per_call, "smc.prompts_per_call", integer=True, minimum=1, maximum=100_000)
+    check_number(loop.num_rounds, "loop.num_rounds", integer=True, minimum=1, maximum=1_000_000)
+    check_number(loop.initial_queries, "loop.initial_queries", integer=True, minimum=1, maximum=MAX_QUERIES)
+    check_number(loop.queries_per_round, "loop.queries_per_round", integer=True, minimum=1, maximum=MAX_QUERIES)
+    check_number(loop.images_per_prompt, "loop.images_per_prompt", integer=True, minimum=1)
     if loop.images_per_prompt > smc.num_particles:
         raise ConfigError(
             f"loop.images_per_prompt ({loop.images_per_prompt}) exceeds smc.num_particles ({smc.num_particles}): "
@@ -71,34 +81,56 @@ def validate(config) -> None:
         )
     if loop.queries_per_round % loop.images_per_prompt:
         raise ConfigError(
-            f"loop.queries_per_round ({loop.queries_per_round}) must be a multiple of loop.images_per_prompt ({loop.images_per_prompt})."
+            f"loop.queries_per_round ({loop.queries_per_round}) must be a multiple of "
+            f"loop.images_per_prompt ({loop.images_per_prompt})."
         )
-    if config.evaluate.images_per_prompt > smc.num_particles or config.evaluate.images_per_prompt < 1:
-        raise ConfigError(f"evaluate.images_per_prompt must lie in 1..smc.num_particles ({smc.num_particles}), got {config.evaluate.images_per_prompt}.")
-    if config.oracle.noise_std < 0:
-        raise ConfigError(f"oracle.noise_std must be non-negative, got {config.oracle.noise_std}.")
-    if config.oracle.max_retries < 0 or config.oracle.timeout_s <= 0 or config.oracle.batch_size < 0:
-        raise ConfigError("oracle.max_retries and oracle.batch_size must be >= 0 and oracle.timeout_s > 0.")
-    if config.oracle.kind == "external" and not list(config.oracle.command):
-        raise ConfigError("oracle.kind='external' needs oracle.command, an argv list such as ['python', 'rate.py'].")
+    check_number(config.evaluate.num_prompts, "evaluate.num_prompts (0: all)", integer=True, minimum=0)
+    check_number(
+        config.evaluate.images_per_prompt, "evaluate.images_per_prompt", integer=True, minimum=1, maximum=smc.num_particles
+    )
+    try:
+        check_hyperparameters(config.surrogate.kind, dict(config.surrogate.kwargs), where="surrogate.kwargs")
+    except HyperparameterError as error:
+        raise ConfigError(str(error)) from None
+    _validate_oracle(config.oracle)
+    _validate_files(config)
+
+    if config.mode == "evaluate":
+        _validate_evaluate(config)
+    if config.resume_from and config.overwrite:
+        raise ConfigError("resume_from and overwrite=True contradict each other; a resume never deletes anything.")
+    try:
+        RunDirectory.for_config(config).check(config.overwrite)
+    except RunDirError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _validate_oracle(oracle) -> None:
+    check_number(oracle.noise_std, "oracle.noise_std", minimum=0)
+    check_number(oracle.max_retries, "oracle.max_retries", integer=True, minimum=0, maximum=1000)
+    check_number(oracle.timeout_s, "oracle.timeout_s", above=0, maximum=7 * 24 * 3600)
+    check_number(oracle.batch_size, "oracle.batch_size (0: whole batch)", integer=True, minimum=0)
+    if oracle.kind == "multi":
+        for name, weight in dict(oracle.weights).items():
+            check_number(weight, f"oracle.weights.{name}")
+    if oracle.kind == "external":
+        command = oracle.command
+        if isinstance(command, str) or not list(command) or not all(isinstance(part, str) and part for part in command):
+            raise ConfigError("oracle.kind='external' needs oracle.command, an argv list such as ('python', 'rate.py').")
+
+
+def _validate_files(config) -> None:
     if config.oracle.kind == "aesthetic" and not resolve_path(config.oracle.mlp_path).is_file():
         raise ConfigError(
             f"The aesthetic predictor weights {config.oracle.mlp_path!r} do not exist; download "
             "sac+logos+ava1-l14-linearMSE.pth (LAION improved-aesthetic-predictor) and set --config.oracle.mlp_path to it."
         )
-    if not config.model.path:
-        raise ConfigError("model.path is empty; set it to a hub id or a local model folder.")
     if config.model.family == "pixel" and not resolve_path(config.model.path).is_dir():
         raise ConfigError(f"The model folder {config.model.path!r} does not exist; set --config.model.path to a saved pixel-space model.")
     for field in ("train_file", "eval_file"):
         source = config.prompts[field]
         if source not in WORLD_PROMPTS and not resolve_path(source).is_file():
             raise ConfigError(f"The prompt file {source!r} (prompts.{field}) does not exist; give a text file with one prompt per line.")
-
-    if config.mode == "evaluate":
-        _validate_evaluate(config)
-    else:
-        _validate_run_directory(config)
 
 
 def _validate_evaluate(config) -> None:
@@ -114,23 +146,83 @@ def _validate_evaluate(config) -> None:
         check_header(header, path, config.surrogate.kind, featurizer_dim(config))
     except SurrogateCheckpointError as error:
         raise ConfigError(str(error)) from None
-    out = Path(config.output_dir) / config.run_name
-    if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise ConfigError(f"The evaluation directory {str(out)!r} already exists; choose another --config.run_name or pass --config.overwrite=True.")
-
-
-def _validate_run_directory(config) -> None:
-    run_dir = run_directory(config)
-    if config.resume_from:
-        if not (run_dir / "config.json").is_file():
-            raise ConfigError(f"Cannot resume from {str(run_dir)!r}: it holds no config.json of a run; check --config.resume_from.")
-    elif run_dir.exists() and any(run_dir.iterdir()) and not config.overwrite:
-        raise ConfigError(
-            f"The run directory {str(run_dir)!r} already exists; resume it with --config.resume_from={run_dir}, "
-            "choose another --config.run_name, or pass --config.overwrite=True."
-        )
 
 
 def surrogate_path(path: Path) -> Path:
     """A round directory or a surrogate file -> the surrogate file."""
     return path / "surrogate.safetensors" if path.is_dir() else path
+
+
+# ---------------------------------------------------------------------------- resume
+def resume_config(config, overrides: dict | None = None):
+    """The config a resumed run uses: its stored ``config.json`` plus the allowed changes.
+
+    Args:
+        config: the config built from the command line (file, variant and overrides).
+        overrides: the fields given explicitly on the command line (``{"loop.num_rounds":
+            9}``); None means every field of `config` is what the caller wants, so its safe
+            fields are taken as they are.
+
+    Raises:
+        ConfigError: when `config` differs from the stored one in a field that a resume may
+            not change (the message names it), or the stored config is unreadable.
+    """
+    import ml_collections
+
+    try:
+        stored = RunDirectory.for_config(config).stored_config()
+    except RunDirError as error:
+        raise ConfigError(str(error)) from None
+    if config.overwrite:
+        raise ConfigError("resume_from and overwrite=True contradict each other; a resume never deletes anything.")
+    wanted, kept = _flatten(config.to_dict()), _flatten(stored)
+    differ = [
+        field
+        for field in sorted(set(wanted) | set(kept))
+        if field not in SAFE_TO_CHANGE_ON_RESUME
+        and field not in LOCATION_FIELDS
+        and _canonical(wanted.get(field, "<absent>")) != _canonical(kept.get(field, "<absent>"))
+    ]
+    if differ:
+        field = differ[0]
+        more = f" (and {len(differ) - 1} more: {', '.join(differ[1:4])})" if len(differ) > 1 else ""
+        raise ConfigError(
+            f"Cannot resume {config.resume_from!r} with different settings: {field} is "
+            f"{kept.get(field, '<absent>')!r} in its config.json but {wanted.get(field, '<absent>')!r} here{more}; "
+            f"resume with the run's own config file and variant and no such override (only "
+            f"{', '.join(SAFE_TO_CHANGE_ON_RESUME)} may change), or start a new run."
+        )
+    resumed = ml_collections.ConfigDict(stored)
+    explicit = SAFE_TO_CHANGE_ON_RESUME if overrides is None else [f for f in SAFE_TO_CHANGE_ON_RESUME if f in overrides]
+    for field in explicit:
+        _set(resumed, field, _get(config, field))
+    resumed.resume_from = config.resume_from
+    resumed.overwrite = False
+    return resumed
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)  # tuples and lists compare equal
+
+
+def _get(config, field: str):
+    for part in field.split("."):
+        config = config[part]
+    return config
+
+
+def _set(config, field: str, value) -> None:
+    *parents, last = field.split(".")
+    for part in parents:
+        config = config[part]
+    config[last] = value

@@ -1,0 +1,119 @@
+"""Checks of the config sections both command-line tools share (model, smc, device).
+
+Every check is pure (it reads nothing heavy and creates nothing) and raises
+:class:`ConfigError` with one sentence naming the field and the fix. Numbers must be real
+numbers (``True`` is not 1), finite, and within range: a NaN that slipped through would
+otherwise produce NaN images that a paid oracle is then asked about.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+FAMILIES = ("sd", "sdxl", "lcm", "pixel")
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+class ConfigError(ValueError):
+    """A mistake in the config that the user can fix; the message says how."""
+
+
+def check_choice(value, valid, field: str) -> None:
+    if value not in valid:
+        shown = ", ".join(repr(v) if v == "" else str(v) for v in valid)
+        raise ConfigError(f"Unknown {field} {value!r}; choose one of: {shown}.")
+
+
+def check_number(
+    value,
+    field: str,
+    *,
+    integer: bool = False,
+    minimum: float | None = None,
+    above: float | None = None,
+    maximum: float | None = None,
+) -> None:
+    """`value` is a finite number (an integer when `integer`) with ``minimum <= value <= maximum``
+    and ``value > above``."""
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{field} must be {kind}, got {value!r}.")
+    if not math.isfinite(value):
+        raise ConfigError(f"{field} must be finite, got {value}.")
+    if integer and not float(value).is_integer():
+        raise ConfigError(f"{field} must be {kind}, got {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{field} must be at least {minimum:g}, got {value}.")
+    if above is not None and value <= above:
+        raise ConfigError(f"{field} must be greater than {above:g}, got {value}.")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{field} must be at most {maximum:g}, got {value}.")
+
+
+def check_flag(value, field: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field} must be True or False, got {value!r}.")
+
+
+def check_device(device) -> None:
+    """``""`` (let accelerate choose), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` on a machine that has it."""
+    if not isinstance(device, str) or not re.fullmatch(r"|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"Unknown device {device!r}; choose '' (automatic), 'cpu', 'cuda' or 'cuda:N'.")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} was asked for but this machine has no CUDA device; use --config.device=cpu.")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s).")
+
+
+def check_seed(seed) -> None:
+    check_number(seed, "seed", integer=True, minimum=0, maximum=2**62 - 1)
+
+
+def check_model_section(model) -> None:
+    """``config.model``: family, path, dtype, steps, eta, guidance and size."""
+    check_choice(model.family, FAMILIES, "model.family")
+    check_choice(model.dtype, DTYPES, "model.dtype")
+    if not isinstance(model.path, str) or not model.path:
+        raise ConfigError("model.path is empty; set it to a hub id or a local model folder.")
+    check_number(model.num_steps, "model.num_steps", integer=True, minimum=1, maximum=10_000)
+    check_number(model.eta, "model.eta", minimum=0, maximum=1)
+    check_number(model.guidance_scale, "model.guidance_scale", minimum=0, maximum=1_000)
+    for side in ("height", "width"):
+        check_number(model[side], f"model.{side}", integer=True, minimum=0, maximum=16_384)
+        if model[side] % 8:
+            raise ConfigError(f"model.{side} must be a multiple of 8 (0: the model's own size), got {model[side]}.")
+
+
+def check_smc_section(smc, num_steps: int) -> None:
+    """``config.smc``: the DAS settings both tools share."""
+    from das.resampling import RESAMPLERS
+    from das.tempering import TEMPERINGS
+
+    check_number(smc.kl_coeff, "smc.kl_coeff (α)", above=0)
+    check_number(smc.num_particles, "smc.num_particles", integer=True, minimum=1, maximum=65_536)
+    check_number(smc.ess_threshold, "smc.ess_threshold", minimum=0, maximum=1)
+    check_choice(smc.resampling, sorted(RESAMPLERS), "smc.resampling")
+    check_choice(smc.tempering, sorted(TEMPERINGS), "smc.tempering")
+    check_number(smc.tempering_gamma, "smc.tempering_gamma", above=0, maximum=1e6)
+    check_number(smc.max_chunk_rows, "smc.max_chunk_rows (0: no chunking)", integer=True, minimum=0)
+    if "tempering_start" in smc:
+        check_number(smc.tempering_start, "smc.tempering_start", integer=True, minimum=0, maximum=num_steps)
+
+
+__all__ = [
+    "DTYPES",
+    "FAMILIES",
+    "ConfigError",
+    "check_choice",
+    "check_device",
+    "check_flag",
+    "check_model_section",
+    "check_number",
+    "check_seed",
+    "check_smc_section",
+]

@@ -1,0 +1,108 @@
+"""Reads ``--config path.py:variant`` and ``--config.<field>=<value>`` overrides from argv.
+
+Both command-line tools use it, so both answer ``--help`` the same way and turn every
+command-line mistake (unknown field, unknown variant, a value of the wrong type, a missing
+config file) into one line instead of absl's tracebacks.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-help")
+
+
+class CommandLineError(Exception):
+    """A command line that cannot be parsed; the message is one sentence."""
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+    return any(arg in HELP_FLAGS for arg in argv[1:])
+
+
+def parse_config_argv(argv: Sequence[str], example: str, lock_config: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Parses `argv` (``argv[0]`` is the program) into a config and its command-line overrides.
+
+    Args:
+        argv: the full command line.
+        example: a ``--config`` value shown in messages, e.g. ``config/UCB_smc.py:tiny_jpeg``.
+        lock_config: whether the config refuses new fields after parsing.
+
+    Returns:
+        The ConfigDict and a flat dict ``{"smc.kl_coeff": 0.1, ...}`` of the fields given on
+        the command line.
+
+    Raises:
+        CommandLineError: for anything that does not parse, with one line naming it.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    values = flags.FlagValues()  # a fresh registry per call: parsing twice in one process works
+    config_flags.DEFINE_config_file(
+        "config", None, f"Config file and variant, e.g. {example}.", flag_values=values, lock_config=lock_config,
+        sys_argv=list(argv),
+    )
+    argv = list(argv)
+    try:
+        rest = values(argv)
+    except flags.UnrecognizedFlagError as error:
+        raise CommandLineError(f"{_unrecognized(error)}; see --help.") from None
+    except flags.IllegalFlagValueError as error:
+        raise CommandLineError(_illegal_value(str(error))) from None
+    except (AttributeError, KeyError) as error:
+        raise CommandLineError(_unknown_field(str(error), argv)) from None
+    except OSError as error:
+        raise CommandLineError(_missing_file(str(error), example)) from None
+    except (ValueError, TypeError, ImportError) as error:
+        raise CommandLineError(_last_line(str(error))) from None
+    if len(rest) > 1:
+        raise CommandLineError(f"unexpected arguments {rest[1:]}; pass settings as --config.<field>=<value>.")
+    config = values.config
+    if type(config).__name__ == "_ErrorConfig":  # a config file that failed to load reports on first access
+        try:
+            config.to_dict()
+        except OSError as error:
+            raise CommandLineError(_missing_file(str(error), example)) from None
+    if config is None:
+        raise CommandLineError(f"--config is required, e.g. --config {example}.")
+    return config, dict(config_flags.get_override_values(values["config"]))
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
+
+
+def _unrecognized(error: Exception) -> str:
+    text = str(error)
+    match = re.search(r"flag '([^']+)'", text)
+    return f"unknown command-line flag --{match.group(1)}" if match else _last_line(text)
+
+
+def _illegal_value(text: str) -> str:
+    if "Error whilst parsing config file" in text:
+        # get_config raised: its own message (e.g. an unknown variant) is the last line
+        line = _last_line(text)
+        return line.split(": ", 1)[1] if re.match(r"^\w+(Error|Exception): ", line) else line
+    match = re.match(r"flag (--[^=\s]+)=(.*?): (.*)", _last_line(text.splitlines()[0]))
+    if match:
+        return f"{match.group(1)}={match.group(2)!s} is not a valid value ({match.group(3)})."
+    return _last_line(text)
+
+
+def _unknown_field(text: str, argv: Sequence[str]) -> str:
+    name = text.strip("'\" ")
+    for arg in argv:
+        if arg.startswith("--config.") and re.search(rf"\.{re.escape(name)}(=|\.|$)", arg.split("=", 1)[0] + "="):
+            field = arg.split("=", 1)[0][len("--config.") :]
+            return f"unknown config field {field!r} (from {arg.split('=', 1)[0]}); see --help for the fields."
+    return f"unknown config field {name!r}; see --help for the fields."
+
+
+def _missing_file(text: str, example: str) -> str:
+    match = re.search(r"No such file or directory: '([^']+)'", text)
+    if match:
+        return f"config file {match.group(1)!r} does not exist; give one such as --config {example}."
+    return _last_line(text)
