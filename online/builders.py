@@ -109,9 +109,21 @@ def sampler_kwargs(config) -> dict:
     )
 
 
+def quiet_model_loading(progress: bool) -> None:
+    """Without ``progress``, no weight-loading bars (a one-line error stays one line)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()  # e.g. "modules that should be kept in float32: []"
+    if not progress:
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+
+
 def build_adapter(config, device: torch.device):
     from das.cli import build_adapter as build_from_model_config
 
+    quiet_model_loading(config.progress)
     model = config.model
     if model.family == "pixel":
         model = model.copy_and_resolve_references()

@@ -55,7 +55,9 @@ class RunDirectory:
         kind: :data:`TRAIN_KIND` or :data:`EVALUATE_KIND`.
     """
 
-    def __init__(self, path: Path, output_dir: Path | None, kind: str):
+    def __init__(self, path: Path, output_dir: Path | str | None, kind: str, run_name: str | None = None):
+        self.run_name = run_name
+        self.output_dir_given = "" if output_dir is None else str(output_dir)
         self.path = Path(path)
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.kind = kind
@@ -63,11 +65,10 @@ class RunDirectory:
 
     @classmethod
     def for_config(cls, config) -> "RunDirectory":
-        if config.mode == "evaluate":
-            return cls(Path(config.output_dir) / config.run_name, Path(config.output_dir), EVALUATE_KIND)
-        if config.resume_from:
+        if config.resume_from and config.mode != "evaluate":
             return cls(Path(config.resume_from), None, TRAIN_KIND)
-        return cls(Path(config.output_dir) / config.run_name, Path(config.output_dir), TRAIN_KIND)
+        kind = EVALUATE_KIND if config.mode == "evaluate" else TRAIN_KIND
+        return cls(Path(config.output_dir) / str(config.run_name), config.output_dir, kind, config.run_name)
 
     @property
     def resuming(self) -> bool:
@@ -79,7 +80,9 @@ class RunDirectory:
         if self.resuming:
             self._check_resumable()
             return
-        check_run_name(self.path.name, "run_name")
+        check_run_name(self.run_name, "run_name")  # the name as given: '' or '../x' must not pass
+        if not self.output_dir_given.strip():
+            raise RunDirError("output_dir is empty; set --config.output_dir to a folder such as runs.")
         _check_output_dir(self.output_dir)
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
             raise RunDirError(f"{str(self.path)!r} exists and is not a directory; choose another run_name.")
@@ -104,6 +107,7 @@ class RunDirectory:
 
     def stored_config(self) -> dict:
         """The ``config.json`` of a run being resumed (validated as JSON)."""
+        self._check_resumable()
         path = self.path / "config.json"
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
@@ -173,8 +177,6 @@ def _has_content(path: Path) -> bool:
 
 
 def _check_output_dir(output_dir: Path) -> None:
-    if not str(output_dir).strip():
-        raise RunDirError("output_dir is empty; set --config.output_dir to a folder such as runs.")
     probe = output_dir
     while not probe.exists():
         if probe.parent == probe:

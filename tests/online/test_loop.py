@@ -64,7 +64,7 @@ def test_a_resumed_run_draws_what_an_uninterrupted_one_draws(make_config, accele
         assert torch.equal(a["images"], b["images"]) and torch.allclose(a["rewards"], b["rewards"])
 
 
-def test_a_round_interrupted_after_its_answers_is_not_asked_again(make_config, accelerator):
+def test_a_round_interrupted_after_its_answers_is_not_asked_again(make_config, accelerator, monkeypatch):
     config = make_config()
     config.loop.num_rounds = 2
     run_dir = run_training(config, accelerator)
@@ -74,8 +74,11 @@ def test_a_round_interrupted_after_its_answers_is_not_asked_again(make_config, a
     resumed = make_config()
     resumed.resume_from = str(run_dir)
     resumed.loop.num_rounds = 2
-    resumed.oracle.kind = "external"
-    resumed.oracle.command = ("false",)  # any query now would fail; none may happen
+
+    def no_queries(images, prompts):
+        raise AssertionError("the resumed round asked the oracle again")
+
+    monkeypatch.setattr("online.builders.build_oracle", lambda config: no_queries)
     run_training(resumed, accelerator)
     after = load_file(run_dir / "data" / "round_0001.safetensors")
     assert complete_rounds(run_dir) == [0, 1]

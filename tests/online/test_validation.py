@@ -47,7 +47,11 @@ def test_an_existing_run_directory_is_never_overwritten_unless_asked(make_config
     with pytest.raises(ConfigError, match="already exists"):
         validate(config)
     config.overwrite = True
+    with pytest.raises(ConfigError, match="no run.json marker"):
+        validate(config)  # not a run of this tool: overwrite may not touch it
+    (run_dir / "run.json").write_text('{"tool": "das-toolkit", "kind": "online-train"}')
     validate(config)
+    assert (run_dir / "precious.txt").read_text() == "paid for"  # validation deletes nothing
 
 
 def test_evaluate_needs_a_compatible_checkpoint(make_config, tmp_path):

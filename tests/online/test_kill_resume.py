@@ -1,0 +1,136 @@
+"""SIGKILL the loop at chosen points, resume it, and compare with a run never interrupted:
+bit for bit, for every surrogate kind, counting the oracle's calls through a logging oracle.
+
+The loop kills itself (``DAS_ONLINE_CRASH_AT=<point>:<round>``, see ``online/faults.py``) so
+the kill lands at a known place: ``sampled`` (batch sampled, nothing of the round on disk),
+``query`` (the round's first answer journaled), ``shard`` (dataset shard written),
+``checkpoint`` (surrogate written, the round not yet complete). Every process runs with one
+thread, as the reference does, so the two are comparable bit for bit.
+
+The default suite kills each surrogate kind once mid-query after a complete round (so the
+resumed run must continue from the loaded checkpoint exactly) and UCB at every point in one
+chain; ``-m slow`` runs the whole chain for every kind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import LOGGING_ORACLE, REPO, loop_argv
+from safetensors import safe_open
+
+from online.storage import complete_rounds
+
+ROUNDS = 3
+FULL_CHAIN = ("sampled:1", "shard:1", "checkpoint:1", "query:2")
+
+
+def launch(argv: list[str], crash_at: str | None = None, wait: bool = True, oracle_delay_s: float = 0.0):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env["ORACLE_DELAY_S"] = str(oracle_delay_s)
+    env.pop("DAS_ONLINE_CRASH_AT", None)
+    if crash_at:
+        env["DAS_ONLINE_CRASH_AT"] = crash_at
+    command = [sys.executable, str(REPO / "online" / "online_main_smc.py"), *argv[1:]]
+    if not wait:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def oracle(tmp_path: Path, name: str) -> tuple[tuple[str, ...], Path]:
+    """The logging oracle; it sleeps ``$ORACLE_DELAY_S`` seconds after answering."""
+    script = tmp_path / f"{name}.py"
+    script.write_text(LOGGING_ORACLE + "\nimport os, time\ntime.sleep(float(os.environ.get('ORACLE_DELAY_S', 0)))\n")
+    return (sys.executable, str(script), str(tmp_path / f"{name}.log")), tmp_path / f"{name}.log"
+
+
+def run_files(run_dir: Path) -> dict[str, object]:
+    """Everything a run computed: every tensor of every shard and checkpoint, prompts, metrics."""
+    out: dict[str, object] = {}
+    for path in sorted(run_dir.rglob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            out[f"{path.relative_to(run_dir)}:meta"] = {k: v for k, v in meta.items() if k != "surrogate_header"}
+            for key in handle.keys():
+                out[f"{path.relative_to(run_dir)}:{key}"] = handle.get_tensor(key)
+    for path in sorted(run_dir.glob("round_*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        metrics.pop("seconds")
+        out[str(path.relative_to(run_dir))] = metrics
+    return out
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    import torch
+
+    left, right = run_files(a), run_files(b)
+    assert sorted(left) == sorted(right)
+    for key in left:
+        if isinstance(left[key], torch.Tensor):
+            assert torch.equal(left[key], right[key]), f"{key} differs after the resume"
+        else:
+            assert left[key] == right[key], f"{key} differs after the resume"
+
+
+def kill_and_resume(tiny_model, tmp_path, method: str, crashes: tuple[str, ...]) -> None:
+    command, log = oracle(tmp_path, "reference")
+    reference = launch(loop_argv(tiny_model, tmp_path / "runs", command, "reference", method, ROUNDS))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    command, killed_log = oracle(tmp_path, "killed")
+    argv = loop_argv(tiny_model, tmp_path / "runs", command, "killed", method, ROUNDS)
+    run_dir = tmp_path / "runs" / "killed"
+    for i, point in enumerate(crashes):
+        step = argv if i == 0 else argv + [f"--config.resume_from={run_dir}"]
+        done = launch(step, crash_at=point)
+        assert done.returncode == -signal.SIGKILL, f"{point}: {done.stderr[-3000:]}"
+    done = launch(argv + [f"--config.resume_from={run_dir}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    assert complete_rounds(run_dir) == list(range(ROUNDS))
+    assert_same_run(tmp_path / "runs" / "reference", run_dir)
+    # every kill point lands after the answers it saw were journaled: nothing is asked twice
+    assert killed_log.read_text().splitlines() == log.read_text().splitlines()
+    assert len(log.read_text().splitlines()) == 4 + 2 * (ROUNDS - 1)
+    assert not list(run_dir.rglob(".*.tmp"))
+
+
+@pytest.mark.parametrize("method", ["Bootstrap", "GP", "Greedy"])
+def test_killed_mid_query_after_a_complete_round_resumes_exactly(method, tiny_model, tmp_path):
+    kill_and_resume(tiny_model, tmp_path, method, ("query:2",))
+
+
+def test_ucb_killed_at_every_point_resumes_exactly(tiny_model, tmp_path):
+    kill_and_resume(tiny_model, tmp_path, "UCB", FULL_CHAIN)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["Bootstrap", "GP", "Greedy"])
+def test_every_kind_killed_at_every_point_resumes_exactly(method, tiny_model, tmp_path):
+    kill_and_resume(tiny_model, tmp_path, method, FULL_CHAIN)
+
+
+def test_two_resumers_on_one_directory_make_exactly_one_run(tiny_model, tmp_path):
+    command, log = oracle(tmp_path, "slow")
+    argv = loop_argv(tiny_model, tmp_path / "runs", command, "shared", "UCB", 2)
+    assert launch(argv).returncode == 0
+    asked = len(log.read_text().splitlines())
+    resume = argv + [f"--config.resume_from={tmp_path / 'runs' / 'shared'}", "--config.loop.num_rounds=3"]
+    first = launch(resume, wait=False, oracle_delay_s=3.0)  # busy long enough for the second to meet its lock
+    time.sleep(0.5)
+    second = launch(resume, wait=False, oracle_delay_s=3.0)
+    outputs = [p.communicate(timeout=300) for p in (first, second)]
+    codes = sorted(p.returncode for p in (first, second))
+    assert codes == [0, 2], outputs
+    loser = outputs[[first.returncode, second.returncode].index(2)][1]
+    assert [line for line in loser.splitlines() if line.strip()][-1].startswith("error: The run directory")
+    assert "in use by process" in loser
+    assert complete_rounds(tmp_path / "runs" / "shared") == [0, 1, 2]
+    assert len(log.read_text().splitlines()) == asked + 2  # round 2 paid once
