@@ -39,6 +39,7 @@ from online.storage import (
     data_shard,
     load_dataset,
     load_rows,
+    load_stats,
     mark_complete,
     round_dir,
     save_rows,
@@ -122,7 +123,6 @@ def _train(config, accelerator, run: RunDirectory) -> Path:
         folder = round_dir(run_dir, k)
         # -- 1-3. the round's paid-for rows: from disk if a crash left them, else sampled and queried
         need_sampling = broadcast_from_main(main and not data_shard(run_dir, k).exists() and not (folder / "batch.safetensors").exists(), accelerator)
-        batch_stats = {}
         if need_sampling:
             tick = time.perf_counter()
             batch = _sample_round(config, k, adapter, featurizer, surrogate, prompts, sampler_kwargs, accelerator)
@@ -130,8 +130,8 @@ def _train(config, accelerator, run: RunDirectory) -> Path:
             if main:
                 _check_finite(batch, k)
                 faults.crash_point("sampled", k)
-                batch_stats = {"ess_fraction": float(batch["ess_fraction"].mean()), "log_normalizer": float(batch["log_normalizer"].mean())}
-                save_rows(folder / "batch.safetensors", {"images": batch["images"], "features": batch["features"]}, batch["prompts"], k)
+                stats = {"ess_fraction": float(batch["ess_fraction"].mean()), "log_normalizer": float(batch["log_normalizer"].mean())}
+                save_rows(folder / "batch.safetensors", {"images": batch["images"], "features": batch["features"]}, batch["prompts"], k, stats)
         if main:
             tick = time.perf_counter()
             failed = _query_round(config, run_dir, k, oracle, policy)
@@ -143,6 +143,7 @@ def _train(config, accelerator, run: RunDirectory) -> Path:
         fit_info = {}
         if main:
             shard_rows, _ = load_rows(data_shard(run_dir, k))
+            batch_stats = load_stats(data_shard(run_dir, k))  # kept on disk: a resumed round reports them too
             prediction_rmse = _prediction_rmse(surrogate, shard_rows)
             surrogate, fit_info = _fit(config, run_dir, k, surrogate, featurizer.dim)
             surrogate.save(folder / "surrogate.safetensors")
@@ -216,10 +217,11 @@ def _check_finite(batch: dict, k: int) -> None:
 def _query_round(config, run_dir: Path, k: int, oracle, policy) -> int:
     """Asks the oracle about the round's unanswered items, then writes the dataset shard."""
     shard_path = data_shard(run_dir, k)
-    if shard_path.exists():
+    folder = round_dir(run_dir, k)
+    if shard_path.exists():  # a crash after the shard was written: its rows are all there
+        (folder / "batch.safetensors").unlink(missing_ok=True)
         rows, _ = load_rows(shard_path)
         return int((~rows["valid"]).sum())
-    folder = round_dir(run_dir, k)
     staged, prompts = load_rows(folder / "batch.safetensors")
     images = staged["images"]
     n = images.shape[0]
@@ -243,7 +245,11 @@ def _query_round(config, run_dir: Path, k: int, oracle, policy) -> int:
     observed = torch.tensor([answered[i]["reward"] if answered[i]["status"] == "ok" else math.nan for i in range(n)], dtype=torch.float64)
     true = torch.tensor([answered[i]["true_reward"] if answered[i]["status"] == "ok" else math.nan for i in range(n)], dtype=torch.float64)
     uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-    save_rows(shard_path, {"features": staged["features"], "rewards": observed, "true_rewards": true, "valid": valid, "images": uint8}, prompts, k)
+    save_rows(
+        shard_path,
+        {"features": staged["features"], "rewards": observed, "true_rewards": true, "valid": valid, "images": uint8},
+        prompts, k, load_stats(folder / "batch.safetensors"),
+    )
     faults.crash_point("shard", k)
     (folder / "batch.safetensors").unlink(missing_ok=True)  # the shard now holds everything
     return int((~valid).sum())

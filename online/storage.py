@@ -102,9 +102,21 @@ class AnswerJournal:
             os.fsync(handle.fileno())
 
 
-def save_rows(path: Path, tensors: dict[str, torch.Tensor], prompts: list[str], round_index: int) -> None:
-    """A batch or dataset shard: tensors plus the prompts and round in the metadata."""
-    atomic_save_tensors(path, tensors, {"prompts": json.dumps(prompts), "round": str(round_index)})
+def save_rows(
+    path: Path, tensors: dict[str, torch.Tensor], prompts: list[str], round_index: int, stats: dict | None = None
+) -> None:
+    """A batch or dataset shard: tensors plus the prompts, the round and the sampler's
+    statistics of the batch (``stats``: a JSON dict, e.g. mean ESS) in the metadata."""
+    metadata = {"prompts": json.dumps(prompts), "round": str(round_index), "stats": json.dumps(stats or {})}
+    atomic_save_tensors(path, tensors, metadata)
+
+
+def load_stats(path: Path) -> dict:
+    """The ``stats`` a file written by :func:`save_rows` carries (empty for older files)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return json.loads((handle.metadata() or {}).get("stats", "{}"))
 
 
 def load_rows(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -149,6 +161,7 @@ __all__ = [
     "data_shard",
     "load_dataset",
     "load_rows",
+    "load_stats",
     "mark_complete",
     "round_dir",
     "save_rows",
