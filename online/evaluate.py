@@ -29,6 +29,7 @@ def run_evaluation(config, accelerator) -> Path:
     checkpoint have loaded, and it is locked while the evaluation runs.
     """
     validate(config)
+    accelerator.wait_for_everyone()  # every process has validated before the main one creates anything
     run = RunDirectory.for_config(config)
     main = accelerator.is_main_process
     if main and run.path.exists():

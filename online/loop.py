@@ -74,6 +74,7 @@ def run_training(config, accelerator, overrides: dict | None = None) -> Path:
     if config.resume_from:
         config = resume_config(config, overrides)
     validate(config)
+    accelerator.wait_for_everyone()  # every process has validated before the main one creates anything
     run = RunDirectory.for_config(config)
     main = accelerator.is_main_process
     if main and run.path.exists():
