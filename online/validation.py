@@ -134,7 +134,7 @@ def _validate_files(config) -> None:
 
 
 def _validate_evaluate(config) -> None:
-    from surrogate import SurrogateCheckpointError, check_header, read_header
+    from surrogate import HyperparameterError, SurrogateCheckpointError, check_hyperparameters, check_header, read_header
 
     if not config.reward_model_path:
         raise ConfigError("Evaluate mode needs --config.reward_model_path=<run_dir>/round_<k> (or its surrogate.safetensors).")
@@ -144,7 +144,8 @@ def _validate_evaluate(config) -> None:
     try:
         header = read_header(path)
         check_header(header, path, config.surrogate.kind, featurizer_dim(config))
-    except SurrogateCheckpointError as error:
+        check_hyperparameters(header["kind"], header["hyperparameters"], where=f"Surrogate checkpoint {str(path)!r} hyperparameters")
+    except (SurrogateCheckpointError, HyperparameterError) as error:
         raise ConfigError(str(error)) from None
 
 

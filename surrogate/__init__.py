@@ -9,8 +9,11 @@ Kinds (``make_surrogate(kind, **kwargs)``):
 * ``"greedy"``: :class:`GreedyMLPSurrogate`, the MLP mean without optimism.
 
 Checkpoints are single safetensors files whose metadata carries the JSON header (see
-:mod:`surrogate.checkpoint`); :func:`load_surrogate` reads the header and dispatches.
-This package never imports ``das`` or ``online``.
+:mod:`surrogate.checkpoint`); :func:`load_surrogate` reads the header and dispatches. A
+checkpoint is untrusted data: its hyperparameters pass :func:`check_hyperparameters` (the
+same checker configs use) before anything is built, its tensor names, dtypes and shapes
+are compared with what they imply before anything is loaded, and non-finite values are
+refused. This package never imports ``das`` or ``online``.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import torch
 
 from surrogate.base import Surrogate
 from surrogate.bootstrap import BootstrapEnsembleSurrogate
-from surrogate.checkpoint import SurrogateCheckpointError, check_header, load_checkpoint, read_header
+from surrogate.checkpoint import SurrogateCheckpointError, check_header, read_header
 from surrogate.gp import GPSurrogate
+from surrogate.hyperparameters import HyperparameterError, check_hyperparameters
 from surrogate.ucb import GreedyMLPSurrogate, MLPUCBSurrogate, UCBBonus
 
 SURROGATES: dict[str, type[Surrogate]] = {
@@ -36,15 +40,20 @@ SURROGATES: dict[str, type[Surrogate]] = {
 def make_surrogate(kind: str, **kwargs) -> Surrogate:
     """Build a surrogate by name.
 
+    The keyword arguments pass :func:`check_hyperparameters` first, so a bad value is named
+    in one sentence and an oversized model is refused before anything is allocated.
+
     Args:
         kind: One of ``"ucb"``, ``"bootstrap"``, ``"gp"``, ``"greedy"``.
         **kwargs: The class's constructor keyword arguments (``input_dim`` is required).
 
     Raises:
         ValueError: For an unknown kind, listing the valid ones.
+        HyperparameterError: For an unknown, mistyped or out-of-bounds keyword argument.
     """
     if kind not in SURROGATES:
         raise ValueError(f"Unknown surrogate kind {kind!r}; valid kinds: {sorted(SURROGATES)}.")
+    check_hyperparameters(kind, kwargs)
     return SURROGATES[kind](**kwargs)
 
 
@@ -54,7 +63,10 @@ def load_surrogate(
     expected_input_dim: int | None = None,
     device: torch.device | str = "cpu",
 ) -> Surrogate:
-    """Load any surrogate checkpoint, dispatching on the header's ``kind``.
+    """Load any surrogate checkpoint, dispatching on the header's ``kind``; the file is untrusted data.
+
+    The header's hyperparameters are checked before anything is built, the tensor table
+    before anything is loaded, and the values after loading (see ``Surrogate.load``).
 
     Args:
         path: Checkpoint written by ``Surrogate.save``.
@@ -63,8 +75,10 @@ def load_surrogate(
         device: Where to put the model.
 
     Raises:
-        SurrogateCheckpointError: Missing, truncated, pickle or foreign file, or a mismatch
-            with what was expected (the message names it); nothing in the file is executed.
+        SurrogateCheckpointError: Missing, truncated, pickle or foreign file, a mismatch
+            with what was expected, invalid hyperparameters, tensors that disagree with them,
+            or non-finite values (the message names the file and the field or tensor);
+            nothing in the file is executed.
     """
     if expected_kind is not None and expected_kind not in SURROGATES:
         raise ValueError(f"Unknown surrogate kind {expected_kind!r}; valid kinds: {sorted(SURROGATES)}.")
@@ -74,9 +88,7 @@ def load_surrogate(
         raise SurrogateCheckpointError(
             f"Checkpoint {str(path)!r} holds an unknown surrogate kind {header['kind']!r}; valid kinds: {sorted(SURROGATES)}."
         )
-    cls = SURROGATES[header["kind"]]
-    tensors, header = load_checkpoint(path, expected_kind=header["kind"], expected_input_dim=expected_input_dim)
-    return cls._from_checkpoint(tensors, header, device)
+    return SURROGATES[header["kind"]]._load_untrusted(path, header, device)
 
 
 __all__ = [
@@ -84,10 +96,12 @@ __all__ = [
     "BootstrapEnsembleSurrogate",
     "GPSurrogate",
     "GreedyMLPSurrogate",
+    "HyperparameterError",
     "MLPUCBSurrogate",
     "Surrogate",
     "SurrogateCheckpointError",
     "UCBBonus",
+    "check_hyperparameters",
     "load_surrogate",
     "make_surrogate",
     "read_header",

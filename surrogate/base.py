@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from surrogate.checkpoint import load_checkpoint, save_checkpoint
+from surrogate.checkpoint import (
+    SurrogateCheckpointError,
+    TensorInfo,
+    check_header,
+    load_tensors,
+    read_header,
+    read_tensor_table,
+    save_checkpoint,
+    tensor_info,
+)
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -85,6 +95,13 @@ class Standardizer:
     def state(self, prefix: str) -> dict[str, torch.Tensor]:
         return {f"{prefix}.mean": self.mean, f"{prefix}.std": self.std}
 
+    def expected_state(self, prefix: str) -> dict[str, TensorInfo]:
+        """Names, dtypes and shapes of :meth:`state`, for checking a checkpoint before loading it."""
+        return {
+            f"{prefix}.mean": tensor_info(self.mean.dtype, self.mean.shape),
+            f"{prefix}.std": tensor_info(self.std.dtype, self.std.shape),
+        }
+
     def load_state(self, tensors: dict[str, torch.Tensor], prefix: str) -> None:
         self.mean = tensors[f"{prefix}.mean"].to(self.mean.dtype)
         self.std = tensors[f"{prefix}.std"].to(self.std.dtype)
@@ -102,9 +119,11 @@ class Surrogate(ABC):
     """Reward model with uncertainty: `(N, D)` features -> mean, std, optimistic score.
 
     Subclasses set ``kind`` and implement :meth:`fit`, :meth:`posterior`,
-    :meth:`optimistic`, :meth:`_state_tensors` and :meth:`_load_state_tensors`. The
-    constructor's keyword arguments are the hyperparameters recorded in checkpoints; a
-    surrogate is rebuilt on load as ``cls(**header["hyperparameters"])``.
+    :meth:`optimistic`, :meth:`_state_tensors`, :meth:`_expected_tensors` and
+    :meth:`_load_state_tensors`. The constructor's keyword arguments are the hyperparameters
+    recorded in checkpoints; a surrogate is rebuilt on load as
+    ``cls(**header["hyperparameters"])`` once they have passed
+    :func:`surrogate.hyperparameters.check_hyperparameters`.
 
     Args:
         input_dim: Feature dimension `D`.
@@ -191,16 +210,54 @@ class Surrogate(ABC):
         expected_input_dim: int | None = None,
         device: torch.device | str = "cpu",
     ) -> "Surrogate":
-        """Load a checkpoint of this class's kind; mismatches raise ``SurrogateCheckpointError``."""
-        tensors, header = load_checkpoint(path, expected_kind=cls.kind, expected_input_dim=expected_input_dim)
-        return cls._from_checkpoint(tensors, header, device)
+        """Load a checkpoint of this class's kind, treating the file as untrusted data.
+
+        See :meth:`_load_untrusted` for what is checked, in which order.
+
+        Raises:
+            SurrogateCheckpointError: A mismatch with the expected kind or dimension, or a
+                file that fails any check (the message names the file and the field or tensor).
+        """
+        header = read_header(path)
+        check_header(header, path, cls.kind, expected_input_dim)
+        return cls._load_untrusted(path, header, device)
 
     @classmethod
-    def _from_checkpoint(cls, tensors: dict[str, torch.Tensor], header: dict[str, Any], device: torch.device | str) -> "Surrogate":
-        model = cls(**header["hyperparameters"])
+    def _load_untrusted(
+        cls, path: str | os.PathLike, header: dict[str, Any], device: torch.device | str
+    ) -> "Surrogate":
+        """Rebuild a surrogate from a checkpoint whose header has passed :func:`read_header`.
+
+        Order: (1) the header's hyperparameters pass ``check_hyperparameters`` (bounded
+        sizes, so constructing cannot exhaust memory) and agree with its ``input_dim``; (2)
+        the model is constructed; (3) the file's tensor table (names, dtypes, shapes) is
+        compared with what the model expects, before any tensor is read; (4) the tensors are
+        loaded and every floating one must be finite; (5) the kind checks its values
+        (positive scales, a valid Cholesky factor...). Nothing in the file is executed.
+        """
+        from surrogate.hyperparameters import HyperparameterError, check_hyperparameters  # imports the kinds
+
+        where = f"Surrogate checkpoint {str(path)!r} hyperparameters"
+        hparams = header["hyperparameters"]
+        try:
+            check_hyperparameters(cls.kind, hparams, where=where)
+        except HyperparameterError as error:
+            raise SurrogateCheckpointError(str(error)) from None
+        if hparams.get("input_dim") != header["input_dim"]:
+            raise SurrogateCheckpointError(
+                f"{where}.input_dim is {hparams.get('input_dim')!r} but the header's input_dim is "
+                f"{header['input_dim']!r}; re-save the checkpoint."
+            )
+        try:
+            model = cls(**hparams)
+        except (TypeError, ValueError) as error:  # a bound the table misses; never expected
+            raise SurrogateCheckpointError(f"{where} are refused by {cls.__name__} ({error}).") from None
         model.n_data = int(header["n_data"])
         model.round = int(header["round"])
+        expected = model._expected_tensors(read_tensor_table(path), header, str(path))
+        tensors = load_tensors(path, expected, fixed=model._fixed_tensors())
         model._load_state_tensors(tensors, header)
+        model._check_loaded(str(path))
         model.fitted = True
         return model.to(device)
 
@@ -213,8 +270,40 @@ class Surrogate(ABC):
         """All tensors needed to reproduce predictions."""
 
     @abstractmethod
+    def _expected_tensors(
+        self, table: Mapping[str, TensorInfo], header: dict[str, Any], path: str
+    ) -> dict[str, TensorInfo]:
+        """Names, dtypes and shapes :meth:`_state_tensors` gives for this model's hyperparameters.
+
+        Args:
+            table: The checkpoint's tensor table, for sizes that depend on the data (they
+                must still be bounded by the hyperparameters and consistent with the header).
+            header: The checkpoint header.
+            path: The checkpoint file, for messages.
+
+        Raises:
+            SurrogateCheckpointError: For data-dependent sizes out of bounds.
+        """
+
+    def _fixed_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors whose only valid value holds non-finite entries (exempt from the finiteness check)."""
+        return {}
+
+    @abstractmethod
     def _load_state_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
         """Inverse of :meth:`_state_tensors`."""
+
+    def _check_loaded(self, path: str) -> None:
+        """Check the values just loaded from ``path`` beyond finiteness; raise ``SurrogateCheckpointError``."""
+
+    @staticmethod
+    def _require_positive(path: str, name: str, tensor: torch.Tensor) -> None:
+        """Raise ``SurrogateCheckpointError`` unless every entry of ``tensor`` is > 0."""
+        if not bool((tensor > 0).all()):
+            raise SurrogateCheckpointError(
+                f"Surrogate checkpoint {path!r} tensor {name!r} must be positive everywhere, got a minimum of "
+                f"{float(tensor.min())}; re-fit the surrogate and save it again."
+            )
 
     @abstractmethod
     def _move(self, device: torch.device) -> None:

@@ -16,12 +16,13 @@ split and its own initialization, and all heads take their Adam steps together.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from surrogate.base import Standardizer, Surrogate, as_feature_matrix, make_generator
+from surrogate.checkpoint import TensorInfo, tensor_info
 from surrogate.mlp import DEFAULT_HIDDEN, BatchedMLP, fit_batched_mlp, split_indices
 
 OPTIMISM_MODES = ("max", "std")
@@ -183,6 +184,20 @@ class BootstrapEnsembleSurrogate(Surrogate):
         tensors.update(self.y_norm.state("y_norm"))
         tensors["noise_std"] = torch.tensor([self.noise_std], dtype=torch.float64)
         return tensors
+
+    def _expected_tensors(
+        self, table: Mapping[str, TensorInfo], header: dict[str, Any], path: str
+    ) -> dict[str, TensorInfo]:
+        expected = {f"net.{k}": tensor_info(v.dtype, v.shape) for k, v in self.net.state_dict().items()}
+        expected.update(self.x_norm.expected_state("x_norm"))
+        expected.update(self.y_norm.expected_state("y_norm"))
+        expected["noise_std"] = tensor_info(torch.float64, (1,))
+        return expected
+
+    def _check_loaded(self, path: str) -> None:
+        self._require_positive(path, "x_norm.std", self.x_norm.std)
+        self._require_positive(path, "y_norm.std", self.y_norm.std)
+        self._require_positive(path, "noise_std", torch.tensor([self.noise_std]))
 
     def _load_state_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
         self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})

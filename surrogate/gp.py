@@ -34,6 +34,7 @@ Raise ``max_points`` to use more data at the cubic cost.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import gpytorch
@@ -44,6 +45,7 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 from sklearn.decomposition import PCA
 
 from surrogate.base import Standardizer, Surrogate, as_feature_matrix, draw_seed, make_generator
+from surrogate.checkpoint import SurrogateCheckpointError, TensorInfo, tensor_info
 
 _CHOLESKY_ALWAYS = 1_000_000
 
@@ -87,6 +89,7 @@ class GPSurrogate(Surrogate):
         self.span = torch.ones(0, dtype=torch.float64)
         self.y_norm = Standardizer(1, torch.float64)
         self.model: SingleTaskGP | None = None
+        self._template_state: dict[str, torch.Tensor] = {}  # a fresh GP's state, while a checkpoint loads
 
     # ------------------------------------------------------------------ inputs
     def project(self, features: torch.Tensor) -> torch.Tensor:
@@ -101,8 +104,10 @@ class GPSurrogate(Surrogate):
             k = min(int(self.pca_dim), x.shape[0], self.input_dim)
             pca = PCA(n_components=k, svd_solver="covariance_eigh")
             pca.fit(x.detach().cpu().numpy())
-            self.pca_components = torch.from_numpy(pca.components_).to(torch.float64).to(x.device)
-            self.pca_mean = torch.from_numpy(pca.mean_).to(torch.float64).to(x.device)
+            # sklearn may return column-major components; a checkpoint stores them row-major, and the
+            # projection's matmul rounds differently for the two layouts, so keep them row-major here too.
+            self.pca_components = torch.from_numpy(pca.components_).to(torch.float64).contiguous().to(x.device)
+            self.pca_mean = torch.from_numpy(pca.mean_).to(torch.float64).contiguous().to(x.device)
         else:
             self.pca_components = self.pca_mean = None
         self.lower = torch.zeros(1, dtype=torch.float64, device=x.device)
@@ -225,6 +230,79 @@ class GPSurrogate(Surrogate):
             tensors["pca.mean"] = self.pca_mean
         tensors.update(self.y_norm.state("y_norm"))
         return tensors
+
+    def _expected_tensors(
+        self, table: Mapping[str, TensorInfo], header: dict[str, Any], path: str
+    ) -> dict[str, TensorInfo]:
+        """The GP's tensors: `n = min(n_data, max_points)` training points in `k` projected dimensions.
+
+        `k` is the input dimension without PCA; with PCA it is read from ``pca.components``
+        and must lie in `[1, min(pca_dim, input_dim)]` (a warm-started fit keeps an earlier,
+        possibly smaller, projection); the ``gp.*`` names and shapes are those of a fresh
+        ``SingleTaskGP`` on `k`-dimensional inputs.
+        """
+        n_data, dim = int(header["n_data"]), self.input_dim
+        if n_data < 1:
+            raise SurrogateCheckpointError(
+                f"Surrogate checkpoint {path!r} header field 'n_data' is 0, but a fitted GP holds data; re-save it."
+            )
+        n = min(n_data, self.max_points)
+        found = table.get("train_x")
+        if found is not None and len(found.shape) == 2 and found.shape[0] > self.max_points:
+            raise SurrogateCheckpointError(
+                f"Surrogate checkpoint {path!r} tensor 'train_x' holds {found.shape[0]} training points, more than "
+                f"its hyperparameters' max_points={self.max_points}; re-fit the surrogate and save it again."
+            )
+        reduce = self.pca_dim is not None and dim > self.pca_dim
+        k = dim
+        if reduce:
+            k = min(int(self.pca_dim), n, dim)  # what a fresh fit gives; a warm start keeps an earlier projection
+            components = table.get("pca.components")
+            k_max = min(int(self.pca_dim), dim)
+            if components is not None and len(components.shape) == 2 and 1 <= components.shape[0] <= k_max:
+                k = components.shape[0]
+        expected = {
+            "train_x": tensor_info(torch.float64, (n, k)),
+            "train_y": tensor_info(torch.float64, (n,)),
+            "lower": tensor_info(torch.float64, (k,)),
+            "span": tensor_info(torch.float64, (k,)),
+        }
+        if reduce:
+            expected["pca.components"] = tensor_info(torch.float64, (k, dim))
+            expected["pca.mean"] = tensor_info(torch.float64, (dim,))
+        expected.update(self.y_norm.expected_state("y_norm"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # botorch warns about the template's unscaled data
+            zeros = torch.zeros(1, k, dtype=torch.float64)
+            self._template_state = self._build_model(zeros, zeros[:, 0]).state_dict()
+        expected.update({f"gp.{name}": tensor_info(v.dtype, v.shape) for name, v in self._template_state.items()})
+        return expected
+
+    def _fixed_tensors(self) -> dict[str, torch.Tensor]:
+        """Constraint bounds with infinite entries (e.g. a positivity constraint's upper bound)."""
+        return {
+            f"gp.{name}": value
+            for name, value in self._template_state.items()
+            if value.is_floating_point() and not bool(torch.isfinite(value).all())
+        }
+
+    def _check_loaded(self, path: str) -> None:
+        assert self.model is not None
+        self._template_state = {}
+        self._require_positive(path, "span", self.span)
+        self._require_positive(path, "y_norm.std", self.y_norm.std)
+        noise = self.model.likelihood.noise.detach()
+        if not bool((noise > 0).all() and torch.isfinite(noise).all()):
+            raise SurrogateCheckpointError(
+                f"Surrogate checkpoint {path!r} gives the GP a non-positive noise variance; re-fit the surrogate and "
+                f"save it again."
+            )
+        lengthscale = self.model.covar_module.lengthscale.detach()
+        if not bool((lengthscale > 0).all() and torch.isfinite(lengthscale).all()):
+            raise SurrogateCheckpointError(
+                f"Surrogate checkpoint {path!r} gives the GP a non-positive or infinite lengthscale; re-fit the "
+                f"surrogate and save it again."
+            )
 
     def _load_state_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
         self.pca_components = tensors.get("pca.components")

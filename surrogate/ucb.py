@@ -20,12 +20,14 @@ clipped at ``clip`` (``None`` disables clipping).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from surrogate.base import Standardizer, Surrogate, as_feature_matrix, make_generator
+from surrogate.checkpoint import SurrogateCheckpointError, TensorInfo, tensor_info
 from surrogate.mlp import DEFAULT_HIDDEN, BatchedMLP, fit_batched_mlp, split_indices
 
 BONUS_COVARIANCES = ("design", "normalized")
@@ -90,7 +92,11 @@ class UCBBonus:
         return self.gram / max(self.count, 1) + self.lam * eye
 
     def _factorize(self) -> None:
-        self.chol = torch.linalg.cholesky(self.matrix())
+        # ``torch.linalg.cholesky`` returns a column-major factor; a checkpoint stores it row-major, and
+        # ``solve_triangular`` rounds differently for the two layouts (a single query takes another LAPACK
+        # path). Keeping the factor row-major in memory too makes a loaded surrogate compute bit-identical
+        # outputs and gradients to the one it was saved from.
+        self.chol = torch.linalg.cholesky(self.matrix()).contiguous()
 
     def quadratic(self, phi: torch.Tensor) -> torch.Tensor:
         """`φᵀ A⁻¹ φ` for `φ (..., H)` -> `(...)`, via one triangular solve (differentiable)."""
@@ -127,11 +133,53 @@ class UCBBonus:
             "bonus.scale": torch.tensor([self.scale], dtype=torch.float64),
         }
 
+    @staticmethod
+    def expected_state(width: int, dtype: torch.dtype) -> dict[str, TensorInfo]:
+        """Names, dtypes and shapes of :meth:`state` for features `φ` of ``width`` H in ``dtype``."""
+        return {
+            "bonus.gram": tensor_info(dtype, (width, width)),
+            "bonus.chol": tensor_info(dtype, (width, width)),
+            "bonus.count": tensor_info(torch.int64, (1,)),
+            "bonus.scale": tensor_info(torch.float64, (1,)),
+        }
+
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         self.gram = tensors["bonus.gram"]
         self.chol = tensors["bonus.chol"]
         self.count = int(tensors["bonus.count"][0])
         self.scale = float(tensors["bonus.scale"][0])
+
+    def check_loaded(self, path: str) -> None:
+        """Check a loaded state: a count >= 0, a scale > 0, and a lower-triangular factor of `A`.
+
+        The factor must have a positive diagonal and reproduce :meth:`matrix` to a loose
+        tolerance (`|LLᵀ - A| <= 1e-3 · max|A|`), so a corrupted or mismatched factor cannot give
+        infinite or meaningless bonuses.
+
+        Raises:
+            SurrogateCheckpointError: Naming the tensor and the problem.
+        """
+        assert self.gram is not None and self.chol is not None
+        if self.count < 0:
+            raise SurrogateCheckpointError(
+                f"Surrogate checkpoint {path!r} tensor 'bonus.count' must be >= 0, got {self.count}; re-save it."
+            )
+        if not self.scale > 0:
+            raise SurrogateCheckpointError(
+                f"Surrogate checkpoint {path!r} tensor 'bonus.scale' must be > 0, got {self.scale}; re-save it."
+            )
+        chol, target = self.chol, self.matrix()
+        if not (bool((chol.triu(1) == 0).all()) and bool((chol.diagonal() > 0).all())):
+            raise SurrogateCheckpointError(
+                f"Surrogate checkpoint {path!r} tensor 'bonus.chol' is not a lower-triangular factor with a positive "
+                f"diagonal; re-fit the surrogate and save it again."
+            )
+        scale = float(target.abs().max())
+        if not float((chol @ chol.T - target).abs().max()) <= 1e-3 * scale:
+            raise SurrogateCheckpointError(
+                f"Surrogate checkpoint {path!r} tensor 'bonus.chol' is not the Cholesky factor of the matrix its "
+                f"'bonus.gram' and hyperparameters give; re-fit the surrogate and save it again."
+            )
 
 
 class MLPUCBSurrogate(Surrogate):
@@ -278,6 +326,22 @@ class MLPUCBSurrogate(Surrogate):
         tensors["noise_std"] = torch.tensor([self.noise_std], dtype=torch.float64)
         return tensors
 
+    def _expected_tensors(
+        self, table: Mapping[str, TensorInfo], header: dict[str, Any], path: str
+    ) -> dict[str, TensorInfo]:
+        expected = {f"net.{k}": tensor_info(v.dtype, v.shape) for k, v in self.net.state_dict().items()}
+        expected.update(self.x_norm.expected_state("x_norm"))
+        expected.update(self.y_norm.expected_state("y_norm"))
+        expected.update(UCBBonus.expected_state(self.net.sizes[-2], self.dtype))
+        expected["noise_std"] = tensor_info(torch.float64, (1,))
+        return expected
+
+    def _check_loaded(self, path: str) -> None:
+        self._require_positive(path, "x_norm.std", self.x_norm.std)
+        self._require_positive(path, "y_norm.std", self.y_norm.std)
+        self._require_positive(path, "noise_std", torch.tensor([self.noise_std]))
+        self.bonus.check_loaded(path)
+
     def _load_state_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
         self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         self.net.eval()
@@ -294,14 +358,27 @@ class MLPUCBSurrogate(Surrogate):
 class GreedyMLPSurrogate(MLPUCBSurrogate):
     """The MLP surrogate without optimism: ``optimistic == mean`` (`β = 0`).
 
-    Takes the keyword arguments of :class:`MLPUCBSurrogate` except ``beta``;
-    ``posterior`` still reports the last-layer std for diagnostics.
+    Takes the keyword arguments of :class:`MLPUCBSurrogate`; ``beta`` is fixed at 0 (it is
+    accepted only as 0, which checkpoint headers record). ``posterior`` still reports the
+    last-layer std for diagnostics.
+
+    Args:
+        input_dim: Feature dimension `D`.
+        beta: Must be 0; the greedy surrogate adds no exploration bonus.
+        **kwargs: The other keyword arguments of :class:`MLPUCBSurrogate`.
+
+    Raises:
+        ValueError: For a nonzero (or non-numeric) ``beta``.
     """
 
     kind = "greedy"
 
-    def __init__(self, input_dim: int, **kwargs: Any) -> None:
-        kwargs.pop("beta", None)
+    def __init__(self, input_dim: int, *, beta: float = 0.0, **kwargs: Any) -> None:
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or beta != 0:
+            raise ValueError(
+                f"The 'greedy' surrogate adds no exploration bonus, so beta must be 0, got {beta!r}; "
+                f"use kind 'ucb' for an optimistic surrogate."
+            )
         super().__init__(input_dim, beta=0.0, **kwargs)
 
     def optimistic(self, features: torch.Tensor) -> torch.Tensor:
