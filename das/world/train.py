@@ -29,6 +29,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from typing import Sequence
 
@@ -99,17 +100,41 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float) -> torch.Tensor:
     return snr.clamp(max=gamma) / snr
 
 
+PIPELINE_CLASS = "EmbeddedWorldPixelPipeline"
+
+
+def check_output_folder(out: str) -> None:
+    """`out` is absent or a model folder this script wrote (it is replaced at each save).
+
+    Raises:
+        SystemExit: with one line, for anything else (a user's folder is never replaced).
+    """
+    if not os.path.lexists(out):
+        return
+    index = os.path.join(out, "model_index.json")
+    try:
+        with open(index, encoding="utf-8") as handle:
+            ours = json.load(handle).get("_class_name") == PIPELINE_CLASS and not os.path.islink(out)
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise SystemExit(
+            f"error: --out {out!r} exists and is not a world model this script saved; choose a new folder "
+            "(it would be replaced at every save)."
+        )
+
+
 def _save(out: str, unet, text_encoder, tokenizer_dir: str, info: dict) -> None:
-    """Writes the model folder to a temporary name, then swaps it in."""
-    tmp, old = out.rstrip("/") + ".tmp", out.rstrip("/") + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    """Writes the model folder to a temporary sibling, then swaps it in (replacing only our own folder)."""
+    check_output_folder(out)
+    parent = os.path.dirname(os.path.abspath(out))
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp", dir=parent)
     unet.save_pretrained(os.path.join(tmp, "unet"), safe_serialization=True)
     text_encoder.save_pretrained(os.path.join(tmp, "text_encoder"), safe_serialization=True)
     shutil.copytree(tokenizer_dir, os.path.join(tmp, "tokenizer"))
     DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(os.path.join(tmp, "scheduler"))
     index = {
-        "_class_name": "EmbeddedWorldPixelPipeline",
+        "_class_name": PIPELINE_CLASS,
         "unet": ["diffusers", "UNet2DConditionModel"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
@@ -120,10 +145,12 @@ def _save(out: str, unet, text_encoder, tokenizer_dir: str, info: dict) -> None:
     with open(os.path.join(tmp, "training_info.json"), "w") as f:
         json.dump(info, f, indent=2)
     if os.path.exists(out):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old.", suffix=".tmp", dir=parent)
+        os.replace(out, os.path.join(old, "model"))
+        os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     start = time.time()
 
-    tok_dir = args.out.rstrip("/") + ".tokenizer"
+    check_output_folder(args.out)
+    tok_dir = tempfile.mkdtemp(prefix="world-tokenizer-")
     save_tokenizer(tok_dir, {w for p in PROMPTS for w in p.split()})
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     max_len = tokenizer.model_max_length

@@ -32,3 +32,20 @@ def test_min_snr_weights_follow_their_closed_form():
     snr = abar / (1 - abar)
     torch.testing.assert_close(w, torch.tensor([5.0 / snr[0].item(), 5.0 / 9.0, 1.0, 1.0, 1.0]))
     assert torch.equal(min_snr_weights(abar, gamma=0.0), torch.ones(5))
+
+
+def test_the_trainer_never_replaces_a_folder_it_did_not_save(tmp_path):
+    import json
+
+    import pytest
+
+    from das.world.train import PIPELINE_CLASS, check_output_folder
+
+    check_output_folder(str(tmp_path / "new"))  # absent: fine
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep")
+    with pytest.raises(SystemExit, match="not a world model this script saved"):
+        check_output_folder(str(user))
+    (user / "model_index.json").write_text(json.dumps({"_class_name": PIPELINE_CLASS}))
+    check_output_folder(str(user))  # a model folder of ours: replaced at the next save
