@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_components import save_pixel_model  # noqa: E402
 
 from config.online_base import online_config  # noqa: E402
+from online_helpers import LOGGING_ORACLE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,18 +60,6 @@ def accelerator():
     return Accelerator(cpu=True)
 
 
-LOGGING_ORACLE = """
-import hashlib, sys
-from pathlib import Path
-log = Path(sys.argv[1])
-for line in sys.stdin:
-    digest = hashlib.sha1(Path(line.split("\\t")[0]).read_bytes()).hexdigest()
-    with open(log, "a") as handle:
-        handle.write(digest + "\\n")
-    print(-(int(digest[:6], 16) % 1000) / 1000)
-"""
-
-
 @pytest.fixture
 def logging_oracle(tmp_path):
     """An external oracle that writes one line per item it is asked about: ``(command, log)``."""
@@ -78,19 +67,3 @@ def logging_oracle(tmp_path):
     script.write_text(LOGGING_ORACLE)
     log = tmp_path / "asked.log"
     return (sys.executable, str(script), str(log)), log
-
-
-def loop_argv(model_path: str, output_dir: Path, oracle_command: tuple, run_name: str = "run", method: str = "UCB",
-              rounds: int = 2) -> list[str]:
-    """The command line of a tiny loop run (seconds) with an external oracle, as a user would type it."""
-    return [
-        "online_main_smc.py", "--config", str(REPO / f"config/{method}_smc.py") + ":tiny_jpeg",
-        f"--config.model.path={model_path}", "--config.model.num_steps=2", "--config.model.guidance_scale=2.0",
-        f"--config.output_dir={output_dir}", f"--config.run_name={run_name}", "--config.progress=False",
-        "--config.device=cpu", "--config.smc.num_particles=2", "--config.smc.prompts_per_call=3",
-        f"--config.loop.num_rounds={rounds}", "--config.loop.initial_queries=4", "--config.loop.queries_per_round=2",
-        "--config.oracle.kind=external", f"--config.oracle.command={tuple(oracle_command)!r}",
-        "--config.oracle.noise_std=0.01", "--config.evaluate.images_per_prompt=1", "--config.evaluate.num_prompts=2",
-        *(["--config.surrogate.kwargs.hidden=(16, 8)", "--config.surrogate.kwargs.max_epochs=5"]
-          if method != "GP" else []),
-    ]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, loop_argv
+from online_helpers import REPO, loop_argv
 
 from online.online_main_smc import main
 
@@ -48,7 +48,7 @@ def finished_run(tiny_model, tmp_path_factory):
     """A complete 2-round run (and its oracle log) made once; cases copy it."""
     root = tmp_path_factory.mktemp("finished")
     script = root / "oracle.py"
-    from conftest import LOGGING_ORACLE
+    from online_helpers import LOGGING_ORACLE
 
     script.write_text(LOGGING_ORACLE)
     import sys

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LOGGING_ORACLE, REPO, loop_argv
+from online_helpers import LOGGING_ORACLE, REPO, loop_argv
 from safetensors import safe_open
 
 from online.storage import complete_rounds
