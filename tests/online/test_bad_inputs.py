@@ -227,6 +227,7 @@ CASES = [
     Case("timeout zero", ["--config.oracle.timeout_s=0.0"], text="oracle.timeout_s"),
     Case("seed negative", ["--config.seed=-1"], text="seed"),
     Case("device banana", ["--config.device=banana"], text="device"),
+    *([] if torch.cuda.is_available() else [Case("device cuda without one", ["--config.device=cuda"], text="no CUDA device")]),
     Case("unknown oracle", ["--config.oracle.kind=telepathy"], text="oracle.kind"),
     Case("external oracle without command", ["--config.oracle.command=('',)"], text="oracle.command"),
     Case("unknown surrogate kind", ["--config.surrogate.kind=crystal_ball"], text="surrogate.kind"),

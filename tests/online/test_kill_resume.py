@@ -10,14 +10,19 @@ thread, as the reference does, so the two are comparable bit for bit.
 The default suite kills each surrogate kind once mid-query after a complete round (so the
 resumed run must continue from the loaded checkpoint exactly) and UCB at every point in one
 chain; ``-m slow`` runs the whole chain for every kind.
+
+Each run is a separate process forked from a multiprocessing fork server that has imported
+torch, diffusers and the loop once (a fresh interpreter would spend ~4 s of every run on
+imports); the loop inside it is the entry point's ``main`` and dies by SIGKILL like any
+process. ``tests/online/test_loop.py`` kills the script started from a fresh interpreter.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,16 +37,77 @@ ROUNDS = 3
 FULL_CHAIN = ("sampled:1", "shard:1", "checkpoint:1", "query:2")
 
 
-def launch(argv: list[str], crash_at: str | None = None, wait: bool = True, oracle_delay_s: float = 0.0):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    env["ORACLE_DELAY_S"] = str(oracle_delay_s)
-    env.pop("DAS_ONLINE_CRASH_AT", None)
+PRELOAD = ["torch", "diffusers", "transformers", "accelerate", "botorch", "online.loop", "online.online_main_smc"]
+_CONTEXT = None
+
+
+def _context():
+    """The fork server (started once, with one thread per process, as the runs compare bit for bit)."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(PRELOAD)
+        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        try:
+            multiprocessing.forkserver.ensure_running()  # the server inherits this environment
+        finally:
+            for key, value in saved.items():
+                os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    return _CONTEXT
+
+
+def _loop_process(argv: list[str], crash_at: str | None, oracle_delay_s: float, output: str) -> None:
+    """One run of the loop in a forked process: its output to a file, its status as the exit code."""
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ.pop("DAS_ONLINE_CRASH_AT", None)
     if crash_at:
-        env["DAS_ONLINE_CRASH_AT"] = crash_at
-    command = [sys.executable, str(REPO / "online" / "online_main_smc.py"), *argv[1:]]
-    if not wait:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        os.environ["DAS_ONLINE_CRASH_AT"] = crash_at
+    os.environ["ORACLE_DELAY_S"] = str(oracle_delay_s)
+    os.chdir(REPO)
+    import torch
+
+    torch.set_num_threads(1)
+    from online.online_main_smc import main
+
+    status = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+class Run:
+    """A finished (or running) loop process: ``returncode`` (negative: killed by that signal), ``output``."""
+
+    def __init__(self, process, output: Path):
+        self.process, self.output_path = process, output
+
+    def wait(self, timeout: float = 300) -> "Run":
+        self.process.join(timeout)
+        assert self.process.exitcode is not None, "the loop did not finish in time"
+        return self
+
+    @property
+    def returncode(self) -> int:
+        return self.process.exitcode
+
+    @property
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+
+_RUNS = iter(range(10**6))
+
+
+def launch(argv: list[str], crash_at: str | None = None, wait: bool = True, oracle_delay_s: float = 0.0) -> Run:
+    output = Path(next(a for a in argv if a.startswith("--config.output_dir=")).split("=", 1)[1]).parent
+    output = output / f"process_{next(_RUNS)}.out"
+    process = _context().Process(target=_loop_process, args=(argv, crash_at, oracle_delay_s, str(output)))
+    process.start()
+    run = Run(process, output)
+    return run.wait() if wait else run
 
 
 def oracle(tmp_path: Path, name: str) -> tuple[tuple[str, ...], Path]:
@@ -87,7 +153,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 def kill_and_resume(tiny_model, tmp_path, method: str, crashes: tuple[str, ...]) -> None:
     command, log = oracle(tmp_path, "reference")
     reference = launch(loop_argv(tiny_model, tmp_path / "runs", command, "reference", method, ROUNDS))
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert reference.returncode == 0, reference.output[-3000:]
 
     command, killed_log = oracle(tmp_path, "killed")
     argv = loop_argv(tiny_model, tmp_path / "runs", command, "killed", method, ROUNDS)
@@ -95,9 +161,9 @@ def kill_and_resume(tiny_model, tmp_path, method: str, crashes: tuple[str, ...])
     for i, point in enumerate(crashes):
         step = argv if i == 0 else argv + [f"--config.resume_from={run_dir}"]
         done = launch(step, crash_at=point)
-        assert done.returncode == -signal.SIGKILL, f"{point}: {done.stderr[-3000:]}"
+        assert done.returncode == -signal.SIGKILL, f"{point}: {done.output[-3000:]}"
     done = launch(argv + [f"--config.resume_from={run_dir}"])
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.output[-3000:]
 
     assert complete_rounds(run_dir) == list(range(ROUNDS))
     assert_same_run(tmp_path / "runs" / "reference", run_dir)
@@ -131,10 +197,10 @@ def test_two_resumers_on_one_directory_make_exactly_one_run(tiny_model, tmp_path
     first = launch(resume, wait=False, oracle_delay_s=3.0)  # busy long enough for the second to meet its lock
     time.sleep(0.5)
     second = launch(resume, wait=False, oracle_delay_s=3.0)
-    outputs = [p.communicate(timeout=300) for p in (first, second)]
+    outputs = [p.wait().output for p in (first, second)]
     codes = sorted(p.returncode for p in (first, second))
     assert codes == [0, 2], outputs
-    loser = outputs[[first.returncode, second.returncode].index(2)][1]
+    loser = outputs[[first.returncode, second.returncode].index(2)]
     assert [line for line in loser.splitlines() if line.strip()][-1].startswith("error: The run directory")
     assert "in use by process" in loser
     assert complete_rounds(tmp_path / "runs" / "shared") == [0, 1, 2]
