@@ -64,10 +64,14 @@ def check_device(device) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} was asked for but this machine has no CUDA device; use --config.device=cpu.")
+            raise ConfigError(
+                f"device {device!r} was asked for but this machine has no CUDA device; use --config.device=cpu."
+            )
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s).")
+            raise ConfigError(
+                f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)."
+            )
 
 
 def check_seed(seed) -> None:

@@ -41,7 +41,11 @@ def parse_config_argv(argv: Sequence[str], example: str, lock_config: bool = Fal
 
     values = flags.FlagValues()  # a fresh registry per call: parsing twice in one process works
     config_flags.DEFINE_config_file(
-        "config", None, f"Config file and variant, e.g. {example}.", flag_values=values, lock_config=lock_config,
+        "config",
+        None,
+        f"Config file and variant, e.g. {example}.",
+        flag_values=values,
+        lock_config=lock_config,
         sys_argv=list(argv),
     )
     argv = list(argv)

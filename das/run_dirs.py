@@ -174,9 +174,13 @@ def check_removable(path: Path, output_dir: Path, kind: str) -> None:
     """Raises :class:`RunDirError` unless `path` may be emptied by an overwrite of a `kind` run."""
     path, output_dir = Path(path), Path(output_dir)
     if path.parent.resolve() != output_dir.resolve() or path.name in ("", ".", ".."):
-        raise RunDirError(f"Refusing to overwrite {str(path)!r}: it is not a directory directly inside {str(output_dir)!r}.")
+        raise RunDirError(
+            f"Refusing to overwrite {str(path)!r}: it is not a directory directly inside {str(output_dir)!r}."
+        )
     if path.is_symlink() or not path.is_dir():
-        raise RunDirError(f"Refusing to overwrite {str(path)!r}: it is not a directory (a file or a link); move it away yourself.")
+        raise RunDirError(
+            f"Refusing to overwrite {str(path)!r}: it is not a directory (a file or a link); move it away yourself."
+        )
     marker = read_marker(path)
     if marker is None:
         raise RunDirError(

@@ -9,14 +9,14 @@ import torch
 from das.images import image_grid, save_png, to_uint8
 from online import builders
 from online.distributed import gather_to_main, shard
+from online.errors import RunError
 from online.guidance import SurrogateReward
 from online.metrics import diversity, summary
 from online.oracles import query_with_retries
+from online.run_directory import RunDirectory
 from online.sampling import merge_batches, sample_batch
 from online.storage import atomic_write_json
-from online.errors import RunError
-from online.run_directory import RunDirectory
-from online.validation import surrogate_path, validate
+from online.validation import surrogate_path
 
 EVAL_STREAM_SEED = 7_777
 
@@ -28,17 +28,8 @@ def run_evaluation(config, accelerator) -> Path:
     ``overwrite``, an earlier evaluation there is emptied) only after the models and the
     checkpoint have loaded, and it is locked while the evaluation runs.
     """
-    validate(config)
-    accelerator.wait_for_everyone()  # every process has validated before the main one creates anything
-    run = RunDirectory.for_config(config)
-    main = accelerator.is_main_process
-    if main and run.path.exists():
-        run.lock()
-    try:
+    with RunDirectory.opened(config, accelerator) as run:
         return _evaluate(config, accelerator, run)
-    finally:
-        if main:
-            run.release()
 
 
 def _evaluate(config, accelerator, run: RunDirectory) -> Path:

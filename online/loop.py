@@ -26,11 +26,12 @@ import torch
 from tqdm.auto import tqdm
 
 from online import builders, faults
-from online.errors import RunError
 from online.distributed import broadcast_from_main, gather_to_main, shard
+from online.errors import RunError
 from online.guidance import SurrogateReward, ZeroReward
 from online.metrics import diversity, plot_reward_vs_queries, print_table, summary, write_metrics_lines
 from online.oracles import query_with_retries
+from online.run_directory import RunDirectory
 from online.sampling import merge_batches, sample_batch
 from online.storage import (
     AnswerJournal,
@@ -44,8 +45,7 @@ from online.storage import (
     round_dir,
     save_rows,
 )
-from online.run_directory import RunDirectory
-from online.validation import resume_config, validate
+from online.validation import resume_config
 
 STREAMS = {"prompts": 1, "sample": 2, "noise": 3, "fit": 4}
 
@@ -73,17 +73,8 @@ def run_training(config, accelerator, overrides: dict | None = None) -> Path:
     """
     if config.resume_from:
         config = resume_config(config, overrides)
-    validate(config)
-    accelerator.wait_for_everyone()  # every process has validated before the main one creates anything
-    run = RunDirectory.for_config(config)
-    main = accelerator.is_main_process
-    if main and run.path.exists():
-        run.lock()  # a resume or an overwrite: nobody else may touch it while the models load
-    try:
+    with RunDirectory.opened(config, accelerator) as run:
         return _train(config, accelerator, run)
-    finally:
-        if main:
-            run.release()
 
 
 def _train(config, accelerator, run: RunDirectory) -> Path:

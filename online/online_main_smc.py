@@ -35,8 +35,8 @@ Variants: {variants}
 Main fields (override with --config.<field>=<value>):
   run_name, output_dir     the run directory is <output_dir>/<run_name> (a plain name)
   overwrite                empty an earlier run of this tool at that place (never anything else)
-  resume_from              a run directory to continue; its own config.json is used, and only
-                           {safe} may change
+  resume_from              a run directory to continue with its own config.json; only these may
+                           differ, when given: {safe}
   seed, device             '' (automatic), 'cpu', 'cuda' or 'cuda:N'
   loop.num_rounds, loop.initial_queries, loop.queries_per_round, loop.images_per_prompt
   smc.num_particles, smc.kl_coeff, smc.tempering, smc.tempering_gamma, smc.guidance
@@ -47,7 +47,8 @@ Main fields (override with --config.<field>=<value>):
 Examples:
   python online/online_main_smc.py --config {example} --config.run_name=first
   python online/online_main_smc.py --config {example} --config.resume_from=runs/first --config.loop.num_rounds=10
-  python online/online_main_smc.py --config config/UCB_smc.py:tiny_evaluate --config.reward_model_path=runs/first/round_0006
+  python online/online_main_smc.py --config config/UCB_smc.py:tiny_evaluate \\
+      --config.reward_model_path=runs/first/round_0006
 
 Exit status: 0 done, 2 bad input (nothing created or paid), 1 failed while running (answers kept; resume).
 """
@@ -57,7 +58,10 @@ def help_text() -> str:
     from config.online_base import VARIANTS
     from online.validation import SAFE_TO_CHANGE_ON_RESUME
 
-    return HELP.format(variants=", ".join(VARIANTS), safe=", ".join(SAFE_TO_CHANGE_ON_RESUME), example=EXAMPLE)
+    fields = SAFE_TO_CHANGE_ON_RESUME
+    safe = ",\n" + " " * 27
+    safe = safe.join(", ".join(fields[i : i + 3]) for i in range(0, len(fields), 3))
+    return HELP.format(variants=", ".join(VARIANTS), safe=safe, example=EXAMPLE)
 
 
 def run(config, overrides: dict | None = None) -> int:
@@ -78,9 +82,13 @@ def run(config, overrides: dict | None = None) -> int:
         return _fail(error, 2)
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=config.device == "cpu", log_with=config.tracker or None, project_dir=config.output_dir)
+    accelerator = Accelerator(
+        cpu=config.device == "cpu", log_with=config.tracker or None, project_dir=config.output_dir
+    )
     if config.tracker:
-        accelerator.init_trackers(config.run_name, config={"surrogate": config.surrogate.kind, "oracle": config.oracle.kind})
+        accelerator.init_trackers(
+            config.run_name, config={"surrogate": config.surrogate.kind, "oracle": config.oracle.kind}
+        )
     try:
         if config.mode == "evaluate":
             from online.evaluate import run_evaluation

@@ -18,6 +18,7 @@ is what keeps data safe:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -91,19 +92,26 @@ class RunDirectory:
         if not overwrite:
             hint = f"resume it with --config.resume_from={self.path}, " if self.kind == TRAIN_KIND else ""
             raise RunDirError(
-                f"The {'run' if self.kind == TRAIN_KIND else 'evaluation'} directory {str(self.path)!r} already exists; "
+                f"The {'run' if self.kind == TRAIN_KIND else 'evaluation'} directory {str(self.path)!r} "
+                "already exists; "
                 f"{hint}choose another --config.run_name, or pass --config.overwrite=True."
             )
         check_removable(self.path, self.output_dir, self.kind)
 
     def _check_resumable(self) -> None:
         if self.path.is_symlink() or not self.path.is_dir():
-            raise RunDirError(f"Cannot resume from {str(self.path)!r}: it is not a run directory; check --config.resume_from.")
+            raise RunDirError(
+                f"Cannot resume from {str(self.path)!r}: it is not a run directory; check --config.resume_from."
+            )
         marker = read_marker(self.path)
         if marker is not None and marker.get("kind") != TRAIN_KIND:
-            raise RunDirError(f"Cannot resume from {str(self.path)!r}: it is a {marker.get('kind')!r} directory, not a training run.")
+            raise RunDirError(
+                f"Cannot resume from {str(self.path)!r}: it is a {marker.get('kind')!r} directory, not a training run."
+            )
         if not (self.path / "config.json").is_file():
-            raise RunDirError(f"Cannot resume from {str(self.path)!r}: it holds no config.json of a run; check --config.resume_from.")
+            raise RunDirError(
+                f"Cannot resume from {str(self.path)!r}: it holds no config.json of a run; check --config.resume_from."
+            )
 
     def stored_config(self) -> dict:
         """The ``config.json`` of a run being resumed (validated as JSON)."""
@@ -118,6 +126,26 @@ class RunDirectory:
         return stored
 
     # ------------------------------------------------------------------ lock, create
+    @classmethod
+    @contextlib.contextmanager
+    def opened(cls, config, accelerator):
+        """Validates `config` on every process, then yields its directory, locked on the main
+        process while the block runs (at once when it exists: a resume or an overwrite; else
+        when :meth:`create` makes it)."""
+        from online.validation import validate
+
+        validate(config)
+        accelerator.wait_for_everyone()  # every process has validated before the main one creates anything
+        run = cls.for_config(config)
+        main = accelerator.is_main_process
+        if main and run.path.exists():
+            run.lock()  # nobody else may touch it while the models load
+        try:
+            yield run
+        finally:
+            if main:
+                run.release()
+
     def lock(self) -> None:
         """Takes the directory's exclusive lock (creating the directory if needed)."""
         if not self._lock.held:
@@ -185,7 +213,9 @@ def _check_output_dir(output_dir: Path) -> None:
     if not probe.is_dir():
         raise RunDirError(f"output_dir {str(output_dir)!r} cannot be created: {str(probe)!r} is a file, not a folder.")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise RunDirError(f"output_dir {str(output_dir)!r} is not writable ({str(probe)!r} is read-only); choose another folder.")
+        raise RunDirError(
+            f"output_dir {str(output_dir)!r} is not writable ({str(probe)!r} is read-only); choose another folder."
+        )
 
 
 def _short(error: BaseException) -> str:
@@ -212,10 +242,14 @@ def _verify_rows(path: Path, fields: tuple[str, ...], feature_dim: int) -> None:
     n = len(prompts)
     for name in fields:
         if tensors[name].shape[:1] != (n,):
-            raise RunDirError(f"Cannot resume: {str(path)!r} has {tuple(tensors[name].shape)} {name} for {n} prompts; {fix}.")
+            raise RunDirError(
+                f"Cannot resume: {str(path)!r} has {tuple(tensors[name].shape)} {name} for {n} prompts; {fix}."
+            )
     features = tensors["features"]
     if features.ndim != 2 or features.shape[1] != feature_dim or not torch.isfinite(features).all():
-        raise RunDirError(f"Cannot resume: {str(path)!r} holds features that are not finite {feature_dim}-d vectors; {fix}.")
+        raise RunDirError(
+            f"Cannot resume: {str(path)!r} holds features that are not finite {feature_dim}-d vectors; {fix}."
+        )
 
 
 __all__ = ["EVALUATE_KIND", "MARKER", "TRAIN_KIND", "RunDirError", "RunDirectory"]

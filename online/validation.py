@@ -60,7 +60,9 @@ def validate(config) -> None:
     check_choice(config.smc.guidance, GUIDANCE_MODES, "smc.guidance")
     check_choice(config.tracker, TRACKERS, "tracker")
     if config.tracker and importlib.util.find_spec(config.tracker) is None:
-        raise ConfigError(f"tracker {config.tracker!r} is not installed; pip install {config.tracker} or set --config.tracker=''.")
+        raise ConfigError(
+            f"tracker {config.tracker!r} is not installed; pip install {config.tracker} or set --config.tracker=''."
+        )
     check_device(config.device)
     check_seed(config.seed)
     for field in ("overwrite", "progress"):
@@ -86,7 +88,11 @@ def validate(config) -> None:
         )
     check_number(config.evaluate.num_prompts, "evaluate.num_prompts (0: all)", integer=True, minimum=0)
     check_number(
-        config.evaluate.images_per_prompt, "evaluate.images_per_prompt", integer=True, minimum=1, maximum=smc.num_particles
+        config.evaluate.images_per_prompt,
+        "evaluate.images_per_prompt",
+        integer=True,
+        minimum=1,
+        maximum=smc.num_particles,
     )
     try:
         check_hyperparameters(config.surrogate.kind, dict(config.surrogate.kwargs), where="surrogate.kwargs")
@@ -115,36 +121,62 @@ def _validate_oracle(oracle) -> None:
             check_number(weight, f"oracle.weights.{name}")
     if oracle.kind == "external":
         command = oracle.command
-        if isinstance(command, str) or not list(command) or not all(isinstance(part, str) and part for part in command):
-            raise ConfigError("oracle.kind='external' needs oracle.command, an argv list such as ('python', 'rate.py').")
+        if (
+            isinstance(command, str)
+            or not list(command)
+            or not all(isinstance(part, str) and part for part in command)
+        ):
+            raise ConfigError(
+                "oracle.kind='external' needs oracle.command, an argv list such as ('python', 'rate.py')."
+            )
 
 
 def _validate_files(config) -> None:
     if config.oracle.kind == "aesthetic" and not resolve_path(config.oracle.mlp_path).is_file():
         raise ConfigError(
             f"The aesthetic predictor weights {config.oracle.mlp_path!r} do not exist; download "
-            "sac+logos+ava1-l14-linearMSE.pth (LAION improved-aesthetic-predictor) and set --config.oracle.mlp_path to it."
+            "sac+logos+ava1-l14-linearMSE.pth (LAION improved-aesthetic-predictor) and set "
+            "--config.oracle.mlp_path to it."
         )
     if config.model.family == "pixel" and not resolve_path(config.model.path).is_dir():
-        raise ConfigError(f"The model folder {config.model.path!r} does not exist; set --config.model.path to a saved pixel-space model.")
+        raise ConfigError(
+            f"The model folder {config.model.path!r} does not exist; set --config.model.path to a saved "
+            "pixel-space model."
+        )
     for field in ("train_file", "eval_file"):
         source = config.prompts[field]
         if source not in WORLD_PROMPTS and not resolve_path(source).is_file():
-            raise ConfigError(f"The prompt file {source!r} (prompts.{field}) does not exist; give a text file with one prompt per line.")
+            raise ConfigError(
+                f"The prompt file {source!r} (prompts.{field}) does not exist; give a text file with one "
+                "prompt per line."
+            )
 
 
 def _validate_evaluate(config) -> None:
-    from surrogate import HyperparameterError, SurrogateCheckpointError, check_hyperparameters, check_header, read_header
+    from surrogate import (
+        HyperparameterError,
+        SurrogateCheckpointError,
+        check_header,
+        check_hyperparameters,
+        read_header,
+    )
 
     if not config.reward_model_path:
-        raise ConfigError("Evaluate mode needs --config.reward_model_path=<run_dir>/round_<k> (or its surrogate.safetensors).")
+        raise ConfigError(
+            "Evaluate mode needs --config.reward_model_path=<run_dir>/round_<k> (or its surrogate.safetensors)."
+        )
     path = surrogate_path(Path(config.reward_model_path))
     if not path.is_file():
-        raise ConfigError(f"No surrogate checkpoint at {str(path)!r}; point --config.reward_model_path at a complete round directory.")
+        raise ConfigError(
+            f"No surrogate checkpoint at {str(path)!r}; point --config.reward_model_path at a complete "
+            "round directory."
+        )
     try:
         header = read_header(path)
         check_header(header, path, config.surrogate.kind, featurizer_dim(config))
-        check_hyperparameters(header["kind"], header["hyperparameters"], where=f"Surrogate checkpoint {str(path)!r} hyperparameters")
+        check_hyperparameters(
+            header["kind"], header["hyperparameters"], where=f"Surrogate checkpoint {str(path)!r} hyperparameters"
+        )
     except (SurrogateCheckpointError, HyperparameterError) as error:
         raise ConfigError(str(error)) from None
 
@@ -194,7 +226,9 @@ def resume_config(config, overrides: dict | None = None):
             f"{', '.join(SAFE_TO_CHANGE_ON_RESUME)} may change), or start a new run."
         )
     resumed = ml_collections.ConfigDict(stored)
-    explicit = SAFE_TO_CHANGE_ON_RESUME if overrides is None else [f for f in SAFE_TO_CHANGE_ON_RESUME if f in overrides]
+    explicit = (
+        SAFE_TO_CHANGE_ON_RESUME if overrides is None else [f for f in SAFE_TO_CHANGE_ON_RESUME if f in overrides]
+    )
     for field in explicit:
         _set(resumed, field, _get(config, field))
     resumed.resume_from = config.resume_from

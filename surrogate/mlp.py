@@ -189,3 +189,23 @@ def split_indices(n: int, val_fraction: float, generator: torch.Generator) -> tu
     if n < 10 or n_val < 1:
         return perm, perm
     return perm[n_val:], perm[:n_val]
+
+
+def mlp_expected_tensors(surrogate) -> dict:
+    """The checkpoint tensors every MLP surrogate saves: the network's parameters, the input
+    and reward standardizers and the noise std, as ``{name: TensorInfo}`` (for the check of a
+    checkpoint's tensor table before loading)."""
+    from surrogate.checkpoint import tensor_info
+
+    expected = {f"net.{k}": tensor_info(v.dtype, v.shape) for k, v in surrogate.net.state_dict().items()}
+    expected.update(surrogate.x_norm.expected_state("x_norm"))
+    expected.update(surrogate.y_norm.expected_state("y_norm"))
+    expected["noise_std"] = tensor_info(torch.float64, (1,))
+    return expected
+
+
+def check_mlp_loaded(surrogate, path: str) -> None:
+    """The scales of a loaded MLP surrogate are positive (else ``SurrogateCheckpointError``)."""
+    surrogate._require_positive(path, "x_norm.std", surrogate.x_norm.std)
+    surrogate._require_positive(path, "y_norm.std", surrogate.y_norm.std)
+    surrogate._require_positive(path, "noise_std", torch.tensor([surrogate.noise_std]))

@@ -28,7 +28,14 @@ import torch
 
 from surrogate.base import Standardizer, Surrogate, as_feature_matrix, make_generator
 from surrogate.checkpoint import SurrogateCheckpointError, TensorInfo, tensor_info
-from surrogate.mlp import DEFAULT_HIDDEN, BatchedMLP, fit_batched_mlp, split_indices
+from surrogate.mlp import (
+    DEFAULT_HIDDEN,
+    BatchedMLP,
+    check_mlp_loaded,
+    fit_batched_mlp,
+    mlp_expected_tensors,
+    split_indices,
+)
 
 BONUS_COVARIANCES = ("design", "normalized")
 
@@ -329,17 +336,10 @@ class MLPUCBSurrogate(Surrogate):
     def _expected_tensors(
         self, table: Mapping[str, TensorInfo], header: dict[str, Any], path: str
     ) -> dict[str, TensorInfo]:
-        expected = {f"net.{k}": tensor_info(v.dtype, v.shape) for k, v in self.net.state_dict().items()}
-        expected.update(self.x_norm.expected_state("x_norm"))
-        expected.update(self.y_norm.expected_state("y_norm"))
-        expected.update(UCBBonus.expected_state(self.net.sizes[-2], self.dtype))
-        expected["noise_std"] = tensor_info(torch.float64, (1,))
-        return expected
+        return {**mlp_expected_tensors(self), **UCBBonus.expected_state(self.net.sizes[-2], self.dtype)}
 
     def _check_loaded(self, path: str) -> None:
-        self._require_positive(path, "x_norm.std", self.x_norm.std)
-        self._require_positive(path, "y_norm.std", self.y_norm.std)
-        self._require_positive(path, "noise_std", torch.tensor([self.noise_std]))
+        check_mlp_loaded(self, path)
         self.bonus.check_loaded(path)
 
     def _load_state_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:

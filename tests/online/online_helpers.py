@@ -16,17 +16,39 @@ for line in sys.stdin:
 """
 
 
-def loop_argv(model_path: str, output_dir: Path, oracle_command: tuple, run_name: str = "run", method: str = "UCB",
-              rounds: int = 2) -> list[str]:
+def loop_argv(
+    model_path: str,
+    output_dir: Path,
+    oracle_command: tuple,
+    run_name: str = "run",
+    method: str = "UCB",
+    rounds: int = 2,
+) -> list[str]:
     """The command line of a tiny loop run (seconds) with an external oracle, as a user would type it."""
     return [
-        "online_main_smc.py", "--config", str(REPO / f"config/{method}_smc.py") + ":tiny_jpeg",
-        f"--config.model.path={model_path}", "--config.model.num_steps=2", "--config.model.guidance_scale=2.0",
-        f"--config.output_dir={output_dir}", f"--config.run_name={run_name}", "--config.progress=False",
-        "--config.device=cpu", "--config.smc.num_particles=2", "--config.smc.prompts_per_call=3",
-        f"--config.loop.num_rounds={rounds}", "--config.loop.initial_queries=4", "--config.loop.queries_per_round=2",
-        "--config.oracle.kind=external", f"--config.oracle.command={tuple(oracle_command)!r}",
-        "--config.oracle.noise_std=0.01", "--config.evaluate.images_per_prompt=1", "--config.evaluate.num_prompts=2",
-        *(["--config.surrogate.kwargs.hidden=(16, 8)", "--config.surrogate.kwargs.max_epochs=5"]
-          if method != "GP" else []),
+        "online_main_smc.py",
+        "--config",
+        str(REPO / f"config/{method}_smc.py") + ":tiny_jpeg",
+        f"--config.model.path={model_path}",
+        "--config.model.num_steps=2",
+        "--config.model.guidance_scale=2.0",
+        f"--config.output_dir={output_dir}",
+        f"--config.run_name={run_name}",
+        "--config.progress=False",
+        "--config.device=cpu",
+        "--config.smc.num_particles=2",
+        "--config.smc.prompts_per_call=3",
+        f"--config.loop.num_rounds={rounds}",
+        "--config.loop.initial_queries=4",
+        "--config.loop.queries_per_round=2",
+        "--config.oracle.kind=external",
+        f"--config.oracle.command={tuple(oracle_command)!r}",
+        "--config.oracle.noise_std=0.01",
+        "--config.evaluate.images_per_prompt=1",
+        "--config.evaluate.num_prompts=2",
+        *(
+            ["--config.surrogate.kwargs.hidden=(16, 8)", "--config.surrogate.kwargs.max_epochs=5"]
+            if method != "GP"
+            else []
+        ),
     ]

@@ -150,7 +150,9 @@ def evaluate_with(edit=None, path=None):
             edit(checkpoint)
         target = path(run) if path else checkpoint
         return [
-            "--config.mode=evaluate", "--config.run_name=eval", f"--config.reward_model_path={target}",
+            "--config.mode=evaluate",
+            "--config.run_name=eval",
+            f"--config.reward_model_path={target}",
         ]
 
     return setup
@@ -220,14 +222,21 @@ CASES = [
     Case("num_steps zero", ["--config.model.num_steps=0"], text="model.num_steps"),
     Case("num_rounds zero", ["--config.loop.num_rounds=0"], text="loop.num_rounds"),
     Case("images_per_prompt above particles", ["--config.loop.images_per_prompt=3"], text="exceeds smc.num_particles"),
-    Case("queries not a multiple", ["--config.loop.images_per_prompt=2", "--config.loop.queries_per_round=3"],
-         text="multiple of"),
+    Case(
+        "queries not a multiple",
+        ["--config.loop.images_per_prompt=2", "--config.loop.queries_per_round=3"],
+        text="multiple of",
+    ),
     Case("noise_std nan", ["--config.oracle.noise_std=nan"], text="oracle.noise_std"),
     Case("timeout nan", ["--config.oracle.timeout_s=nan"], text="oracle.timeout_s"),
     Case("timeout zero", ["--config.oracle.timeout_s=0.0"], text="oracle.timeout_s"),
     Case("seed negative", ["--config.seed=-1"], text="seed"),
     Case("device banana", ["--config.device=banana"], text="device"),
-    *([] if torch.cuda.is_available() else [Case("device cuda without one", ["--config.device=cuda"], text="no CUDA device")]),
+    *(
+        []
+        if torch.cuda.is_available()
+        else [Case("device cuda without one", ["--config.device=cuda"], text="no CUDA device")]
+    ),
     Case("unknown oracle", ["--config.oracle.kind=telepathy"], text="oracle.kind"),
     Case("external oracle without command", ["--config.oracle.command=('',)"], text="oracle.command"),
     Case("unknown surrogate kind", ["--config.surrogate.kind=crystal_ball"], text="surrogate.kind"),
@@ -239,12 +248,21 @@ CASES = [
     Case("empty output_dir", ["--config.output_dir="], text="output_dir is empty"),
     Case("output_dir is a file", setup=output_dir_is_file, text="is a file"),
     Case("existing folder, no overwrite", setup=existing_dir(), text="already exists"),
-    Case("existing foreign folder, overwrite", setup=existing_dir(extra=["--config.overwrite=True"]), text="no run.json"),
-    Case("evaluation folder overwritten by training",
-         setup=existing_dir(marker={"tool": "das-toolkit", "kind": "online-evaluate"}, extra=["--config.overwrite=True"]),
-         text="not a 'online-train' one"),
-    Case("overwrite with a late mistake keeps the old run",
-         setup=existing_run_overwritten(["--config.smc.tempering_gamma=-1.0"]), text="smc.tempering_gamma"),
+    Case(
+        "existing foreign folder, overwrite", setup=existing_dir(extra=["--config.overwrite=True"]), text="no run.json"
+    ),
+    Case(
+        "evaluation folder overwritten by training",
+        setup=existing_dir(
+            marker={"tool": "das-toolkit", "kind": "online-evaluate"}, extra=["--config.overwrite=True"]
+        ),
+        text="not a 'online-train' one",
+    ),
+    Case(
+        "overwrite with a late mistake keeps the old run",
+        setup=existing_run_overwritten(["--config.smc.tempering_gamma=-1.0"]),
+        text="smc.tempering_gamma",
+    ),
     # -- resume
     Case("resume from nowhere", setup=lambda t, c: [f"--config.resume_from={t / 'missing'}"], text="Cannot resume"),
     Case("resume from a foreign folder", setup=foreign_resume, text="holds no config.json"),
@@ -254,23 +272,46 @@ CASES = [
     Case("resume and overwrite", setup=resume_of(extra=["--config.overwrite=True"]), text="contradict"),
     Case("resume a locked run", setup=locked_resume, text="in use by"),
     Case("resume with a half shard", setup=resume_of(half_shard), text="round_0000.safetensors"),
-    Case("resume with corrupt metrics", setup=resume_of(corrupt("round_0000/metrics.json", b"{not json")),
-         text="metrics.json"),
+    Case(
+        "resume with corrupt metrics",
+        setup=resume_of(corrupt("round_0000/metrics.json", b"{not json")),
+        text="metrics.json",
+    ),
     Case("resume with a pickle checkpoint", setup=resume_of(pickled_checkpoint), text="pickle"),
     # -- checkpoints handed to evaluate mode
-    Case("evaluate without a checkpoint", ["--config.mode=evaluate", "--config.run_name=eval"], text="reward_model_path"),
-    Case("evaluate a missing checkpoint", setup=evaluate_with(path=lambda run: run / "round_0009"),
-         text="No surrogate checkpoint"),
-    Case("evaluate a pickle", setup=evaluate_with(
-        edit=lambda p: p.write_bytes(pickle.dumps(_Payload(str(p.parent.parent.parent.parent / SENTINEL))))),
-        text="pickle"),
-    Case("checkpoint asking for 2e9 hidden units", setup=evaluate_with(rewrite_checkpoint(_huge_hidden)), text="hidden"),
-    Case("checkpoint with an unknown hyperparameter", setup=evaluate_with(rewrite_checkpoint(_unknown_hparam)),
-         text="callback"),
-    Case("checkpoint with a NaN weight", setup=evaluate_with(rewrite_checkpoint(change_tensors=_nan_weight)),
-         text="non-finite"),
-    Case("checkpoint with a wrong shape", setup=evaluate_with(rewrite_checkpoint(change_tensors=_wrong_shape)),
-         text="shape"),
+    Case(
+        "evaluate without a checkpoint", ["--config.mode=evaluate", "--config.run_name=eval"], text="reward_model_path"
+    ),
+    Case(
+        "evaluate a missing checkpoint",
+        setup=evaluate_with(path=lambda run: run / "round_0009"),
+        text="No surrogate checkpoint",
+    ),
+    Case(
+        "evaluate a pickle",
+        setup=evaluate_with(
+            edit=lambda p: p.write_bytes(pickle.dumps(_Payload(str(p.parent.parent.parent.parent / SENTINEL))))
+        ),
+        text="pickle",
+    ),
+    Case(
+        "checkpoint asking for 2e9 hidden units", setup=evaluate_with(rewrite_checkpoint(_huge_hidden)), text="hidden"
+    ),
+    Case(
+        "checkpoint with an unknown hyperparameter",
+        setup=evaluate_with(rewrite_checkpoint(_unknown_hparam)),
+        text="callback",
+    ),
+    Case(
+        "checkpoint with a NaN weight",
+        setup=evaluate_with(rewrite_checkpoint(change_tensors=_nan_weight)),
+        text="non-finite",
+    ),
+    Case(
+        "checkpoint with a wrong shape",
+        setup=evaluate_with(rewrite_checkpoint(change_tensors=_wrong_shape)),
+        text="shape",
+    ),
 ]
 
 
@@ -359,7 +400,9 @@ def test_help_lists_variants_fields_and_an_example(module):
     import subprocess
     import sys
 
-    command = [sys.executable, *module.split(), "--help"] if module.startswith("-m") else [sys.executable, module, "--help"]
+    command = (
+        [sys.executable, *module.split(), "--help"] if module.startswith("-m") else [sys.executable, module, "--help"]
+    )
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout and "Example" in done.stdout and "smc.kl_coeff" in done.stdout
