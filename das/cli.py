@@ -28,8 +28,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from das.images import image_grid, save_png, to_uint8
-
 from das.config_checks import (
     ConfigError,
     check_device,
@@ -39,6 +37,7 @@ from das.config_checks import (
     check_seed,
     check_smc_section,
 )
+from das.images import image_grid, save_png, to_uint8
 from das.run_dirs import RunDirError, check_removable, check_run_name, write_marker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

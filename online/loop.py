@@ -254,8 +254,9 @@ def _fit(config, run_dir: Path, k: int, previous, input_dim: int):
     features, rewards = data["features"][valid].float(), data["rewards"][valid].float()
     if features.shape[0] < 2:
         raise RunError(
-            f"Only {features.shape[0]} valid oracle answers so far, and the surrogate needs at least 2; the oracle failed on "
-            f"every item (see {run_dir / 'round_*' / 'answers.jsonl'} for its errors): fix it, then resume the run."
+            f"Only {features.shape[0]} valid oracle answers so far, and the surrogate needs at least 2: the oracle failed on "
+            f"(nearly) every item (its errors are in {run_dir / 'round_*' / 'answers.jsonl'}); fix it, then start the run "
+            "again with --config.overwrite=True (a resume keeps failed answers as failed)."
         )
     warm = bool(config.surrogate.warm_start) and previous is not None and previous.kind == config.surrogate.kind
     surrogate = previous if warm else builders.build_surrogate(config, input_dim)

@@ -112,3 +112,19 @@ def test_cli_missing_model_offline(tmp_path):
                 f"--config.output_dir={tmp_path}")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "made-up-org/no-such-model" in proc.stderr and "local folder" in proc.stderr
+
+
+def test_overwrite_replaces_only_an_output_of_this_tool(sd_folder, tmp_path):
+    config = tiny_config(sd_folder, tmp_path)
+    config.overwrite = True
+    mine = tmp_path / config.run_name
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="no run.json marker"):
+        run(config)
+    assert (mine / "notes.txt").read_text() == "keep"
+    for name, message in [("", "run_name is empty"), ("../escape", "not a plain name"), ("a/b", "not a plain name")]:
+        config.run_name = name
+        with pytest.raises(ConfigError, match=message):
+            run(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name]
