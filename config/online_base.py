@@ -87,6 +87,7 @@ def _base(surrogate_kind: str) -> ml_collections.ConfigDict:
     c.device = ""  # "" lets accelerate choose; "cpu" forces the CPU
     c.tracker = ""  # "" | "tensorboard" | "wandb" (optional extras)
     c.progress = True
+    c.report = True  # write <run_dir>/report/report.html (python -m online.analysis on this run) at the end
 
     c.model = _sd_model()
     c.prompts = ml_collections.ConfigDict()

@@ -171,8 +171,21 @@ def _train(config, accelerator, run: RunDirectory) -> Path:
     if main and rows:
         print_table(rows)
         plot_reward_vs_queries(rows, run_dir / "reward_vs_queries.png", f"{config.run_name}: {config.oracle.kind} oracle")
-        print(f"Run directory: {run_dir} (reward_vs_queries.png, metrics.jsonl, round_*/surrogate.safetensors)")
+        if config.get("report", True):
+            _write_run_report(run_dir, f"{config.run_name}: {config.oracle.kind} oracle")
+        print(f"Run directory: {run_dir} (reward_vs_queries.png, report/report.html, metrics.jsonl, round_*/)")
     return run_dir
+
+
+def _write_run_report(run_dir: Path, title: str) -> None:
+    """The offline analysis of this one run, in ``<run_dir>/report``; a failure there never fails the run."""
+    from online.analysis import write_report
+
+    try:
+        write_report([run_dir], run_dir / "report", title)
+    except Exception as error:  # noqa: BLE001 - the run's data is complete; the report is a convenience
+        print(f"warning: the run's report could not be written ({type(error).__name__}: {error}); "
+              f"run python -m online.analysis {run_dir} --out DIR to retry.")
 
 
 def _sample_round(config, k, adapter, featurizer, surrogate, prompts, sampler_kwargs, accelerator) -> dict | None:

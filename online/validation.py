@@ -39,6 +39,7 @@ MAX_QUERIES = 10_000_000
 SAFE_TO_CHANGE_ON_RESUME = (
     "loop.num_rounds",
     "progress",
+    "report",
     "tracker",
     "oracle.timeout_s",
     "oracle.max_retries",
@@ -65,7 +66,7 @@ def validate(config) -> None:
         )
     check_device(config.device)
     check_seed(config.seed)
-    for field in ("overwrite", "progress"):
+    for field in ("overwrite", "progress", "report"):
         check_flag(config[field], field)
     check_flag(config.surrogate.warm_start, "surrogate.warm_start")
 

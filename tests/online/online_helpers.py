@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from config.online_base import online_config
+
 REPO = Path(__file__).resolve().parents[2]
 
 LOGGING_ORACLE = """
@@ -35,6 +37,7 @@ def loop_argv(
         f"--config.output_dir={output_dir}",
         f"--config.run_name={run_name}",
         "--config.progress=False",
+        "--config.report=False",
         "--config.device=cpu",
         "--config.smc.num_particles=2",
         "--config.smc.prompts_per_call=3",
@@ -52,3 +55,27 @@ def loop_argv(
             else []
         ),
     ]
+
+
+def small_config(model_path: str, output_dir: Path, variant: str = "tiny_jpeg", kind: str = "ucb"):
+    """The embedded-world config shrunk to seconds: 8×8 images, 2 steps, 2 particles."""
+    c = online_config(kind, variant, method="test")
+    c.model.path = model_path
+    c.model.num_steps = 2
+    c.model.guidance_scale = 2.0
+    c.output_dir = str(output_dir)
+    c.run_name = "run"
+    c.progress = False
+    c.report = False
+    c.device = "cpu"
+    c.smc.num_particles = 2
+    c.smc.prompts_per_call = 3
+    c.loop.num_rounds = 3
+    c.loop.initial_queries = 6
+    c.loop.queries_per_round = 4
+    c.evaluate.images_per_prompt = 1
+    c.evaluate.num_prompts = 3
+    if kind in ("ucb", "greedy", "bootstrap"):
+        c.surrogate.kwargs.hidden = (16, 8)
+        c.surrogate.kwargs.max_epochs = 20
+    return c

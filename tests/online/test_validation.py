@@ -2,12 +2,11 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from online.validation import ConfigError, validate
-
-from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,498 @@
+"""Offline analysis of saved runs: figures, a summary table and one self-contained HTML report.
+
+    python -m online.analysis runs/UCB-seed0 runs/UCB-seed1 runs/Greedy-seed0 --out reports/compare
+
+It reads run directories only (``config.json``, ``metrics.jsonl``, the data shards and the
+round checkpoints), groups runs by oracle and method (from their configs, never from folder
+names) and by seed, and writes into ``--out``:
+
+* ``reward_vs_queries.png``: the true reward of each round's batch against the queries
+  spent, mean and 95% interval over seeds per method, with the best true reward found so far;
+* ``diversity.png``, ``sampler.png`` (ESS fraction and log-normalizer per round);
+* ``overoptimization.png``: what the previous round's surrogate predicted for each queried
+  batch against its true reward (a growing gap is reward hacking of the surrogate);
+* ``calibration.png``: coverage of each round's true rewards by the previous round's
+  surrogate intervals at 50/80/95%, and the rank correlation;
+* ``cross_reward.png``: the cheap oracles the run did not optimize (JPEG size,
+  colourfulness), measured on the queried images, to show what optimization costs elsewhere;
+* ``grid_<run>.png``: the queried images of the first, middle and last rounds of each run;
+* ``summary.csv`` and ``summary.md``: one row per (oracle, method);
+* ``report.html``: all of the above in one file, images embedded, that opens offline.
+
+A missing or corrupt file in a run is reported as one line naming the file (on standard
+error and in the report), and everything else is still written. The loop writes the same
+report for its own run at the end (``<run_dir>/report/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+METHOD_NAMES = {"ucb": "UCB", "bootstrap": "Bootstrap", "gp": "GP", "greedy": "Greedy"}
+CROSS_ORACLES = ("jpeg", "colorfulness")
+NOMINAL = (0.5, 0.8, 0.95)
+Z = {0.5: 0.6745, 0.8: 1.2816, 0.95: 1.9600}
+
+
+@dataclass
+class Run:
+    """What the analysis knows about one run directory."""
+
+    path: Path
+    config: dict
+    rows: list[dict]  # metrics.jsonl, one per complete round
+    rounds: list[dict] = field(default_factory=list)  # per-round details computed from shards and checkpoints
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def method(self) -> str:
+        kind = self.config.get("surrogate", {}).get("kind", "?")
+        name = METHOD_NAMES.get(kind, kind)
+        guidance = self.config.get("smc", {}).get("guidance", "optimistic")
+        return name if guidance == "optimistic" else f"{name} ({guidance})"
+
+    @property
+    def oracle(self) -> str:
+        return str(self.config.get("oracle", {}).get("kind", "?"))
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    @property
+    def label(self) -> str:
+        return f"{self.oracle}-{self.method}-seed{self.seed}".replace(" ", "").replace("(", "-").replace(")", "")
+
+
+# ---------------------------------------------------------------------------- reading
+def load_run(path: Path, details: bool = True) -> Run | None:
+    """Reads one run directory; returns None (with a line on stderr) when it has no config.
+
+    Args:
+        path: the run directory.
+        details: also compute the per-round details (surrogate predictions, calibration,
+            cross rewards) from the shards and checkpoints.
+    """
+    path = Path(path)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        _warn(f"{path / 'config.json'}: unreadable ({_short(error)}); run left out.")
+        return None
+    run = Run(path, config, [])
+    try:
+        lines = (path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        run.rows = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError) as error:
+        run.problems.append(f"{path / 'metrics.jsonl'}: unreadable ({_short(error)}); its curves are left out.")
+    if details:
+        run.rounds = [_round_details(run, row["round"]) for row in run.rows]
+    for problem in run.problems:
+        _warn(problem)
+    return run
+
+
+def _round_details(run: Run, k: int) -> dict:
+    """Surrogate prediction and calibration on round `k`'s answers, and the cross rewards."""
+    from online.storage import data_shard, load_rows, round_dir
+
+    detail: dict = {"round": k}
+    shard = data_shard(run.path, k)
+    try:
+        rows, _ = load_rows(shard)
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own types on corrupt files
+        run.problems.append(f"{shard}: unreadable ({_short(error)}); round {k} details left out.")
+        return detail
+    valid = rows["valid"].bool()
+    true = rows["true_rewards"].double()[valid]
+    observed = rows["rewards"].double()[valid]
+    images = rows["images"][valid].float() / 255.0
+    detail["cross"] = _cross_rewards(images, run.oracle)
+    detail["images"] = rows["images"]
+    if k == 0 or int(valid.sum()) == 0:
+        return detail
+    checkpoint = round_dir(run.path, k - 1) / "surrogate.safetensors"
+    try:
+        from surrogate import load_surrogate
+
+        surrogate = load_surrogate(checkpoint)
+        with torch.no_grad():
+            mean, std = surrogate.posterior(rows["features"][valid].float(), observation_noise=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is one line, not the end of the report
+        run.problems.append(f"{checkpoint}: unreadable ({_short(error)}); round {k} calibration left out.")
+        return detail
+    mean, std = mean.double(), std.double().clamp_min(1e-12)
+    detail["predicted_mean"] = float(mean.mean())
+    detail["true_mean"] = float(true.mean())
+    # the answers the loop saw (with label noise) against the predictive intervals (epistemic + noise)
+    detail["coverage"] = {str(p): float(((observed - mean).abs() <= Z[p] * std).double().mean()) for p in NOMINAL}
+    detail["spearman"] = _spearman(mean, observed)
+    return detail
+
+
+def _cross_rewards(images: torch.Tensor, optimized: str) -> dict[str, float]:
+    from das.rewards.colorfulness import ColorfulnessReward
+    from das.rewards.jpeg import JPEGCompressibility
+
+    oracles = {"jpeg": JPEGCompressibility(), "colorfulness": ColorfulnessReward()}
+    if images.shape[0] == 0:
+        return {}
+    with torch.no_grad():
+        return {name: float(oracles[name](images).double().mean()) for name in CROSS_ORACLES if name != optimized}
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.numel() < 2:
+        return math.nan
+    from scipy.stats import spearmanr
+
+    value = spearmanr(a.numpy(), b.numpy()).statistic
+    return float(value) if np.isfinite(value) else math.nan
+
+
+# ---------------------------------------------------------------------------- summary
+def group(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
+    """Runs by (oracle, method), each group sorted by seed."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.oracle, run.method), []).append(run)
+    return {key: sorted(value, key=lambda r: r.seed) for key, value in sorted(groups.items())}
+
+
+def summary_rows(runs: Sequence[Run]) -> list[dict]:
+    """One row per (oracle, method): final true reward over seeds (mean, standard error) and more."""
+    table = []
+    for (oracle, method), members in group(runs).items():
+        finished = [r for r in members if r.rows]
+        finals = np.array([r.rows[-1]["true_reward"]["mean"] for r in finished], dtype=float)
+        best = np.array([max(row["true_reward"]["max"] for row in r.rows) for r in finished], dtype=float)
+        diversity = np.array([r.rows[-1]["diversity"] for r in finished], dtype=float)
+        coverage = [d["coverage"]["0.95"] for r in finished for d in r.rounds if "coverage" in d]
+        table.append(
+            {
+                "oracle": oracle,
+                "method": method,
+                "seeds": sorted(r.seed for r in finished),
+                "queries": int(np.median([r.rows[-1]["queries_total"] for r in finished])) if finished else 0,
+                "final_true_reward_mean": _mean(finals),
+                "final_true_reward_se": _se(finals),
+                "best_true_reward_mean": _mean(best),
+                "final_diversity_mean": _mean(diversity),
+                "coverage_95_mean": _mean(np.array(coverage, dtype=float)),
+            }
+        )
+    return table
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else math.nan
+
+
+def _se(values: np.ndarray) -> float:
+    return float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
+
+
+# ---------------------------------------------------------------------------- figures
+def _curves(members: Sequence[Run], value) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (queries), mean and 95% half-width over seeds of `value(row)`, on the rounds all seeds have."""
+    finished = [r for r in members if r.rows]
+    depth = min(len(r.rows) for r in finished)
+    x = np.array([finished[0].rows[i]["queries_total"] for i in range(depth)], dtype=float)
+    y = np.array([[_num(value(r.rows[i])) for i in range(depth)] for r in finished], dtype=float)
+    mean = np.nanmean(y, axis=0)
+    half = 1.96 * np.nanstd(y, axis=0, ddof=1) / math.sqrt(len(finished)) if len(finished) > 1 else np.zeros(depth)
+    return x, mean, half
+
+
+def _num(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _plot_by_method(runs, path: Path, value, ylabel: str, title: str, best=None) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    groups = {key: [r for r in members if r.rows] for key, members in group(runs).items()}
+    groups = {key: members for key, members in groups.items() if members}
+    if not groups:
+        return None
+    oracles = sorted({oracle for oracle, _ in groups})
+    fig, axes = plt.subplots(1, len(oracles), figsize=(6 * len(oracles), 4), squeeze=False)
+    for ax, oracle in zip(axes[0], oracles):
+        for (o, method), members in groups.items():
+            if o != oracle:
+                continue
+            x, mean, half = _curves(members, value)
+            line = ax.plot(x, mean, "o-", label=f"{method} (n={len(members)})")[0]
+            ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.2)
+            if best is not None:
+                bx, bmean, _ = _curves(members, best)
+                ax.plot(bx, np.maximum.accumulate(bmean), "--", color=line.get_color(), alpha=0.7)
+        ax.set_title(f"{title}: {oracle}" + (" (dashed: best so far)" if best is not None else ""))
+        ax.set_xlabel("oracle queries spent")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _plot_per_round(runs, path: Path, panels: list[tuple[str, object]], title: str, nominal=None) -> Path | None:
+    """One panel per (name, detail -> value or dict of values); one line per run."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    drawn = False
+    for ax, (name, getter) in zip(axes[0], panels):
+        for run in runs:
+            points = [(d["round"], getter(d)) for d in run.rounds]
+            points = [(k, v) for k, v in points if v is not None]
+            if not points:
+                continue
+            if isinstance(points[0][1], dict):
+                for key in points[0][1]:
+                    ax.plot([k for k, _ in points], [v[key] for _, v in points], "o-", label=f"{run.label} {key}")
+            else:
+                ax.plot([k for k, _ in points], [v for _, v in points], "o-", label=run.label)
+            drawn = True
+        if nominal and name in nominal:
+            for level in nominal[name]:
+                ax.axhline(level, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(name)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    if not drawn:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        return None
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _grid(run: Run, path: Path) -> Path | None:
+    from das.images import image_grid, save_png
+
+    with_images = [d for d in run.rounds if "images" in d and d["images"].shape[0]]
+    if not with_images:
+        return None
+    picks = sorted({0, len(with_images) // 2, len(with_images) - 1})
+    rows = []
+    width = max(int(with_images[i]["images"].shape[0]) for i in picks)
+    width = min(width, 16)
+    for i in picks:
+        images = with_images[i]["images"][:width].movedim(1, -1).numpy()
+        if images.shape[0] < width:
+            images = np.concatenate([images, np.zeros((width - images.shape[0], *images.shape[1:]), np.uint8)])
+        rows.append(images)
+    grid = image_grid(np.concatenate(rows), columns=width)
+    scale = max(1, 96 // rows[0].shape[1])  # small images (the embedded world's 32 px) are enlarged to be seen
+    save_png(grid.repeat(scale, axis=0).repeat(scale, axis=1), path)
+    return path
+
+
+# ---------------------------------------------------------------------------- report
+def write_report(run_dirs: Sequence[Path], out: Path, title: str = "Online runs") -> dict[str, Path]:
+    """Analyses `run_dirs` and writes every figure, the tables and ``report.html`` into `out`.
+
+    Returns:
+        name -> path of what was written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [run for run in (load_run(Path(p)) for p in run_dirs) if run is not None]
+    written: dict[str, Path] = {}
+
+    def keep(name: str, path: Path | None) -> None:
+        if path is not None:
+            written[name] = path
+
+    keep(
+        "reward_vs_queries",
+        _plot_by_method(
+            runs,
+            out / "reward_vs_queries.png",
+            lambda r: r["true_reward"]["mean"],
+            "true reward of the round's batch (mean)",
+            "reward",
+            best=lambda r: r["true_reward"]["max"],
+        ),
+    )
+    keep(
+        "diversity",
+        _plot_by_method(runs, out / "diversity.png", lambda r: r["diversity"], "batch diversity", "diversity"),
+    )
+    keep(
+        "sampler",
+        _plot_by_method(runs, out / "sampler.png", lambda r: r.get("ess_fraction"), "final ESS / K", "ESS"),
+    )
+    keep(
+        "overoptimization",
+        _plot_per_round(
+            runs,
+            out / "overoptimization.png",
+            [
+                (
+                    "surrogate predicted − true reward of the queried batch",
+                    lambda d: d["predicted_mean"] - d["true_mean"] if "predicted_mean" in d else None,
+                )
+            ],
+            "over-optimization (previous round's surrogate on this round's batch)",
+        ),
+    )
+    keep(
+        "calibration",
+        _plot_per_round(
+            runs,
+            out / "calibration.png",
+            [("coverage", lambda d: d.get("coverage")), ("Spearman rank correlation", lambda d: d.get("spearman"))],
+            "calibration of the previous round's surrogate on this round's answers",
+            nominal={"coverage": NOMINAL},
+        ),
+    )
+    keep(
+        "cross_reward",
+        _plot_per_round(
+            runs,
+            out / "cross_reward.png",
+            [("oracles not optimized (batch mean)", lambda d: d.get("cross") or None)],
+            "cross rewards on the queried images",
+        ),
+    )
+    for run in runs:
+        keep(f"grid_{run.label}", _grid(run, out / f"grid_{run.label}.png"))
+    table = summary_rows(runs)
+    written["summary_csv"] = _write_csv(table, out / "summary.csv")
+    written["summary_md"] = _write_markdown(table, out / "summary.md")
+    written["report"] = _write_html(runs, table, written, out / "report.html", title)
+    return written
+
+
+COLUMNS = (
+    "oracle",
+    "method",
+    "seeds",
+    "queries",
+    "final_true_reward_mean",
+    "final_true_reward_se",
+    "best_true_reward_mean",
+    "final_diversity_mean",
+    "coverage_95_mean",
+)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _write_csv(table: list[dict], path: Path) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for row in table:
+            writer.writerow([_cell(row[c]) for c in COLUMNS])
+    return path
+
+
+def _write_markdown(table: list[dict], path: Path) -> Path:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in table]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _write_html(runs: Sequence[Run], table: list[dict], figures: dict[str, Path], path: Path, title: str) -> Path:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(row[c]))}</td>" for c in COLUMNS) + "</tr>" for row in table
+    )
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%;margin:1em 0}"
+        ".problems{color:#a00}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{len(runs)} run(s): " + ", ".join(html.escape(f"{r.label} ({r.path})") for r in runs) + "</p>",
+        f"<h2>Summary</h2><table><tr>{head}</tr>{body}</table>",
+    ]
+    problems = [p for r in runs for p in r.problems]
+    if problems:
+        parts.append(
+            "<h2>Problems</h2><ul class='problems'>"
+            + "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+            + "</ul>"
+        )
+    for name, figure in figures.items():
+        if figure.suffix == ".png":
+            data = base64.b64encode(figure.read_bytes()).decode("ascii")
+            parts.append(
+                f"<h2>{html.escape(name.replace('_', ' '))}</h2><img alt='{html.escape(name)}' "
+                f"src='data:image/png;base64,{data}'>"
+            )
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text[:200]
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m online.analysis",
+        description="Compare saved online runs: reward vs queries over seeds, diversity, over-optimization, "
+        "calibration, cross rewards, image grids, a summary table and one self-contained report.html.",
+        epilog="Example: python -m online.analysis runs/UCB-s0 runs/UCB-s1 runs/Greedy-s0 --out reports/cmp",
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (each with config.json)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the figures, tables and report.html")
+    parser.add_argument("--title", default="Online runs", help="the report's title")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.runs if not p.is_dir()]
+    if missing:
+        print(f"error: not a run directory: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.out.exists() and not args.out.is_dir():
+        print(f"error: --out {str(args.out)!r} is a file; give a folder.", file=sys.stderr)
+        return 2
+    written = write_report(args.runs, args.out, args.title)
+    print(f"Wrote {written['report']} ({len(written)} files in {args.out}).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
