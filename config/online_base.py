@@ -31,7 +31,8 @@ def _surrogate(kind: str) -> ml_collections.ConfigDict:
     # Keyword arguments of the surrogate class (surrogate/), e.g. beta, ridge, hidden sizes.
     s.kwargs = ml_collections.ConfigDict()
     if kind == "ucb":
-        # Design-matrix bonus σ̂·sqrt(φᵀA⁻¹φ), A = λI + Σφφᵀ, in reward units. The reference's
+        # Bonus β·std with the calibrated std s·sqrt(φᵀA⁻¹φ), A = λI + Σφφᵀ, s fitted on held-out
+        # answers (surrogate/ucb.py); the loop passes its label noise std. The reference's
         # normalized-covariance bonus is bonus_covariance="normalized" with beta=0.01.
         s.kwargs.beta = 1.0
         s.kwargs.lam = 0.001

@@ -43,7 +43,6 @@ import torch
 METHOD_NAMES = {"ucb": "UCB", "bootstrap": "Bootstrap", "gp": "GP", "greedy": "Greedy"}
 CROSS_ORACLES = ("jpeg", "colorfulness")
 NOMINAL = (0.5, 0.8, 0.95)
-Z = {0.5: 0.6745, 0.8: 1.2816, 0.95: 1.9600}
 
 
 @dataclass
@@ -125,20 +124,21 @@ def _round_details(run: Run, k: int) -> dict:
         return detail
     checkpoint = round_dir(run.path, k - 1) / "surrogate.safetensors"
     try:
-        from surrogate import load_surrogate
+        from surrogate import calibration_metrics, load_surrogate
 
         surrogate = load_surrogate(checkpoint)
+        features = rows["features"][valid].float()
         with torch.no_grad():
-            mean, std = surrogate.posterior(rows["features"][valid].float(), observation_noise=True)
+            predicted = surrogate.mean(features).double()
+        # the answers the loop saw (with label noise) against the predictive intervals (epistemic + noise)
+        scores = calibration_metrics(surrogate, features, observed)
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is one line, not the end of the report
         run.problems.append(f"{checkpoint}: unreadable ({_short(error)}); round {k} calibration left out.")
         return detail
-    mean, std = mean.double(), std.double().clamp_min(1e-12)
-    detail["predicted_mean"] = float(mean.mean())
+    detail["predicted_mean"] = float(predicted.mean())
     detail["true_mean"] = float(true.mean())
-    # the answers the loop saw (with label noise) against the predictive intervals (epistemic + noise)
-    detail["coverage"] = {str(p): float(((observed - mean).abs() <= Z[p] * std).double().mean()) for p in NOMINAL}
-    detail["spearman"] = _spearman(mean, observed)
+    detail["coverage"] = {str(p): scores[f"coverage_{round(100 * p)}"] for p in NOMINAL}
+    detail["spearman"] = scores["spearman"]
     return detail
 
 
@@ -151,15 +151,6 @@ def _cross_rewards(images: torch.Tensor, optimized: str) -> dict[str, float]:
         return {}
     with torch.no_grad():
         return {name: float(oracles[name](images).double().mean()) for name in CROSS_ORACLES if name != optimized}
-
-
-def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    if a.numel() < 2:
-        return math.nan
-    from scipy.stats import spearmanr
-
-    value = spearmanr(a.numpy(), b.numpy()).statistic
-    return float(value) if np.isfinite(value) else math.nan
 
 
 # ---------------------------------------------------------------------------- summary

@@ -53,7 +53,7 @@ def _evaluate(config, accelerator, run: RunDirectory) -> Path:
     generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + EVAL_STREAM_SEED + accelerator.process_index)
     reward = SurrogateReward(featurizer, surrogate, mode="mean")
     part = sample_batch(
-        adapter, reward, featurizer, mine, config.evaluate.images_per_prompt, builders.sampler_kwargs(config),
+        adapter, lambda call: reward, featurizer, mine, config.evaluate.images_per_prompt, builders.sampler_kwargs(config),
         config.smc.prompts_per_call, generator, progress=config.progress and main,
     ) if mine else None
     parts = gather_to_main(part, accelerator)

@@ -10,7 +10,9 @@ from typing import Sequence
 
 import torch
 
-GUIDANCE_MODES = ("optimistic", "mean")
+GUIDANCE_MODES = ("optimistic", "mean", "thompson")
+# Surrogate kinds that can draw a function from their posterior (``surrogate.thompson(generator)``).
+THOMPSON_KINDS = ("ucb", "bootstrap")
 
 
 class SurrogateReward:
@@ -19,21 +21,31 @@ class SurrogateReward:
     Args:
         featurizer: frozen, differentiable ``images -> (N, D)``.
         surrogate: a fitted surrogate over `D`-dimensional features.
-        mode: ``"optimistic"`` (mean + bonus, used while exploring) or ``"mean"`` (greedy,
-            used for evaluation).
+        mode: ``"optimistic"`` (mean + bonus, used while exploring), ``"mean"`` (greedy,
+            used for evaluation) or ``"thompson"`` (one function drawn from the surrogate's
+            posterior when this reward is made: make one per prompt batch).
+        generator: the source of the Thompson draw (``"thompson"`` only).
     """
 
     differentiable = True
 
-    def __init__(self, featurizer, surrogate, mode: str = "optimistic"):
+    def __init__(self, featurizer, surrogate, mode: str = "optimistic", generator: torch.Generator | None = None):
         if mode not in GUIDANCE_MODES:
             raise ValueError(f"Unknown guidance mode {mode!r}; choose one of: {', '.join(GUIDANCE_MODES)}.")
         self.featurizer, self.surrogate, self.mode = featurizer, surrogate, mode
+        if mode == "thompson":
+            if not hasattr(surrogate, "thompson") or surrogate.kind not in THOMPSON_KINDS:
+                raise ValueError(f"Thompson guidance needs a surrogate of kind {' or '.join(THOMPSON_KINDS)}.")
+            if generator is None:
+                raise ValueError("Thompson guidance needs a generator for its posterior draw.")
+            self.score = surrogate.thompson(generator)
+        elif mode == "optimistic":
+            self.score = surrogate.optimistic
+        else:
+            self.score = surrogate.mean
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
-        features = self.featurizer(images)
-        score = self.surrogate.optimistic(features) if self.mode == "optimistic" else self.surrogate.mean(features)
-        return score.reshape(-1).float()
+        return self.score(self.featurizer(images)).reshape(-1).float()
 
 
 class ZeroReward:

@@ -47,7 +47,7 @@ from online.storage import (
 )
 from online.validation import resume_config
 
-STREAMS = {"prompts": 1, "sample": 2, "noise": 3, "fit": 4}
+STREAMS = {"prompts": 1, "sample": 2, "noise": 3, "fit": 4, "thompson": 5}
 
 
 def stream_seed(seed: int, round_index: int, stream: str, rank: int = 0) -> int:
@@ -136,7 +136,7 @@ def _train(config, accelerator, run: RunDirectory) -> Path:
         if main:
             shard_rows, _ = load_rows(data_shard(run_dir, k))
             batch_stats = load_stats(data_shard(run_dir, k))  # kept on disk: a resumed round reports them too
-            prediction_rmse = _prediction_rmse(surrogate, shard_rows)
+            calibration = _calibration(surrogate, shard_rows)
             surrogate, fit_info = _fit(config, run_dir, k, surrogate, featurizer.dim)
             surrogate.save(folder / "surrogate.safetensors")
             faults.crash_point("checkpoint", k)
@@ -150,7 +150,7 @@ def _train(config, accelerator, run: RunDirectory) -> Path:
         # -- 5. checkpoint and metrics (main)
         if main:
             tick = time.perf_counter()
-            row = _round_metrics(k, shard_rows, rows, failed, batch_stats, prediction_rmse, fit_info)
+            row = _round_metrics(k, shard_rows, rows, failed, batch_stats, calibration, fit_info)
             seconds["checkpoint"] = time.perf_counter() - tick
             seconds["total"] = time.perf_counter() - started
             row["seconds"] = seconds
@@ -192,21 +192,38 @@ def _sample_round(config, k, adapter, featurizer, surrogate, prompts, sampler_kw
     """This round's batch on the main process (each process samples its share of prompts)."""
     if k == 0 or surrogate is None:
         count, per_prompt = config.loop.initial_queries, 1
-        reward = ZeroReward()
+        zero = ZeroReward()
+        rewards = lambda call: zero  # noqa: E731
         kwargs = {**sampler_kwargs, "num_particles": 1}  # the pretrained chain, nothing else
     else:
         per_prompt = config.loop.images_per_prompt
         count = config.loop.queries_per_round // per_prompt
-        reward = SurrogateReward(featurizer, surrogate, mode=config.smc.guidance)
+        rewards = _guidance(config, k, featurizer, surrogate, accelerator.process_index)
         kwargs = sampler_kwargs
     mine = shard(round_prompts(prompts, count, config.seed, k), accelerator)
     generator = torch.Generator(device=accelerator.device).manual_seed(stream_seed(config.seed, k, "sample", accelerator.process_index))
     part = sample_batch(
-        adapter, reward, featurizer, mine, per_prompt, kwargs, config.smc.prompts_per_call, generator,
+        adapter, rewards, featurizer, mine, per_prompt, kwargs, config.smc.prompts_per_call, generator,
         progress=config.progress and accelerator.is_main_process,
     ) if mine else None
     parts = gather_to_main(part, accelerator)
     return merge_batches([p for p in parts if p is not None]) if parts is not None else None
+
+
+def _guidance(config, k: int, featurizer, surrogate, rank: int):
+    """``call -> reward`` for round `k`: the surrogate's optimistic score or mean, or (Thompson) a
+    fresh posterior draw for every sampler call, seeded from ``(seed, k, rank, call)``."""
+    mode = config.smc.guidance
+    if mode != "thompson":
+        reward = SurrogateReward(featurizer, surrogate, mode=mode)
+        return lambda call: reward
+    base = stream_seed(config.seed, k, "thompson", rank)
+
+    def draw(call: int) -> SurrogateReward:
+        generator = torch.Generator().manual_seed((base * 1_009 + call) % 2**62)
+        return SurrogateReward(featurizer, surrogate, mode="thompson", generator=generator)
+
+    return draw
 
 
 def _check_finite(batch: dict, k: int) -> None:
@@ -278,14 +295,17 @@ def _fit(config, run_dir: Path, k: int, previous, input_dim: int):
     return surrogate, {key: value for key, value in (info or {}).items() if isinstance(value, (int, float, str, bool))}
 
 
-def _prediction_rmse(surrogate, rows: dict) -> float | None:
-    """How well last round's surrogate predicted this round's answers (before seeing them)."""
+def _calibration(surrogate, rows: dict) -> dict | None:
+    """How well last round's surrogate predicted this round's answers, before seeing them:
+    coverage of its 50/80/95% intervals, NLL, RMSE and rank correlation
+    (:func:`surrogate.calibration_metrics`; the noise-free true rewards as ``truth``)."""
+    from surrogate import calibration_metrics
+
     if surrogate is None or not bool(rows["valid"].any()):
         return None
     valid = rows["valid"]
-    with torch.no_grad():
-        mean = surrogate.mean(rows["features"][valid].float().to(surrogate_device(surrogate))).cpu().double()
-    return float(((mean - rows["rewards"][valid]) ** 2).mean().sqrt())
+    features = rows["features"][valid].float().to(surrogate_device(surrogate))
+    return calibration_metrics(surrogate, features, rows["rewards"][valid], truth=rows["true_rewards"][valid])
 
 
 def surrogate_device(surrogate) -> torch.device:
@@ -304,7 +324,7 @@ def _surrogate_from_bytes(data: bytes, device):
         return load_surrogate(path, device=device)
 
 
-def _round_metrics(k, shard_rows, previous_rows, failed, batch_stats, prediction_rmse, fit_info) -> dict:
+def _round_metrics(k, shard_rows, previous_rows, failed, batch_stats, calibration, fit_info) -> dict:
     queries = int(shard_rows["valid"].numel())
     total = queries + (previous_rows[-1]["queries_total"] if previous_rows else 0)
     return {
@@ -315,7 +335,8 @@ def _round_metrics(k, shard_rows, previous_rows, failed, batch_stats, prediction
         "true_reward": summary(shard_rows["true_rewards"]),
         "observed_reward": summary(shard_rows["rewards"]),
         "diversity": diversity(shard_rows["features"]),
-        "surrogate_prediction_rmse": prediction_rmse,
+        "surrogate_prediction_rmse": None if calibration is None else calibration["rmse"],
+        "calibration": calibration,
         "surrogate_fit": fit_info,
         **batch_stats,
     }
@@ -336,4 +357,7 @@ def _log_tracker(accelerator, row: dict) -> None:
         flat["ess_fraction"] = row["ess_fraction"]
     if row.get("surrogate_prediction_rmse") is not None:
         flat["surrogate/prediction_rmse"] = row["surrogate_prediction_rmse"]
+        for key in ("coverage_50", "coverage_80", "coverage_95", "nll", "spearman"):
+            if row["calibration"].get(key) is not None:
+                flat[f"surrogate/{key}"] = row["calibration"][key]
     accelerator.log(flat, step=row["round"])

@@ -39,7 +39,8 @@ Main fields (override with --config.<field>=<value>):
                            differ, when given: {safe}
   seed, device             '' (automatic), 'cpu', 'cuda' or 'cuda:N'
   loop.num_rounds, loop.initial_queries, loop.queries_per_round, loop.images_per_prompt
-  smc.num_particles, smc.kl_coeff, smc.tempering, smc.tempering_gamma, smc.guidance
+  smc.num_particles, smc.kl_coeff, smc.tempering, smc.tempering_gamma,
+  smc.guidance             optimistic (mean + β·std), mean (greedy) or thompson (a posterior draw per call)
   surrogate.kwargs.*       e.g. surrogate.kwargs.beta, surrogate.kwargs.hidden
   oracle.kind, oracle.noise_std, oracle.command (external), oracle.max_retries, oracle.timeout_s
   mode=evaluate with reward_model_path=<run_dir>/round_<k>

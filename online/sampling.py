@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from tqdm.auto import tqdm
 
@@ -10,7 +12,7 @@ from das.smc import DASSampler
 
 def sample_batch(
     adapter,
-    reward,
+    reward_for_call: Callable[[int], object],
     featurizer,
     prompts: list[str],
     images_per_prompt: int,
@@ -21,14 +23,17 @@ def sample_batch(
 ) -> dict:
     """Samples every prompt with DAS and keeps the `images_per_prompt` heaviest particles.
 
+    The prompts go to the sampler `prompts_per_call` at a time; call ``i`` uses the reward
+    ``reward_for_call(i)`` (the same reward each time, or a fresh Thompson draw per call).
+
     Returns:
         A dict with ``images`` `(n, C, H, W)` float in [0, 1] on the CPU, ``features``
         `(n, D)`, ``prompts`` (n strings), ``ess`` and ``log_normalizer`` per prompt.
     """
-    sampler = DASSampler(adapter, reward, progress=progress, **sampler_kwargs)
     images, features, kept_prompts, ess, log_z = [], [], [], [], []
     chunks = range(0, len(prompts), prompts_per_call)
-    for start in tqdm(chunks, desc="sampling", disable=not progress or len(chunks) == 1, leave=False):
+    for call, start in enumerate(tqdm(chunks, desc="sampling", disable=not progress or len(chunks) == 1, leave=False)):
+        sampler = DASSampler(adapter, reward_for_call(call), progress=progress, **sampler_kwargs)
         chunk = prompts[start : start + prompts_per_call]
         result = sampler.sample(chunk, generator)
         order = result.log_weights.argsort(dim=-1, descending=True)[:, :images_per_prompt]

@@ -24,7 +24,7 @@ from das.config_checks import (
 )
 from das.run_dirs import RunDirError
 from online.builders import WORLD_PROMPTS, featurizer_dim, resolve_path
-from online.guidance import GUIDANCE_MODES
+from online.guidance import GUIDANCE_MODES, THOMPSON_KINDS
 from online.oracles import ORACLE_KINDS
 from online.run_directory import RunDirectory
 
@@ -59,6 +59,11 @@ def validate(config) -> None:
     check_choice(config.oracle.kind, ORACLE_KINDS, "oracle.kind")
     check_choice(config.surrogate.kind, sorted(SURROGATES), "surrogate.kind")
     check_choice(config.smc.guidance, GUIDANCE_MODES, "smc.guidance")
+    if config.smc.guidance == "thompson" and config.surrogate.kind not in THOMPSON_KINDS:
+        raise ConfigError(
+            f"smc.guidance='thompson' draws from the surrogate's posterior, which the {config.surrogate.kind!r} "
+            f"surrogate does not offer; use surrogate kind {' or '.join(THOMPSON_KINDS)}, or another guidance."
+        )
     check_choice(config.tracker, TRACKERS, "tracker")
     if config.tracker and importlib.util.find_spec(config.tracker) is None:
         raise ConfigError(

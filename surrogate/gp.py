@@ -1,4 +1,4 @@
-"""Gaussian-process surrogate: botorch ``SingleTaskGP`` on (optionally PCA-reduced) features.
+"""Gaussian-process surrogate on (optionally PCA-reduced) features: exact when small, sparse beyond.
 
 Pipeline, all as differentiable torch ops at prediction time (float64 inside):
 
@@ -7,32 +7,68 @@ Pipeline, all as differentiable torch ops at prediction time (float64 inside):
    checkpoint (the sklearn object is never pickled);
 2. min-max scaling of the projected inputs to the unit cube of the training data;
 3. rewards standardized by our own statistics (``outcome_transform=None`` in botorch);
-4. ``SingleTaskGP`` with botorch's default kernel (in botorch 0.18 an ARD ``RBFKernel``
-   with a dimension-scaled log-normal lengthscale prior, no output scale), constant mean
-   and Gaussian noise, fitted by ``fit_gpytorch_mll`` (L-BFGS-B on the exact marginal
-   likelihood, forced to Cholesky for every size).
+4. one of two GPs, both with a constant mean, an ARD RBF kernel without output scale under
+   the dimension-scaled log-normal lengthscale prior of Hvarfner et al. (2024), and Gaussian
+   noise under a LogNormal(-4, 1) prior (botorch 0.18's defaults):
 
-``posterior`` is the exact GP posterior (no LOVE / fast variances); ``optimistic`` is
-mean + `β`·std.
+   * **exact**: botorch's ``SingleTaskGP``, fitted by ``fit_gpytorch_mll`` (L-BFGS-B on the
+     exact marginal likelihood, forced to Cholesky for every size, at most ``max_iter``
+     iterations); `O(N³)` time per iteration, `O(N²)` memory;
+   * **sparse**: a stochastic variational GP on *every* point: gpytorch ``ApproximateGP``
+     with a whitened ``VariationalStrategy`` over `m = min(inducing_points, N)` learned
+     inducing inputs (initialized at a random subset of the training inputs) and a
+     full-covariance ``CholeskyVariationalDistribution``, trained by Adam on mini-batches of
+     ``batch_size`` points for ``epochs`` passes. `O(N·m²)` time per pass,
+     `O(batch_size·m + m²)` memory beyond the data; a prediction needs only the inducing
+     inputs and `q(u)` (no training data), `O(m²)` per query. Its constraints are
+     softplus-transformed (Adam has no bounds; the exact fit keeps botorch's untransformed
+     ones).
 
-Data size, measured by ``benchmarks/bench_surrogate.py`` (``benchmarks/results/surrogate.json``;
-768-d features reduced to 32 PCA dims, L-BFGS-B capped at ``max_iter=100`` iterations, 1
-torch thread) on this repo's 2-core CPU box shared with other jobs: at load average ~3
-the exact fit took 9 s at N=256, 12 s at N=512, 30 s at N=1024 and 207 s at N=2048, so
-the largest size fitted in under a minute is N=1024 (N=2048 takes over three minutes).
-Under heavier load (6-8) the same fits took 19 s, 22 s and 68 s, i.e. only N=512 stayed
-under a minute. The default ``max_points=512`` keeps the fit under a minute in both
-cases; the cost grows as `O(N³)` per L-BFGS step.
+Which GP (``method``): ``"auto"`` (default) fits the exact GP when `N <= max_points` (the
+better model with few points; the online loop's first rounds and the tests use it) and the
+sparse GP on all `N` points beyond; ``"exact"`` always fits the exact GP, on a uniformly
+random subset of ``max_points`` points drawn with the fit generator when given more (with a
+``UserWarning``: the only case where answers are dropped, and only on request); ``"sparse"``
+always fits the sparse GP. With the default ``inducing_points = max_points = 512`` the sparse
+GP just above the switch has as many inducing points as the exact GP had data.
 
-Beyond it, the fallback, stated plainly: when more than ``max_points`` points are given,
-the GP is fitted on a uniformly random subset of ``max_points`` of them, drawn with the
-``fit`` generator, and a ``UserWarning`` says so; the other points are ignored by the GP.
-The header's ``n_data`` still counts all points and ``fit_info["n_fit"]`` the subset.
-Raise ``max_points`` to use more data at the cubic cost.
+What trains the sparse GP's kernel, noise and mean (``objective``):
+
+* ``"mll_subset"`` (default): the exact GP's marginal likelihood on a random subset of
+  ``max_points`` points (the same L-BFGS-B fit as above); then, with those fixed, the
+  mini-batch ``VariationalELBO`` on every point trains the inducing inputs and `q(u)`, and
+  `q(u)` is finally set to its closed-form ELBO optimum over every point (Titsias, 2009).
+  The posterior mean and std use every answer; only the `k + 2` hyperparameters come from
+  a subset, which estimates them well;
+* ``"elbo"``: everything by the mini-batch ``VariationalELBO`` (Hensman et al., 2013), then
+  the closed-form `q(u)`;
+* ``"pll"``: everything by gpytorch's ``PredictiveLogLikelihood`` (PPGPR, Jankowiak et al.,
+  2020).
+
+All three start `q(u)` at its closed-form optimum. The default is chosen on calibration,
+which the sampler's optimism relies on (``benchmarks/bench_gp.py``; 16-d function of
+``benchmarks/bench_surrogate.py``, 1024 train / 1024 test, truth in mean ± 2·std; 3-d smooth
+function, 400 train, noise std 0.1): the ELBO's hyperparameters explain what `m ≪ N` inducing
+points cannot fit as noise, so its epistemic std is too small on the hard function (0.68 to
+0.85 coverage); the PLL moves the noise into the latent std, which then no longer shrinks
+towards 0 with data (0.994 coverage of the smooth function with a median std equal to the
+noise std, 4 times the exact GP's); ``"mll_subset"`` behaves like the exact GP on both (0.97 on
+the 16-d function, 0.90 on the smooth one, where the exact GP gives 0.955 on 512 points,
+0.943 on all 1024, and 0.90) and has the lowest error of the three.
+
+``posterior`` is the GP posterior (exact: no LOVE / fast variances; sparse: `q(f)`);
+``optimistic`` is mean + `β`·std.
+
+Sizes and times on this repo's shared 2-core CPU box: the exact fit on 768-d features reduced
+to 32 PCA dims took 9 s at N=256, 12 s at N=512, 30 s at N=1024 and 207 s at N=2048
+(``benchmarks/results/surrogate.json``, 1 thread, load average ~3), hence the default
+``max_points=512``; the sparse fit's times at N=4096 are in ``benchmarks/results/gp.json``.
 """
 
 from __future__ import annotations
 
+import math
+import time
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -41,7 +77,10 @@ import gpytorch
 import torch
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
-from gpytorch.mlls import ExactMarginalLogLikelihood
+from gpytorch.constraints import GreaterThan
+from gpytorch.mlls import ExactMarginalLogLikelihood, PredictiveLogLikelihood, VariationalELBO
+from gpytorch.priors import LogNormalPrior
+from linear_operator.utils.cholesky import psd_safe_cholesky
 from sklearn.decomposition import PCA
 
 from surrogate.base import Standardizer, Surrogate, as_feature_matrix, draw_seed, make_generator
@@ -49,19 +88,167 @@ from surrogate.checkpoint import SurrogateCheckpointError, TensorInfo, tensor_in
 
 _CHOLESKY_ALWAYS = 1_000_000
 
+#: Valid values of ``GPSurrogate(method=...)``.
+GP_METHODS = ("auto", "exact", "sparse")
+#: Valid values of ``GPSurrogate(objective=...)`` (the sparse GP's training objective).
+GP_OBJECTIVES = ("mll_subset", "elbo", "pll")
+
+_MIN_LENGTHSCALE = 2.5e-2  # botorch's lower bound on the lengthscale
+_MIN_NOISE = 1e-4  # botorch's MIN_INFERRED_NOISE_LEVEL
+
+
+def _lengthscale_prior(k: int) -> LogNormalPrior:
+    """The dimension-scaled lengthscale prior of Hvarfner et al. (2024) for `k` inputs (botorch's default)."""
+    return LogNormalPrior(loc=math.sqrt(2.0) + 0.5 * math.log(k), scale=math.sqrt(3.0))
+
+
+class SparseGPModel(gpytorch.models.ApproximateGP):
+    """Stochastic variational GP over `m` learned inducing points in `k` input dimensions.
+
+    Whitened ``VariationalStrategy``, full-covariance ``CholeskyVariationalDistribution``,
+    constant mean, ARD RBF kernel (no output scale) under the dimension-scaled log-normal
+    lengthscale prior; the Gaussian likelihood lives beside it (:func:`sparse_likelihood`),
+    so that its prior is counted once by the variational objectives.
+
+    Args:
+        inducing_points: Initial inducing inputs `(m, k)`; their dtype is the model's.
+    """
+
+    def __init__(self, inducing_points: torch.Tensor) -> None:
+        m, k = inducing_points.shape
+        distribution = gpytorch.variational.CholeskyVariationalDistribution(m)
+        strategy = gpytorch.variational.VariationalStrategy(
+            self, inducing_points, distribution, learn_inducing_locations=True
+        )
+        super().__init__(strategy)
+        prior = _lengthscale_prior(k)
+        self.mean_module = gpytorch.means.ConstantMean()
+        self.covar_module = gpytorch.kernels.RBFKernel(
+            ard_num_dims=k,
+            lengthscale_prior=prior,
+            lengthscale_constraint=GreaterThan(_MIN_LENGTHSCALE, initial_value=prior.mode),
+        )
+        self.to(inducing_points.dtype)
+
+    def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
+        """The GP prior at inputs `(n, k)`."""
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+
+def sparse_likelihood(dtype: torch.dtype = torch.float64) -> gpytorch.likelihoods.GaussianLikelihood:
+    """Gaussian likelihood with botorch's LogNormal(-4, 1) noise prior and a softplus-transformed bound."""
+    prior = LogNormalPrior(loc=-4.0, scale=1.0)
+    likelihood = gpytorch.likelihoods.GaussianLikelihood(
+        noise_prior=prior, noise_constraint=GreaterThan(_MIN_NOISE, initial_value=prior.mode)
+    )
+    return likelihood.to(dtype)
+
+
+def _sparse_state(
+    model: SparseGPModel, likelihood: gpytorch.likelihoods.GaussianLikelihood
+) -> dict[str, torch.Tensor]:
+    """One state dict for the sparse GP and its likelihood (the likelihood's names under ``likelihood.``)."""
+    return {**model.state_dict(), **{f"likelihood.{k}": v for k, v in likelihood.state_dict().items()}}
+
+
+def _load_sparse_state(
+    model: SparseGPModel, likelihood: gpytorch.likelihoods.GaussianLikelihood, state: Mapping[str, torch.Tensor]
+) -> None:
+    prefix = "likelihood."
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith(prefix)})
+    likelihood.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+def set_optimal_variational(
+    model: SparseGPModel,
+    likelihood: gpytorch.likelihoods.GaussianLikelihood,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    chunk: int = 1024,
+) -> None:
+    """Set `q(v)` to its ELBO optimum given the kernel, mean, noise and inducing inputs (Titsias, 2009).
+
+    In the whitened parametrization `u = L v` with `L Lᵀ = K_uu + jitter·I` and
+    `A = L⁻¹ K_uf`: `S = (I + A Aᵀ / σ²)⁻¹` and `m = S A (y − c) / σ²`. `O(N·m²)` time,
+    `O(chunk·m + m²)` memory. Leaves the model in eval mode, ready to predict.
+
+    Args:
+        model: The sparse GP (its variational parameters are overwritten).
+        likelihood: Its Gaussian likelihood (noise `σ²`).
+        train_x: Inputs `(N, k)`.
+        train_y: Standardized targets `(N,)`.
+        chunk: Rows of `K_uf` formed at a time.
+    """
+    strategy = model.variational_strategy
+    with torch.no_grad():
+        z = strategy.inducing_points
+        m = z.shape[0]
+        eye = torch.eye(m, dtype=z.dtype, device=z.device)
+        k_uu = model.covar_module(z).to_dense() + strategy.jitter_val * eye
+        chol = psd_safe_cholesky(k_uu)
+        noise = likelihood.noise.reshape(())
+        residual = train_y - model.mean_module.constant.reshape(())
+        gram = torch.zeros(m, m, dtype=z.dtype, device=z.device)
+        proj = torch.zeros(m, dtype=z.dtype, device=z.device)
+        for start in range(0, train_x.shape[0], chunk):
+            k_uf = model.covar_module(z, train_x[start : start + chunk]).to_dense()
+            a = torch.linalg.solve_triangular(chol, k_uf, upper=False)
+            gram += a @ a.T
+            proj += a @ residual[start : start + chunk]
+        covar = torch.cholesky_inverse(psd_safe_cholesky(eye + gram / noise))
+        covar = 0.5 * (covar + covar.T)
+        distribution = strategy._variational_distribution
+        distribution.variational_mean.copy_(covar @ proj / noise)
+        distribution.chol_variational_covar.copy_(psd_safe_cholesky(covar))
+        strategy.variational_params_initialized.fill_(1)
+    _prime_caches(model)
+
+
+def _clear_caches(model: torch.nn.Module) -> None:
+    """Drop gpytorch's memoized prediction caches (switching to train mode and back clears them)."""
+    model.train()
+    model.eval()
+
+
+def _prime_caches(model: SparseGPModel) -> None:
+    """Rebuild the sparse GP's eval-mode caches from its current parameters, without autograd history.
+
+    In eval mode ``VariationalStrategy`` caches the Cholesky factor of `K_uu` (and `q(u)`), taken
+    from the joint kernel matrix of the inducing points and the first query; built with gradients
+    on, it would hold that query's autograd graph (and a second backward through it fails). Built
+    here under ``no_grad`` from the same input every time, so a fitted and a loaded model cache
+    identical values.
+    """
+    _clear_caches(model)
+    with torch.no_grad():
+        model(model.variational_strategy.inducing_points[:1])
+
 
 class GPSurrogate(Surrogate):
-    """Exact GP surrogate with optional PCA input reduction.
+    """GP surrogate with optional PCA input reduction: exact GP when small, sparse variational GP beyond.
 
     Args:
         input_dim: Feature dimension `D`.
         pca_dim: Reduce to this many principal components when ``input_dim > pca_dim``
             (``None``: never reduce).
         beta: UCB multiplier: optimistic = mean + `β`·std.
-        max_points: Fit on a random subset of this many points when given more (with a
-            warning); see the module docstring for measured sizes.
-        max_iter: Cap on L-BFGS-B iterations of the marginal-likelihood fit.
+        max_points: The most points the exact GP is fitted on: with ``method="auto"`` the
+            size up to which the exact GP is used (the sparse GP on every point beyond it);
+            with ``method="exact"`` a cap (a random subset of this many is fitted when given
+            more, with a warning); with ``objective="mll_subset"`` also the size of the
+            subset the sparse GP's hyperparameters are fitted on.
+        max_iter: Cap on L-BFGS-B iterations of each exact marginal-likelihood fit.
         dtype: Output dtype (``"float32"`` or ``"float64"``); the GP itself runs in float64.
+        method: ``"auto"``, ``"exact"`` or ``"sparse"`` (see the module docstring).
+        inducing_points: Number `m` of inducing points of the sparse GP (fewer when fitted on
+            fewer points), initialized at a random subset of the training inputs.
+        epochs: Passes over the data of the sparse GP's mini-batch optimization (0: none; the
+            closed-form `q(u)` is still set unless ``objective="pll"``).
+        batch_size: Points per mini-batch of the sparse GP (above ``inducing_points``,
+            gpytorch takes a faster path for the predictive updates).
+        lr: Adam learning rate of the sparse GP.
+        objective: What trains the sparse GP's kernel, noise and mean: ``"mll_subset"``,
+            ``"elbo"`` or ``"pll"`` (see the module docstring).
     """
 
     kind = "gp"
@@ -74,22 +261,58 @@ class GPSurrogate(Surrogate):
         max_points: int = 512,
         max_iter: int = 100,
         dtype: str | torch.dtype = "float32",
+        method: str = "auto",
+        inducing_points: int = 512,
+        epochs: int = 20,
+        batch_size: int = 1024,
+        lr: float = 0.02,
+        objective: str = "mll_subset",
     ) -> None:
         super().__init__(input_dim, dtype)
+        if method not in GP_METHODS:
+            raise ValueError(f"Unknown GP method {method!r}; valid: {list(GP_METHODS)}.")
+        if objective not in GP_OBJECTIVES:
+            raise ValueError(f"Unknown sparse GP objective {objective!r}; valid: {list(GP_OBJECTIVES)}.")
         self._hparams.update(
-            pca_dim=None if pca_dim is None else int(pca_dim), beta=float(beta), max_points=int(max_points), max_iter=int(max_iter)
+            pca_dim=None if pca_dim is None else int(pca_dim),
+            beta=float(beta),
+            max_points=int(max_points),
+            max_iter=int(max_iter),
+            method=str(method),
+            inducing_points=int(inducing_points),
+            epochs=int(epochs),
+            batch_size=int(batch_size),
+            lr=float(lr),
+            objective=str(objective),
         )
         self.max_iter = int(max_iter)
         self.pca_dim = pca_dim
         self.beta = float(beta)
         self.max_points = int(max_points)
+        self.method = str(method)
+        self.inducing_points = int(inducing_points)
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.lr = float(lr)
+        self.objective = str(objective)
         self.pca_components: torch.Tensor | None = None  # (k, D) or None
         self.pca_mean: torch.Tensor | None = None  # (D,)
         self.lower = torch.zeros(0, dtype=torch.float64)
         self.span = torch.ones(0, dtype=torch.float64)
         self.y_norm = Standardizer(1, torch.float64)
-        self.model: SingleTaskGP | None = None
+        self.model: SingleTaskGP | SparseGPModel | None = None
+        self.likelihood: gpytorch.likelihoods.GaussianLikelihood | None = None  # the model's noise
         self._template_state: dict[str, torch.Tensor] = {}  # a fresh GP's state, while a checkpoint loads
+        self._template_fixed: dict[str, torch.Tensor] = {}  # its buffers' only valid values
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the fitted (or loaded) GP is the sparse one."""
+        return isinstance(self.model, SparseGPModel)
+
+    def uses_sparse(self, n: int) -> bool:
+        """Whether a fit on `n` points uses the sparse GP under this ``method`` and ``max_points``."""
+        return self.method == "sparse" or (self.method == "auto" and n > self.max_points)
 
     # ------------------------------------------------------------------ inputs
     def project(self, features: torch.Tensor) -> torch.Tensor:
@@ -130,67 +353,194 @@ class GPSurrogate(Surrogate):
         round: int | None = None,
         warm_start: bool = False,
     ) -> dict[str, Any]:
-        """Fit PCA, scaling and the GP hyperparameters (exact marginal likelihood).
+        """Fit PCA, scaling and the GP (exact or sparse, see ``method``) on every point.
+
+        Deterministic given the generator (bit for bit on the same machine and thread count).
 
         Args:
             features: `(N, D)`.
             rewards: `(N,)`.
-            generator: CPU generator (subset choice, PCA, optimizer restarts).
+            generator: CPU generator (exact: subset choice when ``method="exact"``, optimizer
+                restarts; sparse: inducing-point initialization and mini-batch order).
             seed: Used when ``generator`` is None.
             round: Outer-loop round stored in the checkpoint header.
             warm_start: Keep the current projection and start from the current
-                hyperparameters.
-        """
-        import time
+                hyperparameters (and, sparse to sparse, inducing points and `q(u)`).
 
+        Returns:
+            ``fit_info``: ``n_fit`` (points the GP was fitted on), ``subsampled``, ``method``
+            (``"exact"`` or ``"sparse"``), ``gp_input_dim``, ``lengthscale``, ``noise``,
+            ``seconds``, ``warm_start`` and, sparse, ``inducing_points``, ``epochs``,
+            ``steps``, ``objective`` and ``final_loss``.
+        """
         start = time.perf_counter()
         g = make_generator(generator, seed)
         x, y = self._prepare_data(features, rewards)
         n = x.shape[0]
         x64, y64 = x.to(torch.float64), y.to(torch.float64)
-        if n > self.max_points:
+        sparse = self.uses_sparse(n)
+        if not sparse and n > self.max_points:
             warnings.warn(
                 f"GPSurrogate fits an exact GP on a random subset of {self.max_points} of the {n} points "
-                f"(max_points={self.max_points}); raise max_points to use more at O(N^3) cost.",
+                f"(method='exact', max_points={self.max_points}); use method='auto' or 'sparse' to fit a sparse GP "
+                f"on every point, or raise max_points to use more at O(N^3) cost.",
                 UserWarning,
                 stacklevel=2,
             )
             keep = torch.randperm(n, generator=g)[: self.max_points].to(x.device)
             x64, y64 = x64[keep], y64[keep]
         warm = warm_start and self.fitted and self.model is not None
-        old_state = self.model.state_dict() if warm else None
         if not warm:
             self._fit_projection(x64, g)
         self.y_norm = Standardizer(1, torch.float64).fit(y64, correction=1)  # botorch's convention
         train_x = self.project(x64).detach()
         train_y = self.y_norm.transform(y64.unsqueeze(-1)).squeeze(-1)
-        self.model = self._build_model(train_x, train_y)
-        if old_state is not None:
-            self.model.load_state_dict(old_state)
-        mll = ExactMarginalLogLikelihood(self.model.likelihood, self.model)
-        with torch.random.fork_rng(devices=[]), gpytorch.settings.max_cholesky_size(_CHOLESKY_ALWAYS):
-            torch.manual_seed(draw_seed(g))
-            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.max_iter}})
-        self.model.eval()
+        if sparse:
+            extra = self._fit_sparse(train_x, train_y, g, warm)
+        else:
+            extra = self._fit_exact(train_x, train_y, g, warm)
         self.n_data = int(n)
         if round is not None:
             self.round = int(round)
         self.fitted = True
+        assert self.likelihood is not None and self.model is not None
         self.fit_info = {
             "n_fit": int(train_x.shape[0]),
-            "subsampled": bool(n > self.max_points),
+            "subsampled": bool(train_x.shape[0] < n),
+            "method": "sparse" if sparse else "exact",
             "gp_input_dim": int(train_x.shape[1]),
             "lengthscale": self.model.covar_module.lengthscale.detach().reshape(-1).tolist(),
-            "noise": float(self.model.likelihood.noise.detach().reshape(-1)[0]),
+            "noise": float(self.likelihood.noise.detach().reshape(-1)[0]),
+            **extra,
             "seconds": time.perf_counter() - start,
             "warm_start": warm,
         }
         return self.fit_info
 
+    def _previous_hyperparameters(self) -> dict[str, torch.Tensor] | None:
+        """Lengthscale `(1, k)`, noise `(1,)` and constant `()` of the current GP, for a warm start across methods."""
+        if self.model is None or self.likelihood is None:
+            return None
+        return {
+            "lengthscale": self.model.covar_module.lengthscale.detach().clone(),
+            "noise": self.likelihood.noise.detach().clone().reshape(-1),
+            "constant": self.model.mean_module.constant.detach().clone().reshape(()),
+        }
+
+    @staticmethod
+    def _set_hyperparameters(model, likelihood, values: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            model.covar_module.lengthscale = values["lengthscale"].clamp_min(_MIN_LENGTHSCALE)
+            likelihood.noise = values["noise"].clamp_min(_MIN_NOISE)
+            model.mean_module.constant = values["constant"]
+
+    def _fit_exact(self, train_x: torch.Tensor, train_y: torch.Tensor, g: torch.Generator, warm: bool) -> dict:
+        previous = self._previous_hyperparameters() if warm else None
+        old_state = self.model.state_dict() if warm and not self.sparse else None
+        self.model = self._build_model(train_x, train_y)
+        self.likelihood = self.model.likelihood
+        if old_state is not None:
+            self.model.load_state_dict(old_state)
+        elif previous is not None:  # a warm start from the sparse GP: its hyperparameters
+            self._set_hyperparameters(self.model, self.likelihood, previous)
+        self._maximize_marginal_likelihood(self.model, g)
+        self.model.eval()
+        return {}
+
+    def _maximize_marginal_likelihood(self, model: SingleTaskGP, g: torch.Generator) -> None:
+        """L-BFGS-B on the exact marginal likelihood (Cholesky at every size, ``max_iter`` iterations at most)."""
+        mll = ExactMarginalLogLikelihood(model.likelihood, model)
+        with torch.random.fork_rng(devices=[]), gpytorch.settings.max_cholesky_size(_CHOLESKY_ALWAYS):
+            torch.manual_seed(draw_seed(g))
+            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.max_iter}})
+
+    def _subset_hyperparameters(
+        self, train_x: torch.Tensor, train_y: torch.Tensor, g: torch.Generator, previous: dict | None
+    ) -> dict[str, torch.Tensor]:
+        """Kernel, noise and mean of an exact GP fitted on a random subset of ``max_points`` of the points.
+
+        Args:
+            train_x: Projected inputs `(N, k)`.
+            train_y: Standardized targets `(N,)`.
+            g: The fit generator (draws the subset and the optimizer's seed).
+            previous: Hyperparameters to start from (a warm start), or None.
+
+        Returns:
+            ``lengthscale`` `(1, k)`, ``noise`` `(1,)` and ``constant`` `()`.
+        """
+        n = train_x.shape[0]
+        subset = torch.randperm(n, generator=g)[: min(n, self.max_points)].to(train_x.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # botorch's input-scaling warnings: the subset is not the unit cube
+            exact = self._build_model(train_x[subset], train_y[subset])
+        if previous is not None:
+            self._set_hyperparameters(exact, exact.likelihood, previous)
+        self._maximize_marginal_likelihood(exact, g)
+        return {
+            "lengthscale": exact.covar_module.lengthscale.detach().clone(),
+            "noise": exact.likelihood.noise.detach().clone().reshape(-1),
+            "constant": exact.mean_module.constant.detach().clone().reshape(()),
+        }
+
+    def _fit_sparse(self, train_x: torch.Tensor, train_y: torch.Tensor, g: torch.Generator, warm: bool) -> dict:
+        n, k = train_x.shape
+        previous = self._previous_hyperparameters() if warm else None
+        # a warm start keeps the inducing points and q(u) unless their number or dimension would change
+        m = min(self.inducing_points, n)
+        keep_model = warm and self.sparse and self.model.variational_strategy.inducing_points.shape == (m, k)
+        if keep_model:
+            model, likelihood = self.model, self.likelihood
+        else:
+            chosen = torch.randperm(n, generator=g)[:m].to(train_x.device)
+            model = SparseGPModel(train_x[chosen].clone()).to(train_x.device)
+            likelihood = sparse_likelihood(train_x.dtype).to(train_x.device)
+            if previous is not None:
+                self._set_hyperparameters(model, likelihood, previous)
+        if self.objective == "mll_subset":  # the kernel, noise and mean stay fixed below
+            self._set_hyperparameters(model, likelihood, self._subset_hyperparameters(train_x, train_y, g, previous))
+            trained = list(model.variational_strategy.parameters())  # inducing inputs and q(u)
+        else:
+            trained = [*model.parameters(), *likelihood.parameters()]
+        set_optimal_variational(model, likelihood, train_x, train_y, self.batch_size)  # a good start for q(u)
+        objective_cls = PredictiveLogLikelihood if self.objective == "pll" else VariationalELBO
+        objective = objective_cls(likelihood, model, num_data=n)
+        for p in trained:
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(trained, lr=self.lr)
+        model.train()
+        likelihood.train()
+        steps, loss = 0, None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(draw_seed(g))  # nothing here should draw from it; pinned all the same
+            for _ in range(self.epochs):
+                order = torch.randperm(n, generator=g).to(train_x.device)
+                for batch in order.split(self.batch_size):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = -objective(model(train_x[batch]), train_y[batch])
+                    loss.backward()
+                    optimizer.step()
+                    steps += 1
+        for p in [*model.parameters(), *likelihood.parameters()]:
+            p.requires_grad_(False)  # predictions track gradients to the features only
+        if self.objective != "pll":
+            set_optimal_variational(model, likelihood, train_x, train_y, self.batch_size)
+        likelihood.eval()
+        _prime_caches(model)
+        self.model, self.likelihood = model, likelihood
+        return {
+            "inducing_points": int(model.variational_strategy.inducing_points.shape[0]),
+            "epochs": self.epochs,
+            "steps": steps,
+            "objective": self.objective,
+            "final_loss": None if loss is None else float(loss.detach()),  # the last mini-batch's
+        }
+
     # --------------------------------------------------------------- predict
-    def posterior(self, features: torch.Tensor, *, observation_noise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior(
+        self, features: torch.Tensor, *, observation_noise: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_fitted()
-        assert self.model is not None
+        assert self.model is not None and self.likelihood is not None
         x, lead = as_feature_matrix(features, self.input_dim)
         z = self.project(x)
         self.model.eval()
@@ -198,7 +548,7 @@ class GPSurrogate(Surrogate):
             mvn = self.model(z)
             mean, var = mvn.mean, mvn.variance
         if observation_noise:
-            var = var + self.model.likelihood.noise.reshape(-1)[0]
+            var = var + self.likelihood.noise.reshape(-1)[0]
         std = var.clamp_min(1e-30).sqrt() * self.y_norm.std[0]
         mean = self.y_norm.inverse(mean.unsqueeze(-1)).squeeze(-1)
         return mean.to(self.dtype).reshape(lead), std.to(self.dtype).reshape(lead)
@@ -217,12 +567,19 @@ class GPSurrogate(Surrogate):
         self.y_norm.to(device)
         if self.model is not None:
             self.model.to(device)
+            if self.sparse:
+                _prime_caches(self.model)  # cached factors stay where they were computed
+        if self.likelihood is not None:
+            self.likelihood.to(device)
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        assert self.model is not None
-        tensors = {f"gp.{k}": v for k, v in self.model.state_dict().items()}
-        tensors["train_x"] = self.model.train_inputs[0]
-        tensors["train_y"] = self.model.train_targets
+        assert self.model is not None and self.likelihood is not None
+        if self.sparse:
+            tensors = {f"gp.{k}": v for k, v in _sparse_state(self.model, self.likelihood).items()}
+        else:
+            tensors = {f"gp.{k}": v for k, v in self.model.state_dict().items()}
+            tensors["train_x"] = self.model.train_inputs[0]
+            tensors["train_y"] = self.model.train_targets
         tensors["lower"] = self.lower
         tensors["span"] = self.span
         if self.pca_components is not None:
@@ -231,39 +588,53 @@ class GPSurrogate(Surrogate):
         tensors.update(self.y_norm.state("y_norm"))
         return tensors
 
+    def _checkpoint_is_sparse(self, header: dict[str, Any]) -> bool:
+        """Which GP a checkpoint holds, from its header alone.
+
+        Checkpoints written before the sparse GP existed have no ``method`` hyperparameter;
+        they hold an exact GP (on a subset when `n_data > max_points`).
+        """
+        if "method" not in header["hyperparameters"]:
+            return False
+        return self.uses_sparse(int(header["n_data"]))
+
     def _expected_tensors(
         self, table: Mapping[str, TensorInfo], header: dict[str, Any], path: str
     ) -> dict[str, TensorInfo]:
-        """The GP's tensors: `n = min(n_data, max_points)` training points in `k` projected dimensions.
+        """The GP's tensors: the projection, and the exact GP's training data or the sparse GP's `q(u)`.
 
         `k` is the input dimension without PCA; with PCA it is read from ``pca.components``
         and must lie in `[1, min(pca_dim, input_dim)]` (a warm-started fit keeps an earlier,
-        possibly smaller, projection); the ``gp.*`` names and shapes are those of a fresh
-        ``SingleTaskGP`` on `k`-dimensional inputs.
+        possibly smaller, projection). Exact: `n = min(n_data, max_points)` training points
+        ``train_x`` `(n, k)` and ``train_y`` `(n,)`, and the ``gp.*`` names and shapes of a
+        fresh ``SingleTaskGP`` on `k`-dimensional inputs. Sparse: `m` inducing points, read
+        from ``gp.variational_strategy.inducing_points`` and within `[1, min(inducing_points,
+        n_data)]`, and the ``gp.*`` names and shapes of a fresh :class:`SparseGPModel` with
+        `m` inducing points in `k` dimensions plus its likelihood's (``gp.likelihood.*``).
         """
         n_data, dim = int(header["n_data"]), self.input_dim
         if n_data < 1:
             raise SurrogateCheckpointError(
                 f"Surrogate checkpoint {path!r} header field 'n_data' is 0, but a fitted GP holds data; re-save it."
             )
-        n = min(n_data, self.max_points)
         found = table.get("train_x")
         if found is not None and len(found.shape) == 2 and found.shape[0] > self.max_points:
             raise SurrogateCheckpointError(
                 f"Surrogate checkpoint {path!r} tensor 'train_x' holds {found.shape[0]} training points, more than "
                 f"its hyperparameters' max_points={self.max_points}; re-fit the surrogate and save it again."
             )
+        sparse = self._checkpoint_is_sparse(header)
+        n = min(n_data, self.max_points)
         reduce = self.pca_dim is not None and dim > self.pca_dim
         k = dim
         if reduce:
-            k = min(int(self.pca_dim), n, dim)  # what a fresh fit gives; a warm start keeps an earlier projection
+            # a fresh fit's k (the sparse GP's PCA sees every point); a warm start keeps an earlier projection
+            k = min(int(self.pca_dim), n_data if sparse else n, dim)
             components = table.get("pca.components")
             k_max = min(int(self.pca_dim), dim)
             if components is not None and len(components.shape) == 2 and 1 <= components.shape[0] <= k_max:
                 k = components.shape[0]
         expected = {
-            "train_x": tensor_info(torch.float64, (n, k)),
-            "train_y": tensor_info(torch.float64, (n,)),
             "lower": tensor_info(torch.float64, (k,)),
             "span": tensor_info(torch.float64, (k,)),
         }
@@ -271,27 +642,45 @@ class GPSurrogate(Surrogate):
             expected["pca.components"] = tensor_info(torch.float64, (k, dim))
             expected["pca.mean"] = tensor_info(torch.float64, (dim,))
         expected.update(self.y_norm.expected_state("y_norm"))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # botorch warns about the template's unscaled data
-            zeros = torch.zeros(1, k, dtype=torch.float64)
-            self._template_state = self._build_model(zeros, zeros[:, 0]).state_dict()
+        if sparse:
+            m = min(self.inducing_points, n_data)
+            inducing = table.get("gp.variational_strategy.inducing_points")
+            if inducing is not None and len(inducing.shape) == 2 and 1 <= inducing.shape[0] <= m:
+                m = inducing.shape[0]
+            model = SparseGPModel(torch.zeros(m, k, dtype=torch.float64))
+            likelihood = sparse_likelihood(torch.float64)
+            self._template_state = _sparse_state(model, likelihood)
+            buffers = dict(model.named_buffers())
+            buffers.update({f"likelihood.{name}": value for name, value in likelihood.named_buffers()})
+            buffers["variational_strategy.variational_params_initialized"] = torch.tensor(1)
+        else:
+            expected["train_x"] = tensor_info(torch.float64, (n, k))
+            expected["train_y"] = tensor_info(torch.float64, (n,))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # botorch warns about the template's unscaled data
+                zeros = torch.zeros(1, k, dtype=torch.float64)
+                model = self._build_model(zeros, zeros[:, 0])
+            self._template_state = model.state_dict()
+            buffers = dict(model.named_buffers())
+        self._template_fixed = {f"gp.{name}": value.detach().clone() for name, value in buffers.items()}
         expected.update({f"gp.{name}": tensor_info(v.dtype, v.shape) for name, v in self._template_state.items()})
         return expected
 
     def _fixed_tensors(self) -> dict[str, torch.Tensor]:
-        """Constraint bounds with infinite entries (e.g. a positivity constraint's upper bound)."""
-        return {
-            f"gp.{name}": value
-            for name, value in self._template_state.items()
-            if value.is_floating_point() and not bool(torch.isfinite(value).all())
-        }
+        """The GP's buffers, whose only valid values are those of a freshly built (and, sparse, fitted) GP.
+
+        Priors' parameters, constraint bounds (some infinite) and, sparse, the strategy's flags
+        (``variational_params_initialized`` is 1 after a fit, ``updated_strategy`` is True); only
+        the parameters come from the data.
+        """
+        return dict(self._template_fixed)
 
     def _check_loaded(self, path: str) -> None:
-        assert self.model is not None
-        self._template_state = {}
+        assert self.model is not None and self.likelihood is not None
+        self._template_state, self._template_fixed = {}, {}
         self._require_positive(path, "span", self.span)
         self._require_positive(path, "y_norm.std", self.y_norm.std)
-        noise = self.model.likelihood.noise.detach()
+        noise = self.likelihood.noise.detach()
         if not bool((noise > 0).all() and torch.isfinite(noise).all()):
             raise SurrogateCheckpointError(
                 f"Surrogate checkpoint {path!r} gives the GP a non-positive noise variance; re-fit the surrogate and "
@@ -303,15 +692,42 @@ class GPSurrogate(Surrogate):
                 f"Surrogate checkpoint {path!r} gives the GP a non-positive or infinite lengthscale; re-fit the "
                 f"surrogate and save it again."
             )
+        if self.sparse:  # the inducing points must give a usable factor and finite predictions
+            inducing = self.model.variational_strategy.inducing_points.detach()
+            try:
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # gpytorch's jitter warnings
+                    _prime_caches(self.model)
+                    mvn = self.model(inducing)
+                    usable = bool(torch.isfinite(mvn.mean).all() and torch.isfinite(mvn.variance).all())
+            except (RuntimeError, ValueError):  # e.g. linear_operator's NotPSDError
+                usable = False
+            if not usable:
+                raise SurrogateCheckpointError(
+                    f"Surrogate checkpoint {path!r} gives the sparse GP inducing points or a variational "
+                    f"distribution without finite predictions; re-fit the surrogate and save it again."
+                )
 
     def _load_state_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
         self.pca_components = tensors.get("pca.components")
         self.pca_mean = tensors.get("pca.mean")
         self.lower, self.span = tensors["lower"], tensors["span"]
         self.y_norm.load_state(tensors, "y_norm")
-        self.model = self._build_model(tensors["train_x"], tensors["train_y"])
-        self.model.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("gp.")})
-        self.model.eval()
+        state = {k[3:]: v for k, v in tensors.items() if k.startswith("gp.")}
+        if self._checkpoint_is_sparse(header):
+            inducing = state["variational_strategy.inducing_points"]
+            self.model = SparseGPModel(torch.zeros_like(inducing))
+            self.likelihood = sparse_likelihood(inducing.dtype)
+            _load_sparse_state(self.model, self.likelihood, state)
+            for p in [*self.model.parameters(), *self.likelihood.parameters()]:
+                p.requires_grad_(False)
+            self.likelihood.eval()
+            self.model.eval()  # its caches are built by _check_loaded
+        else:
+            self.model = self._build_model(tensors["train_x"], tensors["train_y"])
+            self.model.load_state_dict(state)
+            self.likelihood = self.model.likelihood
+            self.model.eval()
         self.fit_info = dict(header.get("extra", {}).get("fit_info", {}))
 
     def _extra_header(self) -> dict[str, Any]:

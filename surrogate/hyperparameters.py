@@ -18,8 +18,13 @@ Beyond each value's own bounds, the memory a constructor allocates is capped: th
 implied by the hyperparameters may hold at most :data:`MAX_ELEMENTS` (`2^26`, 64 Mi, i.e.
 512 MiB in float64) elements. For the MLP kinds that is the parameter count of the
 `input_dim -> hidden... -> 1` network times ``num_heads``, plus the two `H x H` matrices of
-the UCB bonus (`H = hidden[-1]`); for the GP it is the `N x N` kernel matrix, the `N x k`
-training inputs and the `k x D` PCA components for `N = max_points`. Without ``input_dim``
+the UCB bonus (`H = hidden[-1]`); for the GP it is the `k x D` PCA components plus the larger
+of what its methods may allocate: the exact GP's `N x N` kernel matrix and `N x k` training
+inputs for `N = max_points` (methods ``"auto"`` and ``"exact"``, and the sparse GP's
+hyperparameter fit with ``objective="mll_subset"``), and the sparse GP's three `m x m`
+matrices (`q(u)` factor, `K_uu` and its factor), `m x k` inducing inputs and `batch_size x m`
+cross-covariance for `m = inducing_points` (``"auto"`` and ``"sparse"``; its memory does not
+grow with the data beyond the data itself). Without ``input_dim``
 (configs do not give it) the count uses ``input_dim = 1``, a lower bound; the full count is
 checked again when the surrogate is built with its ``input_dim`` (:func:`surrogate.make_surrogate`).
 
@@ -41,6 +46,7 @@ import torch
 
 from surrogate.base import _DTYPES
 from surrogate.bootstrap import OPTIMISM_MODES
+from surrogate.gp import GP_METHODS, GP_OBJECTIVES
 from surrogate.ucb import BONUS_COVARIANCES
 
 #: Cap on the number of tensor elements a surrogate's hyperparameters may imply (2^26).
@@ -107,10 +113,15 @@ HYPERPARAMETER_SPECS: dict[str, HyperparameterSpec] = {
     "max_epochs": _int(1, 100_000),
     "patience": _int(1, 100_000),
     "val_fraction": _float(0.0, 0.9),  # above 0.9 a 10-point split can leave no training row
+    "label_noise_std": _float(0.0, optional=True),  # known label-noise std (None: unknown), reward units
     # GP
     "pca_dim": _int(1, 4096, optional=True),
-    "max_points": _int(1, 8192),
+    "max_points": _int(1, 8192),  # the exact GP's size (method "auto": the exact/sparse switch)
     "max_iter": _int(1, 100_000),
+    "method": HyperparameterSpec("choice", choices=tuple(GP_METHODS)),
+    "inducing_points": _int(1, 4096),
+    "epochs": _int(0, 100_000),
+    "objective": HyperparameterSpec("choice", choices=tuple(GP_OBJECTIVES)),
 }
 
 
@@ -236,10 +247,16 @@ def _implied_elements(kind: str, values: Mapping[str, Any], defaults: Mapping[st
         count += 2 * sizes[-2] ** 2 if kind in ("ucb", "greedy") else 0  # the bonus's Gram matrix and factor
         return "hidden", count, f"input_dim={input_dim} and {heads} head(s)"
     if "max_points" in defaults:
-        points, pca_dim = int(get("max_points")), get("pca_dim")
+        points, pca_dim, method = int(get("max_points")), get("pca_dim"), get("method")
         k = input_dim if pca_dim is None else min(int(pca_dim), input_dim)
-        count = points * points + points * k + k * input_dim  # kernel matrix, inputs, PCA components
-        return "max_points", count, f"input_dim={input_dim} and pca_dim={pca_dim}"
+        exact = points * points + points * k  # kernel matrix, training inputs
+        inducing, batch = int(get("inducing_points")), int(get("batch_size"))
+        sparse = 3 * inducing * inducing + inducing * k + batch * inducing  # q(u) factor, K_uu and factor, Z, K_uf
+        exact_used = method != "sparse" or get("objective") == "mll_subset"  # the sparse GP's subset fit is exact
+        exact, sparse = (exact if exact_used else 0), (sparse if method != "exact" else 0)
+        field, count = ("max_points", exact) if exact >= sparse else ("inducing_points", sparse)  # one at a time
+        count += k * input_dim  # the PCA components
+        return field, count, f"input_dim={input_dim}, pca_dim={pca_dim} and method={method!r}"
     return "", 0, ""
 
 

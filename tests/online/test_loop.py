@@ -34,6 +34,12 @@ def test_three_rounds_write_everything_a_later_run_needs(make_config, accelerato
         assert set(row["seconds"]) >= {"sample", "query", "fit", "total"}
         assert 0 <= row["diversity"] <= 2
     assert rows[1]["surrogate_prediction_rmse"] is not None and 0 < rows[1]["ess_fraction"] <= 1
+    # the previous round's surrogate scored on this round's answers, every round after the first
+    assert rows[0]["calibration"] is None
+    for row in rows[1:]:
+        calibration = row["calibration"]
+        assert calibration["n"] == 4 and calibration["rmse"] == row["surrogate_prediction_rmse"]
+        assert all(0 <= calibration[f"coverage_{p}"] <= 1 for p in (50, 80, 95))
     for k in range(3):
         folder = run_dir / f"round_{k:04d}"
         assert {"COMPLETE", "surrogate.safetensors", "config.json", "rng.json", "metrics.json"} <= {p.name for p in folder.iterdir()}
@@ -167,3 +173,44 @@ def test_two_processes_split_prompts_and_write_once(tiny_model, tmp_path):
     data, prompts, _ = load_dataset(run_dir)
     assert data["features"].shape[0] == 5 + 3 and len(prompts) == 8
     assert done.stdout.count("Run directory:") == 1  # the summary is printed by the main process only
+
+
+def test_thompson_guidance_runs_a_round_of_the_embedded_world_with_one_draw_per_call(make_config, accelerator, monkeypatch):
+    from config.online_base import WORLD_MODEL
+    from surrogate import BootstrapEnsembleSurrogate
+
+    config = make_config(kind="bootstrap")
+    config.model.path = WORLD_MODEL  # the shipped world model, a few steps
+    config.smc.guidance = "thompson"
+    config.smc.prompts_per_call = 1  # round 1 asks 4 prompts: 4 sampler calls, 4 draws
+    config.loop.num_rounds = 2
+    heads = []
+    real = BootstrapEnsembleSurrogate.thompson
+
+    def spy(self, generator):
+        score = real(self, generator)
+        heads.append(score.head)
+        return score
+
+    monkeypatch.setattr(BootstrapEnsembleSurrogate, "thompson", spy)
+    run_dir = run_training(config, accelerator)
+    assert complete_rounds(run_dir) == [0, 1]
+    assert len(heads) == 4 and len(set(heads)) > 1  # a fresh posterior draw per call
+    first = list(heads)
+    heads.clear()
+    again = make_config(kind="bootstrap")
+    again.model.path, again.smc.guidance, again.smc.prompts_per_call, again.loop.num_rounds = WORLD_MODEL, "thompson", 1, 2
+    again.run_name = "again"
+    run_training(again, accelerator)
+    assert heads == first  # the draws are seeded from (seed, round, rank, call): a resume draws the same
+
+
+def test_thompson_guidance_is_refused_for_surrogates_without_a_posterior_draw(make_config):
+    import pytest
+
+    from online.validation import ConfigError, validate
+
+    config = make_config(kind="greedy")
+    config.smc.guidance = "thompson"
+    with pytest.raises(ConfigError, match="thompson"):
+        validate(config)

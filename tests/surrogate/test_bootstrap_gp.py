@@ -33,8 +33,12 @@ def test_bootstrap_heads_differ_and_match_explicit_loop(fitted):
     torch.testing.assert_close(batched, heads, rtol=1e-5, atol=1e-5)
     assert (heads[0] - heads[1]).abs().max() > 1e-3 and (heads[1] - heads[2]).abs().max() > 1e-3
     torch.testing.assert_close(mean, torch.stack([heads[m] for m in range(3)]).mean(0), rtol=1e-5, atol=1e-5)
-    explicit_std = torch.sqrt(sum((heads[m] - mean) ** 2 for m in range(3)) / (3 - 1))
+    spread_var = sum((heads[m] - mean) ** 2 for m in range(3)) / (3 - 1)
+    # the calibrated std: the head spread scaled, plus a constant part (both fitted on the validation split)
+    explicit_std = torch.sqrt(model.spread_scale**2 * spread_var + model.floor_std**2)
     torch.testing.assert_close(std, explicit_std, rtol=1e-4, atol=1e-5)
+    _, pred_std = model.posterior(x, observation_noise=True)
+    torch.testing.assert_close(pred_std, (explicit_std**2 + model.noise_std**2).sqrt(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model.optimistic(x), heads.max(0).values, rtol=1e-5, atol=1e-5)
 
 
@@ -123,13 +127,22 @@ def test_gp_gradients_through_pca_match_finite_differences():
     assert torch.autograd.gradcheck(lambda f: model.posterior(f), (q,), eps=1e-6, atol=1e-5)
 
 
-def test_gp_subsamples_beyond_max_points_with_a_warning():
+def test_exact_gp_subsamples_beyond_max_points_with_a_warning():
     x, y = toy_data(n=50)
-    model = GPSurrogate(D, pca_dim=None, max_points=20)
+    model = GPSurrogate(D, pca_dim=None, max_points=20, method="exact")
     with pytest.warns(UserWarning, match="random subset of 20 of the 50"):
         info = model.fit(x, y, generator=torch.Generator().manual_seed(0))
     assert info["n_fit"] == 20 and info["subsampled"] and model.n_data == 50
     assert model.model.train_inputs[0].shape == (20, D)
+
+
+def test_auto_gp_uses_every_point_beyond_max_points(recwarn):
+    x, y = toy_data(n=50)
+    model = GPSurrogate(D, pca_dim=None, max_points=20, inducing_points=16, epochs=2)
+    info = model.fit(x, y, generator=torch.Generator().manual_seed(0))
+    assert info["method"] == "sparse" and info["n_fit"] == 50 and not info["subsampled"] and model.n_data == 50
+    assert not [w for w in recwarn if "random subset" in str(w.message)]
+    assert GPSurrogate(D, pca_dim=None, max_points=50).fit(x, y, seed=0)["method"] == "exact"
 
 
 def test_bootstrap_gradients_match_finite_differences():

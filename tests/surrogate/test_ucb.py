@@ -76,7 +76,7 @@ def test_surrogate_bonus_uses_design_matrix_of_last_hidden_layer():
     a_inv = torch.linalg.inv(0.5 * torch.eye(phi.shape[1], dtype=torch.float64) + phi.T @ phi)
     q = torch.randn(5, D, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     phi_q = model.features(q)
-    width = model.fit_info["noise_std"] * torch.einsum("bi,ij,bj->b", phi_q, a_inv, phi_q).sqrt()
+    width = model.bonus.scale * torch.einsum("bi,ij,bj->b", phi_q, a_inv, phi_q).sqrt()  # calibrated scale
     mean, std = model.posterior(q)
     torch.testing.assert_close(std, width)
     torch.testing.assert_close(model.optimistic(q), mean + 2.0 * width)
