@@ -5,7 +5,8 @@ Kinds (``make_surrogate(kind, **kwargs)``):
 * ``"ucb"``: :class:`MLPUCBSurrogate`, MLP + last-layer UCB bonus `β·sqrt(φᵀA⁻¹φ)`
   (design matrix by default, the reference's normalized covariance as a switch);
 * ``"bootstrap"``: :class:`BootstrapEnsembleSurrogate`, M heads trained in one vectorized pass;
-* ``"gp"``: :class:`GPSurrogate`, botorch ``SingleTaskGP`` on PCA-reduced features;
+* ``"gp"``: :class:`GPSurrogate` on PCA-reduced features: botorch's exact ``SingleTaskGP`` up to
+  ``max_points`` answers, a sparse variational GP on every answer above (``method="auto"``);
 * ``"greedy"``: :class:`GreedyMLPSurrogate`, the MLP mean without optimism.
 
 Checkpoints are single safetensors files whose metadata carries the JSON header (see

@@ -45,16 +45,16 @@ What trains the sparse GP's kernel, noise and mean (``objective``):
 * ``"pll"``: everything by gpytorch's ``PredictiveLogLikelihood`` (PPGPR, Jankowiak et al.,
   2020).
 
-All three start `q(u)` at its closed-form optimum. The default is chosen on calibration,
-which the sampler's optimism relies on (``benchmarks/bench_gp.py``; 16-d function of
-``benchmarks/bench_surrogate.py``, 1024 train / 1024 test, truth in mean ± 2·std; 3-d smooth
-function, 400 train, noise std 0.1): the ELBO's hyperparameters explain what `m ≪ N` inducing
-points cannot fit as noise, so its epistemic std is too small on the hard function (0.68 to
-0.85 coverage); the PLL moves the noise into the latent std, which then no longer shrinks
-towards 0 with data (0.994 coverage of the smooth function with a median std equal to the
-noise std, 4 times the exact GP's); ``"mll_subset"`` behaves like the exact GP on both (0.97 on
-the 16-d function, 0.90 on the smooth one, where the exact GP gives 0.955 on 512 points,
-0.943 on all 1024, and 0.90) and has the lowest error of the three.
+All three start `q(u)` at its closed-form optimum. The default is chosen on calibration, which
+the sampler's optimism relies on (``benchmarks/results/gp.json``: the fraction of held-out
+points whose noiseless value lies in mean ± 2·std, nominal 0.954). On the 16-d function of
+``benchmarks/bench_surrogate.py`` (1024 train) the ELBO explains what the inducing points
+cannot fit as noise, so its epistemic std is too small, and more so the longer it trains (0.90
+after the default 20 epochs, 0.80 after 100); the PLL moves the noise into the latent std, which
+then stops shrinking with data (on a smooth 3-d function, 2048 train, noise std 0.1: median std
+0.15, above the noise's, coverage 1.0, RMSE 0.071); ``"mll_subset"`` behaves like the exact GP
+on both (0.97 and 0.93, the exact GP on 512 points 0.955 and 0.93) with the lowest error of the
+three (RMSE 0.405 and 0.015; ELBO 0.457 and 0.021; exact GP on 512 points 0.446 and 0.027).
 
 ``posterior`` is the GP posterior (exact: no LOVE / fast variances; sparse: `q(f)`);
 ``optimistic`` is mean + `β`·std.
@@ -62,7 +62,10 @@ the 16-d function, 0.90 on the smooth one, where the exact GP gives 0.955 on 512
 Sizes and times on this repo's shared 2-core CPU box: the exact fit on 768-d features reduced
 to 32 PCA dims took 9 s at N=256, 12 s at N=512, 30 s at N=1024 and 207 s at N=2048
 (``benchmarks/results/surrogate.json``, 1 thread, load average ~3), hence the default
-``max_points=512``; the sparse fit's times at N=4096 are in ``benchmarks/results/gp.json``.
+``max_points=512``. The sparse fit on all N=4096 such points (``benchmarks/results/gp.json``)
+took 6 s with 2 threads and 9.5 s with 1 on an otherwise idle box, but 53 to 69 s with 2
+threads while another job used the cores (1 thread: 9 to 16 s): with oversubscribed cores,
+OpenMP's spinning threads dominate; ``OMP_WAIT_POLICY=PASSIVE`` or 1 thread avoids that.
 """
 
 from __future__ import annotations
