@@ -232,10 +232,10 @@ def resume_config(config, overrides: dict | None = None):
             f"{', '.join(SAFE_TO_CHANGE_ON_RESUME)} may change), or start a new run."
         )
     resumed = ml_collections.ConfigDict(stored)
-    explicit = (
-        SAFE_TO_CHANGE_ON_RESUME if overrides is None else [f for f in SAFE_TO_CHANGE_ON_RESUME if f in overrides]
-    )
-    for field in explicit:
+    # a safe field is taken from the command line when given there, or when the run (from an
+    # older version of the tool) has no value for it
+    taken = [f for f in SAFE_TO_CHANGE_ON_RESUME if overrides is None or f in overrides or f not in kept]
+    for field in taken:
         _set(resumed, field, _get(config, field))
     resumed.resume_from = config.resume_from
     resumed.overwrite = False

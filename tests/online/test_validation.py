@@ -82,3 +82,23 @@ def test_the_entry_point_prints_one_line_and_exits_2():
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "num_particles" in lines[0], done.stderr
+
+
+def test_a_run_from_an_older_version_resumes_with_the_new_fields_defaulted(make_config, tmp_path):
+    import json
+
+    from online.validation import resume_config
+
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    stored = make_config().to_dict()
+    del stored["report"]  # a field this version added
+    stored["loop"]["num_rounds"] = 2
+    (run_dir / "config.json").write_text(json.dumps(stored))
+    config = make_config()
+    config.resume_from = str(run_dir)
+    resumed = resume_config(config, overrides={})
+    assert resumed.report is False and resumed.loop.num_rounds == 2  # the stored count, not the variant's 3
+    config.seed = 9
+    with pytest.raises(ConfigError, match="seed is 0 in its config.json but 9 here"):
+        resume_config(config, overrides={"seed": 9})
