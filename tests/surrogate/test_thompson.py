@@ -12,7 +12,9 @@ def fitted(kind: str):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 6, generator=g)
     y = torch.sin(x[:, 0]) + 0.1 * torch.randn(200, generator=g)
-    model = make_surrogate(kind, input_dim=6, hidden=(16, 8), max_epochs=30, **({"num_heads": 4} if kind == "bootstrap" else {}))
+    model = make_surrogate(
+        kind, input_dim=6, hidden=(16, 8), max_epochs=30, **({"num_heads": 4} if kind == "bootstrap" else {})
+    )
     model.fit(x, y, generator=torch.Generator().manual_seed(1))
     return model, torch.randn(5, 6, generator=g)
 
