@@ -265,8 +265,6 @@ def _plot_per_round(runs, path: Path, panels: list[tuple[str, object]], title: s
         ax.legend(fontsize=7)
     fig.suptitle(title)
     if not drawn:
-        import matplotlib.pyplot as plt
-
         plt.close(fig)
         return None
     return _save(fig, path)
