@@ -91,7 +91,7 @@ def build_surrogate(config, input_dim: int):
     from surrogate import make_surrogate
 
     kwargs = dict(config.surrogate.kwargs)
-    if config.surrogate.kind in ("ucb", "greedy", "bootstrap"):
+    if config.surrogate.kind in ("ucb", "greedy", "bootstrap", "gp"):
         # the loop knows the label noise it adds: the calibrated std then counts only the model's error
         kwargs.setdefault("label_noise_std", float(config.oracle.noise_std))
     return make_surrogate(config.surrogate.kind, input_dim=input_dim, **kwargs)

@@ -113,7 +113,7 @@ HYPERPARAMETER_SPECS: dict[str, HyperparameterSpec] = {
     "max_epochs": _int(1, 100_000),
     "patience": _int(1, 100_000),
     "val_fraction": _float(0.0, 0.9),  # above 0.9 a 10-point split can leave no training row
-    "label_noise_std": _float(0.0, optional=True),  # known label-noise std (None: unknown), reward units
+    "label_noise_std": _float(0.0, optional=True),  # known label-noise std (None: unknown), reward units; also GP
     # GP
     "pca_dim": _int(1, 4096, optional=True),
     "max_points": _int(1, 8192),  # the exact GP's size (method "auto": the exact/sparse switch)
