@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 D = 6
@@ -23,3 +25,48 @@ def small_kwargs(kind: str, dtype: str = "float32") -> dict:
     if kind == "gp":
         return dict(input_dim=D, pca_dim=4, dtype=dtype)
     raise ValueError(kind)
+
+
+# Edits of a checkpoint's (header, tensors) for the untrusted-checkpoint tests.
+Mutation = Callable[[dict, dict], None]
+
+
+def header_change(**changes) -> Mutation:
+    """Set hyperparameters in the header."""
+
+    def mutate(header: dict, tensors: dict) -> None:
+        header["hyperparameters"].update(changes)
+
+    return mutate
+
+
+def tensor_change(name: str, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Mutation:
+    """Replace tensor `name` by `fn(copy)`; None deletes it."""
+
+    def mutate(header: dict, tensors: dict) -> None:
+        value = fn(tensors[name].clone())
+        if value is None:
+            del tensors[name]
+        else:
+            tensors[name] = value
+
+    return mutate
+
+
+def tensor_added(name: str, value: torch.Tensor) -> Mutation:
+    """Add a tensor the kind does not expect."""
+
+    def mutate(header: dict, tensors: dict) -> None:
+        tensors[name] = value
+
+    return mutate
+
+
+def entry_set(index, value: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`t[index] = value` (for :func:`tensor_change`)."""
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        t[index] = value
+        return t
+
+    return fn

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from surrogate_helpers import (
+    Mutation,
+    entry_set,
+    header_change,
+    tensor_added,
+    tensor_change,
+)
 
 import surrogate.checkpoint as checkpoint_module
 from surrogate import (
@@ -233,105 +239,69 @@ def test_warm_start_crosses_from_exact_to_sparse_and_back():
     assert info["method"] == "exact" and info["warm_start"] and not model.sparse
 
 
-Mutation = Callable[[dict, dict], None]
-
-
-def _hp(**changes) -> Mutation:
-    def mutate(header: dict, tensors: dict) -> None:
-        header["hyperparameters"].update(changes)
-
-    return mutate
-
-
-def _tensor(name: str, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Mutation:
-    def mutate(header: dict, tensors: dict) -> None:
-        value = fn(tensors[name].clone())
-        if value is None:
-            del tensors[name]
-        else:
-            tensors[name] = value
-
-    return mutate
-
-
-def _add(name: str, value: torch.Tensor) -> Mutation:
-    def mutate(header: dict, tensors: dict) -> None:
-        tensors[name] = value
-
-    return mutate
-
-
-def _set(index, value: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    def fn(t: torch.Tensor) -> torch.Tensor:
-        t[index] = value
-        return t
-
-    return fn
-
-
 PRIOR_SCALE = "gp.covar_module.lengthscale_prior._buffered_scale"
 # (id, mutation, stage, message pattern); stage as in test_untrusted_checkpoints.py.
 BAD_SPARSE = [
     (
         "bad-method",
-        _hp(method="svgp"),
+        header_change(method="svgp"),
         "header",
         r"hyperparameters\.method must be one of \['auto', 'exact', 'sparse'\]",
     ),
-    ("bad-objective", _hp(objective="fitc"), "header", r"hyperparameters\.objective must be one of \["),
+    ("bad-objective", header_change(objective="fitc"), "header", r"hyperparameters\.objective must be one of \["),
     (
         "huge-inducing-points",
-        _hp(inducing_points=10**6),
+        header_change(inducing_points=10**6),
         "header",
         r"hyperparameters\.inducing_points must be an integer in \[1, 4096\], got 1000000\.",
     ),
-    ("negative-epochs", _hp(epochs=-1), "header", r"hyperparameters\.epochs must be an integer in \[0, 100000\]"),
+    ("negative-epochs", header_change(epochs=-1), "header", r"hyperparameters\.epochs must be an integer in \[0, 100000\]"),
     (
         "more-inducing-points-than-allowed",
-        _hp(inducing_points=16),
+        header_change(inducing_points=16),
         "table",
         r"tensor 'gp\.variational_strategy\.inducing_points' has shape \(32, 3\) but its header implies \S+ \(16, 3\)",
     ),
     (
         "q-covariance-wrong-shape",
-        _tensor(Q_CHOL, lambda t: torch.zeros(31, 31, dtype=torch.float64)),
+        tensor_change(Q_CHOL, lambda t: torch.zeros(31, 31, dtype=torch.float64)),
         "table",
         (
             r"tensor 'gp\.variational_strategy\._variational_distribution\.chol_variational_covar' has shape "
             r"\(31, 31\) but its header implies shape \(32, 32\)"
         ),
     ),
-    ("missing-q-mean", _tensor(Q_MEAN, lambda t: None), "table", r"lacks tensor 'gp\.variational_strategy\._var"),
+    ("missing-q-mean", tensor_change(Q_MEAN, lambda t: None), "table", r"lacks tensor 'gp\.variational_strategy\._var"),
     (
         "training-data-in-a-sparse-checkpoint",
-        _add("train_x", torch.zeros(10, D, dtype=torch.float64)),
+        tensor_added("train_x", torch.zeros(10, D, dtype=torch.float64)),
         "table",
         r"holds an unexpected tensor 'train_x'",
     ),
     (
         "header-says-exact",
-        _hp(method="exact"),
+        header_change(method="exact"),
         "table",
         r"lacks tensor 'train_x' \(expected F64 of shape \(100, 3\)\)",
     ),
-    ("nan-q-mean", _tensor(Q_MEAN, _set(3, math.nan)), "values", r"non-finite values in tensor 'gp\.variational_"),
-    ("inf-inducing-point", _tensor(INDUCING, _set((0, 1), math.inf)), "values", r"non-finite values in tensor 'gp\."),
+    ("nan-q-mean", tensor_change(Q_MEAN, entry_set(3, math.nan)), "values", r"non-finite values in tensor 'gp\.variational_"),
+    ("inf-inducing-point", tensor_change(INDUCING, entry_set((0, 1), math.inf)), "values", r"non-finite values in tensor 'gp\."),
     (
         "uninitialized-flag",
-        _tensor("gp.variational_strategy.variational_params_initialized", lambda t: torch.zeros_like(t)),
+        tensor_change("gp.variational_strategy.variational_params_initialized", lambda t: torch.zeros_like(t)),
         "values",
         r"tensor 'gp\.variational_strategy\.variational_params_initialized' differs from the fixed value \[?1\]?",
     ),
     (
         "unwhitened-flag",
-        _tensor("gp.variational_strategy.updated_strategy", lambda t: torch.zeros_like(t)),
+        tensor_change("gp.variational_strategy.updated_strategy", lambda t: torch.zeros_like(t)),
         "values",
         r"tensor 'gp\.variational_strategy\.updated_strategy' differs from the fixed value",
     ),
-    ("changed-prior", _tensor(PRIOR_SCALE, lambda t: t * 0), "values", r"'gp\.covar_module\.lengthscale_prior\._b"),
+    ("changed-prior", tensor_change(PRIOR_SCALE, lambda t: t * 0), "values", r"'gp\.covar_module\.lengthscale_prior\._b"),
     (
         "overflowing-q-mean",
-        _tensor(Q_MEAN, lambda t: torch.full_like(t, 1e308)),
+        tensor_change(Q_MEAN, lambda t: torch.full_like(t, 1e308)),
         "values",
         r"gives the sparse GP inducing points or a variational distribution without finite predictions",
     ),

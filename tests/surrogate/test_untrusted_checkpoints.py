@@ -19,6 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from surrogate_helpers import (
+    Mutation,
+    entry_set,
+    header_change,
+    tensor_added,
+    tensor_change,
+)
 
 import surrogate.checkpoint as checkpoint_module
 from surrogate import (
@@ -33,7 +40,11 @@ from surrogate import (
 )
 from surrogate.base import Surrogate
 from surrogate.checkpoint import save_checkpoint
-from surrogate.hyperparameters import HYPERPARAMETER_SPECS, MAX_ELEMENTS, hyperparameter_names
+from surrogate.hyperparameters import (
+    HYPERPARAMETER_SPECS,
+    MAX_ELEMENTS,
+    hyperparameter_names,
+)
 
 D = 8
 KINDS = ("ucb", "greedy", "bootstrap", "gp")
@@ -68,47 +79,11 @@ def saved(tmp_path_factory) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------------------- bad checkpoints
-Mutation = Callable[[dict, dict], None]
-
-
-def _hp(**changes) -> Mutation:
-    def mutate(header: dict, tensors: dict) -> None:
-        header["hyperparameters"].update(changes)
-
-    return mutate
-
-
 def _field(**changes) -> Mutation:
     def mutate(header: dict, tensors: dict) -> None:
         header.update(changes)
 
     return mutate
-
-
-def _tensor(name: str, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Mutation:
-    def mutate(header: dict, tensors: dict) -> None:
-        value = fn(tensors[name].clone())
-        if value is None:
-            del tensors[name]
-        else:
-            tensors[name] = value
-
-    return mutate
-
-
-def _add(name: str, value: torch.Tensor) -> Mutation:
-    def mutate(header: dict, tensors: dict) -> None:
-        tensors[name] = value
-
-    return mutate
-
-
-def _set(index, value: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    def fn(t: torch.Tensor) -> torch.Tensor:
-        t[index] = value
-        return t
-
-    return fn
 
 
 # (id, kind, mutation, stage, message pattern); stage "header": refused before any model is built,
@@ -117,7 +92,7 @@ BAD_CASES = [
     (
         "huge-hidden",
         "ucb",
-        _hp(hidden=[2_000_000_000]),
+        header_change(hidden=[2_000_000_000]),
         "header",
         r"hyperparameters\.hidden must be a non-empty list of at most 64 integers in \[1, 16384\], "
         r"got \[2000000000\]\.",
@@ -125,50 +100,50 @@ BAD_CASES = [
     (
         "too-many-parameters",
         "bootstrap",
-        _hp(hidden=[16384, 16384, 16384]),
+        header_change(hidden=[16384, 16384, 16384]),
         "header",
         r"hyperparameters\.hidden implies [\d,]+ tensor elements for input_dim=8 and 3 head\(s\), over the cap",
     ),
     (
         "unknown-hyperparameter",
         "ucb",
-        _hp(ridge=0.1),
+        header_change(ridge=0.1),
         "header",
         r"hyperparameters\.ridge is not a hyperparameter of the 'ucb' surrogate; valid names: \['batch_size', ",
     ),
     (
         "wrong-type",
         "ucb",
-        _hp(max_epochs="5"),
+        header_change(max_epochs="5"),
         "header",
         r"hyperparameters\.max_epochs must be an integer in \[1, 100000\], got '5'\.",
     ),
     (
         "bool-for-int",
         "bootstrap",
-        _hp(batch_size=True),
+        header_change(batch_size=True),
         "header",
         r"hyperparameters\.batch_size must be an integer .*got True\.",
     ),
     (
         "nan-hyperparameter",
         "ucb",
-        _hp(beta=math.nan),
+        header_change(beta=math.nan),
         "header",
         r"hyperparameters\.beta must be a finite number >= 0, got nan\.",
     ),
     (
         "inf-hyperparameter",
         "gp",
-        _hp(beta=math.inf),
+        header_change(beta=math.inf),
         "header",
         r"hyperparameters\.beta must be a finite number >= 0, got inf\.",
     ),
-    ("greedy-beta", "greedy", _hp(beta=0.5), "header", r"hyperparameters\.beta must be 0 for the 'greedy' surrogate"),
+    ("greedy-beta", "greedy", header_change(beta=0.5), "header", r"hyperparameters\.beta must be 0 for the 'greedy' surrogate"),
     (
         "huge-max-points",
         "gp",
-        _hp(max_points=10**9),
+        header_change(max_points=10**9),
         "header",
         r"hyperparameters\.max_points must be an integer in \[1, 8192\]",
     ),
@@ -196,7 +171,7 @@ BAD_CASES = [
     (
         "input-dim-disagrees",
         "bootstrap",
-        _hp(input_dim=9),
+        header_change(input_dim=9),
         "header",
         r"hyperparameters\.input_dim is 9 but the header's input_dim is 8",
     ),
@@ -210,85 +185,85 @@ BAD_CASES = [
     (
         "wrong-shape",
         "ucb",
-        _tensor("net.weights.0", lambda t: torch.zeros(1, D, 15)),
+        tensor_change("net.weights.0", lambda t: torch.zeros(1, D, 15)),
         "table",
         r"tensor 'net\.weights\.0' has shape \(1, 8, 15\) but its header implies shape \(1, 8, 16\)",
     ),
     (
         "missing-tensor",
         "ucb",
-        _tensor("bonus.chol", lambda t: None),
+        tensor_change("bonus.chol", lambda t: None),
         "table",
         r"lacks tensor 'bonus\.chol' \(expected F32 of shape \(8, 8\)\)",
     ),
     (
         "extra-tensor",
         "bootstrap",
-        _add("payload", torch.zeros(3)),
+        tensor_added("payload", torch.zeros(3)),
         "table",
         r"holds an unexpected tensor 'payload' \(F32 of shape \(3,\)\)",
     ),
     (
         "wrong-dtype",
         "greedy",
-        _tensor("x_norm.mean", lambda t: t.double()),
+        tensor_change("x_norm.mean", lambda t: t.double()),
         "table",
         r"tensor 'x_norm\.mean' has dtype F64 but its header implies F32",
     ),
     (
         "gp-more-points-than-max-points",
         "gp",
-        _hp(max_points=20),
+        header_change(max_points=20),
         "table",
         r"tensor 'train_x' holds 60 training points, more than its hyperparameters' max_points=20",
     ),
     (
         "gp-pca-wider-than-pca-dim",
         "gp",
-        _tensor("pca.components", lambda t: torch.zeros(6, D, dtype=torch.float64)),
+        tensor_change("pca.components", lambda t: torch.zeros(6, D, dtype=torch.float64)),
         "table",
         r"tensor 'pca\.components' has shape \(6, 8\) but its header implies shape \(4, 8\)",
     ),
     (
         "nan-weight",
         "bootstrap",
-        _tensor("net.weights.1", _set((1, 2, 3), math.nan)),
+        tensor_change("net.weights.1", entry_set((1, 2, 3), math.nan)),
         "values",
         r"holds non-finite values in tensor 'net\.weights\.1'",
     ),
     (
         "inf-in-gram",
         "ucb",
-        _tensor("bonus.gram", _set((0, 0), math.inf)),
+        tensor_change("bonus.gram", entry_set((0, 0), math.inf)),
         "values",
         r"holds non-finite values in tensor 'bonus\.gram'",
     ),
-    ("nan-gp-target", "gp", _tensor("train_y", _set(5, math.nan)), "values", r"non-finite values in tensor 'train_y'"),
+    ("nan-gp-target", "gp", tensor_change("train_y", entry_set(5, math.nan)), "values", r"non-finite values in tensor 'train_y'"),
     (
         "zero-std",
         "ucb",
-        _tensor("y_norm.std", lambda t: torch.zeros_like(t)),
+        tensor_change("y_norm.std", lambda t: torch.zeros_like(t)),
         "values",
         r"tensor 'y_norm\.std' must be positive",
     ),
     (
         "chol-not-triangular",
         "ucb",
-        _tensor("bonus.chol", lambda t: t + 1.0),
+        tensor_change("bonus.chol", lambda t: t + 1.0),
         "values",
         r"'bonus\.chol' is not a lower-triangular",
     ),
     (
         "chol-not-the-factor",
         "ucb",
-        _tensor("bonus.chol", lambda t: t * 3.0),
+        tensor_change("bonus.chol", lambda t: t * 3.0),
         "values",
         r"'bonus\.chol' is not the Cholesky factor",
     ),
     (
         "gp-constraint-bound",
         "gp",
-        _tensor("gp.likelihood.noise_covar.raw_noise_constraint.upper_bound", lambda t: t * 0 + 1.0),
+        tensor_change("gp.likelihood.noise_covar.raw_noise_constraint.upper_bound", lambda t: t * 0 + 1.0),
         "values",
         r"tensor 'gp\.likelihood\.noise_covar\.raw_noise_constraint\.upper_bound' differs from the fixed value",
     ),
