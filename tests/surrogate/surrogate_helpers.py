@@ -70,3 +70,21 @@ def entry_set(index, value: float) -> Callable[[torch.Tensor], torch.Tensor]:
         return t
 
     return fn
+
+
+def outputs(model, queries: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Mean, std, optimistic score and its gradient for each query batch (to compare bit for bit)."""
+    out = []
+    for q in queries:
+        f = q.clone().requires_grad_(True)
+        mean, std = model.posterior(f)
+        optimistic = model.optimistic(f)
+        (grad,) = torch.autograd.grad(optimistic.sum(), f)
+        out += [mean.detach(), std.detach(), optimistic.detach(), grad]
+    return out
+
+
+def assert_identical(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    assert len(a) == len(b)
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert x.shape == y.shape and torch.equal(x, y), f"output {i} differs (max {float((x - y).abs().max())})"

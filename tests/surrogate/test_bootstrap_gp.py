@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from surrogate_helpers import D, SMALL_MLP, small_kwargs, toy_data
+from surrogate_helpers import SMALL_MLP, D, small_kwargs, toy_data
 
 from surrogate import BootstrapEnsembleSurrogate, GPSurrogate, make_surrogate
 

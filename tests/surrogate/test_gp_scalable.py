@@ -16,8 +16,10 @@ import torch
 from safetensors.torch import load_file
 from surrogate_helpers import (
     Mutation,
+    assert_identical,
     entry_set,
     header_change,
+    outputs,
     tensor_added,
     tensor_change,
 )
@@ -51,23 +53,6 @@ def smooth(n: int, seed: int, dtype: torch.dtype = torch.float64) -> tuple[torch
     f = torch.sin(3 * x[:, 0]) + x[:, 1] ** 2 - 0.5 * x[:, 2]
     y = f + NOISE * torch.randn(n, generator=g, dtype=torch.float64)
     return x.to(dtype), f.to(dtype), y.to(dtype)
-
-
-def _outputs(model: GPSurrogate, queries: list[torch.Tensor]) -> list[torch.Tensor]:
-    out = []
-    for q in queries:
-        f = q.clone().requires_grad_(True)
-        mean, std = model.posterior(f)
-        optimistic = model.optimistic(f)
-        (grad,) = torch.autograd.grad(optimistic.sum(), f)
-        out += [mean.detach(), std.detach(), optimistic.detach(), grad]
-    return out
-
-
-def _assert_identical(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
-    assert len(a) == len(b)
-    for i, (x, y) in enumerate(zip(a, b)):
-        assert x.shape == y.shape and torch.equal(x, y), f"output {i} differs (max {float((x - y).abs().max())})"
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +172,7 @@ def test_sparse_fit_is_deterministic_given_the_generator():
         model.fit(x, y, generator=torch.Generator().manual_seed(seed))
         states.append(model._state_tensors())
     assert states[0].keys() == states[1].keys()
-    _assert_identical([states[0][k] for k in sorted(states[0])], [states[1][k] for k in sorted(states[1])])
+    assert_identical([states[0][k] for k in sorted(states[0])], [states[1][k] for k in sorted(states[1])])
     assert not torch.equal(states[0][INDUCING], states[2][INDUCING])  # another generator, other inducing points
 
 
@@ -213,7 +198,7 @@ def test_sparse_checkpoint_round_trips_bit_exactly_and_warm_starts_identically(t
     assert all(t.is_contiguous() for t in model._state_tensors().values())
     g = torch.Generator().manual_seed(4)
     queries = [torch.rand(*shape, generator=g) * 2 - 1 for shape in [(31, dim), (1, dim), (2, 3, dim)]]
-    _assert_identical(_outputs(model, queries), _outputs(loaded, queries))
+    assert_identical(outputs(model, queries), outputs(loaded, queries))
 
     x_new, _, y_new = smooth(40, seed=5, dtype=torch.float32)
     x_all, y_all = torch.cat([x, x_new]) @ lift, torch.cat([y, y_new])
@@ -222,8 +207,8 @@ def test_sparse_checkpoint_round_trips_bit_exactly_and_warm_starts_identically(t
         assert info["warm_start"] and info["n_fit"] == 190
     a, b = model._state_tensors(), loaded._state_tensors()
     assert a.keys() == b.keys()
-    _assert_identical([a[k] for k in sorted(a)], [b[k] for k in sorted(b)])
-    _assert_identical(_outputs(model, queries), _outputs(loaded, queries))
+    assert_identical([a[k] for k in sorted(a)], [b[k] for k in sorted(b)])
+    assert_identical(outputs(model, queries), outputs(loaded, queries))
 
 
 def test_warm_start_crosses_from_exact_to_sparse_and_back():
@@ -350,7 +335,7 @@ def test_checkpoint_from_before_the_sparse_gp_loads_as_the_exact_gp(tmp_path):
     loaded = load_surrogate(path)
     assert not loaded.sparse and loaded.method == "auto" and loaded.n_data == 150
     queries = [torch.rand(7, D, generator=torch.Generator().manual_seed(3))]
-    _assert_identical(_outputs(model, queries), _outputs(loaded, queries))
+    assert_identical(outputs(model, queries), outputs(loaded, queries))
 
 
 # ----------------------------------------------------------------------------- hyperparameters

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from surrogate_helpers import SMALL_MLP, D, toy_data
 
 from surrogate import GreedyMLPSurrogate, MLPUCBSurrogate, UCBBonus
 from surrogate.mlp import BatchedMLP, fit_batched_mlp
-
-from surrogate_helpers import D, SMALL_MLP, toy_data
 
 
 def _phi(n: int, h: int = 5, seed: int = 0) -> torch.Tensor:

@@ -21,8 +21,10 @@ import torch
 from safetensors.torch import load_file
 from surrogate_helpers import (
     Mutation,
+    assert_identical,
     entry_set,
     header_change,
+    outputs,
     tensor_added,
     tensor_change,
 )
@@ -497,23 +499,6 @@ def test_greedy_no_longer_drops_beta_and_make_surrogate_checks():
 QUERIES = [(31, D), (1, D), (2, 3, D)]  # one row takes another LAPACK path in the UCB solve
 
 
-def _outputs(model: Surrogate, queries: list[torch.Tensor]) -> list[torch.Tensor]:
-    out = []
-    for q in queries:
-        f = q.clone().requires_grad_(True)
-        mean, std = model.posterior(f)
-        optimistic = model.optimistic(f)
-        (grad,) = torch.autograd.grad(optimistic.sum(), f)
-        out += [mean.detach(), std.detach(), optimistic.detach(), grad]
-    return out
-
-
-def _assert_identical(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
-    assert len(a) == len(b)
-    for i, (x, y) in enumerate(zip(a, b)):
-        assert x.shape == y.shape and torch.equal(x, y), f"output {i} differs (max {float((x - y).abs().max())})"
-
-
 @pytest.mark.filterwarnings("ignore:Data \\(input features\\) is not contained to the unit cube")  # the warm GP refit
 @pytest.mark.parametrize("kind", KINDS)
 def test_loaded_surrogate_is_bit_identical_and_warm_starts_identically(kind, tmp_path):
@@ -525,7 +510,7 @@ def test_loaded_surrogate_is_bit_identical_and_warm_starts_identically(kind, tmp
     state = model._state_tensors()
     assert all(t.is_contiguous() for t in state.values()), [n for n, t in state.items() if not t.is_contiguous()]
     loaded = load_surrogate(model.save(tmp_path / "m.safetensors"))
-    _assert_identical(_outputs(model, queries), _outputs(loaded, queries))
+    assert_identical(outputs(model, queries), outputs(loaded, queries))
 
     x_new, y_new = _data(20, seed=5)
     x_all, y_all = torch.cat([x, x_new]), torch.cat([y, y_new])
@@ -534,5 +519,5 @@ def test_loaded_surrogate_is_bit_identical_and_warm_starts_identically(kind, tmp
         assert m.fit_info["warm_start"]
     a, b = model._state_tensors(), loaded._state_tensors()
     assert a.keys() == b.keys()
-    _assert_identical([a[k] for k in sorted(a)], [b[k] for k in sorted(b)])
-    _assert_identical(_outputs(model, queries), _outputs(loaded, queries))
+    assert_identical([a[k] for k in sorted(a)], [b[k] for k in sorted(b)])
+    assert_identical(outputs(model, queries), outputs(loaded, queries))
