@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -88,3 +90,15 @@ def assert_identical(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
     assert len(a) == len(b)
     for i, (x, y) in enumerate(zip(a, b)):
         assert x.shape == y.shape and torch.equal(x, y), f"output {i} differs (max {float((x - y).abs().max())})"
+
+
+def craft_checkpoint(source: Path, target: Path, mutate: Mutation) -> Path:
+    """Rewrite our own good checkpoint ``source`` with ``mutate(header, tensors)`` applied."""
+    from safetensors.torch import load_file
+
+    from surrogate.checkpoint import read_header, save_checkpoint
+
+    header = copy.deepcopy(read_header(source))
+    tensors = load_file(str(source))
+    mutate(header, tensors)
+    return save_checkpoint(target, tensors, {k: v for k, v in header.items() if k not in ("format", "version")})

@@ -7,16 +7,14 @@ The problems are small (a few hundred points, 3-d) with ``max_points`` lowered s
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from surrogate_helpers import (
-    Mutation,
     assert_identical,
+    craft_checkpoint,
     entry_set,
     header_change,
     outputs,
@@ -31,10 +29,8 @@ from surrogate import (
     SurrogateCheckpointError,
     check_hyperparameters,
     load_surrogate,
-    read_header,
 )
 from surrogate.base import Surrogate
-from surrogate.checkpoint import save_checkpoint
 from surrogate.gp import SparseGPModel
 
 D = 3
@@ -293,18 +289,11 @@ BAD_SPARSE = [
 ]
 
 
-def _craft(source: Path, target: Path, mutate: Mutation) -> Path:
-    header = copy.deepcopy(read_header(source))
-    tensors = load_file(str(source))
-    mutate(header, tensors)
-    return save_checkpoint(target, tensors, {k: v for k, v in header.items() if k not in ("format", "version")})
-
-
 @pytest.mark.parametrize(("mutate", "stage", "pattern"), [c[1:] for c in BAD_SPARSE], ids=[c[0] for c in BAD_SPARSE])
 def test_bad_sparse_checkpoint_is_refused_at_the_earliest_stage(
     sparse_checkpoint, tmp_path, monkeypatch, mutate, stage, pattern
 ):
-    path = _craft(sparse_checkpoint, tmp_path / "bad.safetensors", mutate)
+    path = craft_checkpoint(sparse_checkpoint, tmp_path / "bad.safetensors", mutate)
 
     def forbidden(*args, **kwargs):
         raise AssertionError(f"a refused checkpoint got past the {stage!r} stage")
@@ -331,7 +320,7 @@ def test_checkpoint_from_before_the_sparse_gp_loads_as_the_exact_gp(tmp_path):
         for name in ("method", "inducing_points", "epochs", "batch_size", "lr", "objective"):
             del header["hyperparameters"][name]
 
-    path = _craft(model.save(tmp_path / "new.safetensors"), tmp_path / "old.safetensors", legacy)
+    path = craft_checkpoint(model.save(tmp_path / "new.safetensors"), tmp_path / "old.safetensors", legacy)
     loaded = load_surrogate(path)
     assert not loaded.sparse and loaded.method == "auto" and loaded.n_data == 150
     queries = [torch.rand(7, D, generator=torch.Generator().manual_seed(3))]

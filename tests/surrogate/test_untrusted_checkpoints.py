@@ -8,7 +8,6 @@ table problems before any tensor is read, value problems after loading.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import math
@@ -18,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from surrogate_helpers import (
     Mutation,
     assert_identical,
+    craft_checkpoint,
     entry_set,
     header_change,
     outputs,
@@ -41,7 +40,6 @@ from surrogate import (
     read_header,
 )
 from surrogate.base import Surrogate
-from surrogate.checkpoint import save_checkpoint
 from surrogate.hyperparameters import (
     HYPERPARAMETER_SPECS,
     MAX_ELEMENTS,
@@ -272,19 +270,11 @@ BAD_CASES = [
 ]
 
 
-def _craft(source: Path, target: Path, mutate: Mutation) -> Path:
-    """Rewrite our own good checkpoint ``source`` with ``mutate(header, tensors)`` applied."""
-    header = copy.deepcopy(read_header(source))
-    tensors = load_file(str(source))
-    mutate(header, tensors)
-    return save_checkpoint(target, tensors, {k: v for k, v in header.items() if k not in ("format", "version")})
-
-
 @pytest.mark.parametrize(
     ("kind", "mutate", "stage", "pattern"), [c[1:] for c in BAD_CASES], ids=[c[0] for c in BAD_CASES]
 )
 def test_bad_checkpoint_is_refused_at_the_earliest_stage(saved, tmp_path, monkeypatch, kind, mutate, stage, pattern):
-    path = _craft(saved[kind], tmp_path / "bad.safetensors", mutate)
+    path = craft_checkpoint(saved[kind], tmp_path / "bad.safetensors", mutate)
 
     def forbidden(*args, **kwargs):
         raise AssertionError(f"a refused checkpoint got past the {stage!r} stage")
