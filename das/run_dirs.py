@@ -60,15 +60,6 @@ def read_marker(path: Path) -> dict | None:
     return payload if isinstance(payload, dict) and payload.get("tool") == TOOL else None
 
 
-def is_run(path: Path, kind: str) -> bool:
-    """Whether `path` is a real directory carrying this project's marker for a run of `kind`."""
-    path = Path(path)
-    if path.is_symlink() or not path.is_dir():
-        return False
-    marker = read_marker(path)
-    return marker is not None and marker.get("kind") == kind
-
-
 def write_marker(path: Path, kind: str) -> None:
     """Marks `path` as a run of `kind` (written atomically)."""
     payload = {"tool": TOOL, "kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid()}
@@ -220,7 +211,6 @@ __all__ = [
     "check_run_name",
     "clean_temp_files",
     "empty_run_directory",
-    "is_run",
     "read_marker",
     "write_marker",
 ]
