@@ -8,8 +8,16 @@ Each method file picks a surrogate and calls :func:`online_config` with a varian
   CFG 7.5, SSP at ESS < 0.5·K, exponential tempering γ = 0.008, α = 0.005 / 0.1).
 * ``evaluate``: load ``reward_model_path`` (a round checkpoint) and sample the evaluation
   prompts with DAS guided by the surrogate mean, scored by the true oracle.
-* ``tiny_jpeg`` / ``tiny_colorfulness`` / ``tiny_multi`` / ``tiny_evaluate``: the embedded
-  world (``checkpoints/pretrained/shapes32``), small enough for a laptop CPU.
+* ``tiny_jpeg`` / ``tiny_colorfulness`` / ``tiny_rare`` / ``tiny_multi`` / ``tiny_evaluate``:
+  the embedded world (``checkpoints/pretrained/shapes32``), small enough for a laptop CPU;
+  ``tiny_rare`` is the task where exploration matters (its best images are rare under the
+  pretrained model, ``das/world/oracles.py``).
+
+Reference points for comparisons (``benchmarks/bench_online.py``) are overrides of any
+method's config: ``--config.smc.guidance=none`` (pretrained samples every round),
+``--config.smc.guidance=oracle`` (the ceiling: DAS guided by the true oracle) and
+non-adaptive (``--config.loop.num_rounds=2`` with the whole budget but one batch in
+``--config.loop.initial_queries``).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ CLIP_MODEL = "openai/clip-vit-large-patch14"
 AESTHETIC_MLP = "checkpoints/aesthetic/sac+logos+ava1-l14-linearMSE.pth"
 WORLD_MODEL = "checkpoints/pretrained/shapes32"
 
-VARIANTS = ("aesthetic", "jpeg", "evaluate", "tiny_jpeg", "tiny_colorfulness", "tiny_multi", "tiny_evaluate")
+VARIANTS = ("aesthetic", "jpeg", "evaluate", "tiny_jpeg", "tiny_colorfulness", "tiny_rare", "tiny_multi", "tiny_evaluate")
 
 
 def _surrogate(kind: str) -> ml_collections.ConfigDict:
@@ -62,7 +70,7 @@ def _smc() -> ml_collections.ConfigDict:
     del smc.selection
     smc.tempering_start = 0
     smc.prompts_per_call = 16  # prompts (each with K particles) per sampler call
-    smc.guidance = "optimistic"  # optimistic (mean + bonus) | mean
+    smc.guidance = "optimistic"  # optimistic (mean + bonus) | mean | thompson | none (pretrained) | oracle (ceiling)
     return smc
 
 
@@ -80,6 +88,7 @@ def _base(surrogate_kind: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.mode = "train"  # train | evaluate
     c.run_name = "online"
+    c.method = ""  # the method's name in comparisons (online.analysis); "": from surrogate.kind and smc.guidance
     c.output_dir = "runs"
     c.overwrite = False
     c.resume_from = ""  # a run directory to continue after its last complete round
@@ -100,7 +109,7 @@ def _base(surrogate_kind: str) -> ml_collections.ConfigDict:
     c.featurizer.path = CLIP_MODEL
 
     c.oracle = ml_collections.ConfigDict()
-    c.oracle.kind = "aesthetic"  # aesthetic | jpeg | colorfulness | multi | external
+    c.oracle.kind = "aesthetic"  # aesthetic | jpeg | colorfulness | rare | multi | external
     c.oracle.noise_std = 0.1  # label noise added to each answer, as in the reference
     c.oracle.clip_model = CLIP_MODEL
     c.oracle.mlp_path = AESTHETIC_MLP
@@ -126,11 +135,12 @@ def _base(surrogate_kind: str) -> ml_collections.ConfigDict:
     return c
 
 
-# Embedded world: the label noise of JPEG and colourfulness is the world's own
-# (das.world.ORACLE_NOISE_STD, a tenth of each oracle's spread over the model's samples);
+# Embedded world: the label noise of JPEG, colourfulness and the rare-colour oracle is the
+# world's own (das.world.ORACLE_NOISE_STD, a tenth of each oracle's spread over the model's
+# samples); α (kl_coeff) is of the same size;
 # the multi-objective oracle sums the two divided by their spreads, with weight ½ each.
 WORLD_SCALES = {"jpeg": 0.2, "colorfulness": 50.0}
-WORLD_KL_COEFF = {"jpeg": 0.02, "colorfulness": 5.0, "multi": 0.1}
+WORLD_KL_COEFF = {"jpeg": 0.02, "colorfulness": 5.0, "rare": 0.03, "multi": 0.1}
 
 
 def _tiny(c: ml_collections.ConfigDict, oracle: str) -> ml_collections.ConfigDict:

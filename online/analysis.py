@@ -9,13 +9,16 @@ names) and by seed, and writes into ``--out``:
 * ``reward_vs_queries.png``: the true reward of each round's batch against the queries
   spent, mean and 95% interval over seeds per method, with the best true reward found so far;
 * ``diversity.png``, ``sampler.png`` (ESS fraction and log-normalizer per round);
+* per-round figures (the next three) show the mean over seeds per method, one column per oracle;
 * ``overoptimization.png``: what the previous round's surrogate predicted for each queried
   batch against its true reward (a growing gap is reward hacking of the surrogate);
 * ``calibration.png``: coverage of each round's true rewards by the previous round's
   surrogate intervals at 50/80/95%, and the rank correlation;
 * ``cross_reward.png``: the cheap oracles the run did not optimize (JPEG size,
-  colourfulness), measured on the queried images, to show what optimization costs elsewhere;
-* ``grid_<run>.png``: the queried images of the first, middle and last rounds of each run;
+  colourfulness, rare colour), measured on the queried images, to show what optimization
+  costs elsewhere;
+* ``grid_<run>.png``: the queried images of the first, middle and last rounds of the
+  lowest seed of each (oracle, method);
 * ``summary.csv`` and ``summary.md``: one row per (oracle, method);
 * ``report.html``: all of the above in one file, images embedded, that opens offline.
 
@@ -41,7 +44,8 @@ import numpy as np
 import torch
 
 METHOD_NAMES = {"ucb": "UCB", "bootstrap": "Bootstrap", "gp": "GP", "greedy": "Greedy"}
-CROSS_ORACLES = ("jpeg", "colorfulness")
+REFERENCE_NAMES = {"none": "Pretrained", "oracle": "Ceiling"}
+CROSS_ORACLES = ("jpeg", "colorfulness", "rare")
 NOMINAL = (0.5, 0.8, 0.95)
 
 
@@ -57,9 +61,16 @@ class Run:
 
     @property
     def method(self) -> str:
+        """The method, from the config: its ``method`` name when given, else ``Pretrained``
+        (guidance none), ``Ceiling`` (guidance by the true oracle), or the surrogate (and the
+        guidance when not optimistic)."""
+        if str(self.config.get("method", "")).strip():
+            return str(self.config["method"]).strip()
+        guidance = self.config.get("smc", {}).get("guidance", "optimistic")
+        if guidance in REFERENCE_NAMES:
+            return REFERENCE_NAMES[guidance]
         kind = self.config.get("surrogate", {}).get("kind", "?")
         name = METHOD_NAMES.get(kind, kind)
-        guidance = self.config.get("smc", {}).get("guidance", "optimistic")
         return name if guidance == "optimistic" else f"{name} ({guidance})"
 
     @property
@@ -145,8 +156,9 @@ def _round_details(run: Run, k: int) -> dict:
 def _cross_rewards(images: torch.Tensor, optimized: str) -> dict[str, float]:
     from das.rewards.colorfulness import ColorfulnessReward
     from das.rewards.jpeg import JPEGCompressibility
+    from das.world.oracles import RareColourReward
 
-    oracles = {"jpeg": JPEGCompressibility(), "colorfulness": ColorfulnessReward()}
+    oracles = {"jpeg": JPEGCompressibility(), "colorfulness": ColorfulnessReward(), "rare": RareColourReward()}
     if images.shape[0] == 0:
         return {}
     with torch.no_grad():
@@ -239,30 +251,44 @@ def _plot_by_method(runs, path: Path, value, ylabel: str, title: str, best=None)
 
 
 def _plot_per_round(runs, path: Path, panels: list[tuple[str, object]], title: str, nominal=None) -> Path | None:
-    """One panel per (name, detail -> value or dict of values); one line per run."""
+    """Per round, the mean over seeds of each method's `value`; one column per oracle, one row
+    per panel (name, detail -> value or dict of values; a dict gives one row per key)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    groups = group(runs)
+    oracles = sorted({oracle for oracle, _ in groups})
+    rows: list[tuple[str, str, object]] = []  # (panel name, key or "", getter)
+    for name, getter in panels:
+        keys = sorted({key for run in runs for d in run.rounds if isinstance(getter(d), dict) for key in getter(d)})
+        rows += [(name, key, getter) for key in keys] if keys else [(name, "", getter)]
+    if not oracles:
+        return None
+    fig, axes = plt.subplots(len(rows), len(oracles), figsize=(5.5 * len(oracles), 3.6 * len(rows)), squeeze=False)
     drawn = False
-    for ax, (name, getter) in zip(axes[0], panels):
-        for run in runs:
-            points = [(d["round"], getter(d)) for d in run.rounds]
-            points = [(k, v) for k, v in points if v is not None]
-            if not points:
-                continue
-            if isinstance(points[0][1], dict):
-                for key in points[0][1]:
-                    ax.plot([k for k, _ in points], [v[key] for _, v in points], "o-", label=f"{run.label} {key}")
-            else:
-                ax.plot([k for k, _ in points], [v for _, v in points], "o-", label=run.label)
-            drawn = True
-        if nominal and name in nominal:
-            for level in nominal[name]:
-                ax.axhline(level, color="grey", linestyle=":", linewidth=1)
-        ax.set_title(name)
-        ax.set_xlabel("round")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    for r, (name, key, getter) in enumerate(rows):
+        for c, oracle in enumerate(oracles):
+            ax = axes[r][c]
+            for (o, method), members in groups.items():
+                if o != oracle:
+                    continue
+                per_round: dict[int, list[float]] = {}
+                for run in members:
+                    for d in run.rounds:
+                        value = getter(d)
+                        value = value.get(key) if isinstance(value, dict) else value
+                        if value is not None and math.isfinite(float(value)):
+                            per_round.setdefault(d["round"], []).append(float(value))
+                if per_round:
+                    ks = sorted(per_round)
+                    ax.plot(ks, [float(np.mean(per_round[k])) for k in ks], "o-", label=f"{method} (n={len(members)})")
+                    drawn = True
+            if nominal and name in nominal and key:
+                ax.axhline(float(key), color="grey", linestyle=":", linewidth=1)
+            ax.set_title(f"{oracle}: {name}" + (f" {key}" if key else ""), fontsize=9)
+            ax.set_xlabel("round")
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=7)
     fig.suptitle(title)
     if not drawn:
         plt.close(fig)
@@ -371,7 +397,8 @@ def write_report(run_dirs: Sequence[Path], out: Path, title: str = "Online runs"
             "cross rewards on the queried images",
         ),
     )
-    for run in runs:
+    for members in group(runs).values():  # the lowest seed of each method keeps report.html small
+        run = members[0]
         keep(f"grid_{run.label}", _grid(run, out / f"grid_{run.label}.png"))
     table = summary_rows(runs)
     written["summary_csv"] = _write_csv(table, out / "summary.csv")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from online.oracles import ExternalCommandOracle, Oracle, QueryPolicy, WeightedOracle, reward_as_oracle
+from online.oracles import ExternalCommandOracle, Oracle, QueryPolicy, reward_as_oracle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORLD_PROMPTS = ("world:train", "world:eval")
@@ -55,28 +55,41 @@ def build_featurizer(config, device: torch.device):
 
 def build_oracle(config) -> Oracle:
     """The black box named by ``config.oracle.kind``."""
-    kind = config.oracle.kind
-    if kind == "external":
+    if config.oracle.kind == "external":
         return ExternalCommandOracle(list(config.oracle.command), timeout_s=config.oracle.timeout_s)
+    return reward_as_oracle(build_oracle_reward(config))
+
+
+def build_oracle_reward(config):
+    """The ``das`` reward behind a built-in oracle (every kind but ``external``): the black
+    box itself, and the sampler's reward for the ceiling (``smc.guidance="oracle"``)."""
+    kind = config.oracle.kind
     if kind == "multi":
-        parts = {name: _reward_oracle(name, config) for name in ("jpeg", "colorfulness")}
-        return WeightedOracle(parts, {name: float(config.oracle.weights[name]) for name in parts})
-    return _reward_oracle(kind, config)
+        from das.rewards import WeightedSum
+
+        names = ("jpeg", "colorfulness")
+        return WeightedSum([_named_reward(name, config) for name in names], [float(config.oracle.weights[n]) for n in names])
+    return _named_reward(kind, config)
 
 
-def _reward_oracle(kind: str, config) -> Oracle:
+def _named_reward(kind: str, config):
     if kind == "jpeg":
         from das.rewards.jpeg import JPEGCompressibility
 
-        return reward_as_oracle(JPEGCompressibility())
+        return JPEGCompressibility()
     if kind == "colorfulness":
         from das.rewards.colorfulness import ColorfulnessReward
 
-        return reward_as_oracle(ColorfulnessReward())
+        return ColorfulnessReward()
+    if kind == "rare":
+        from das.world.oracles import RareColourReward
+
+        return RareColourReward()
+    if kind == "external":
+        raise ValueError("The external oracle is a command, not a reward the sampler can call.")
     from das.rewards import make_reward
 
-    reward = make_reward("aesthetic", clip_model=config.oracle.clip_model, mlp_path=str(resolve_path(config.oracle.mlp_path)))
-    return reward_as_oracle(reward)
+    return make_reward("aesthetic", clip_model=config.oracle.clip_model, mlp_path=str(resolve_path(config.oracle.mlp_path)))
 
 
 def query_policy(config) -> QueryPolicy:

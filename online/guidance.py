@@ -10,7 +10,11 @@ from typing import Sequence
 
 import torch
 
-GUIDANCE_MODES = ("optimistic", "mean", "thompson")
+SURROGATE_MODES = ("optimistic", "mean", "thompson")
+# The loop's smc.guidance: a surrogate mode, or a reference point for comparisons:
+# "none" samples the pretrained model every round; "oracle" (the ceiling) guides DAS by the
+# true oracle itself, without its label noise (gradient-free when the oracle has no gradient).
+GUIDANCE_MODES = SURROGATE_MODES + ("none", "oracle")
 # Surrogate kinds that can draw a function from their posterior (``surrogate.thompson(generator)``).
 THOMPSON_KINDS = ("ucb", "bootstrap")
 
@@ -30,8 +34,8 @@ class SurrogateReward:
     differentiable = True
 
     def __init__(self, featurizer, surrogate, mode: str = "optimistic", generator: torch.Generator | None = None):
-        if mode not in GUIDANCE_MODES:
-            raise ValueError(f"Unknown guidance mode {mode!r}; choose one of: {', '.join(GUIDANCE_MODES)}.")
+        if mode not in SURROGATE_MODES:
+            raise ValueError(f"Unknown surrogate guidance mode {mode!r}; choose one of: {', '.join(SURROGATE_MODES)}.")
         self.featurizer, self.surrogate, self.mode = featurizer, surrogate, mode
         if mode == "thompson":
             if not hasattr(surrogate, "thompson") or surrogate.kind not in THOMPSON_KINDS:

@@ -189,9 +189,16 @@ def _write_run_report(run_dir: Path, title: str) -> None:
 
 
 def _sample_round(config, k, adapter, featurizer, surrogate, prompts, sampler_kwargs, accelerator) -> dict | None:
-    """This round's batch on the main process (each process samples its share of prompts)."""
-    if k == 0 or surrogate is None:
-        count, per_prompt = config.loop.initial_queries, 1
+    """This round's batch on the main process (each process samples its share of prompts).
+
+    Round 0, and every round under ``smc.guidance="none"``, samples the pretrained chain (one
+    particle per prompt); ``"oracle"`` guides DAS by the true oracle (the ceiling); the other
+    modes by the surrogate of round ``k − 1``.
+    """
+    mode = config.smc.guidance
+    if k == 0 or surrogate is None or mode == "none":
+        count = config.loop.initial_queries if k == 0 else config.loop.queries_per_round
+        per_prompt = 1
         zero = ZeroReward()
         rewards = lambda call: zero  # noqa: E731
         kwargs = {**sampler_kwargs, "num_particles": 1}  # the pretrained chain, nothing else
@@ -211,9 +218,13 @@ def _sample_round(config, k, adapter, featurizer, surrogate, prompts, sampler_kw
 
 
 def _guidance(config, k: int, featurizer, surrogate, rank: int):
-    """``call -> reward`` for round `k`: the surrogate's optimistic score or mean, or (Thompson) a
-    fresh posterior draw for every sampler call, seeded from ``(seed, k, rank, call)``."""
+    """``call -> reward`` for round `k`: the true oracle (the ceiling), the surrogate's optimistic
+    score or mean, or (Thompson) a fresh posterior draw for every sampler call, seeded from
+    ``(seed, k, rank, call)``."""
     mode = config.smc.guidance
+    if mode == "oracle":
+        reward = builders.build_oracle_reward(config)
+        return lambda call: reward
     if mode != "thompson":
         reward = SurrogateReward(featurizer, surrogate, mode=mode)
         return lambda call: reward

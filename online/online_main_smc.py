@@ -40,9 +40,12 @@ Main fields (override with --config.<field>=<value>):
   seed, device             '' (automatic), 'cpu', 'cuda' or 'cuda:N'
   loop.num_rounds, loop.initial_queries, loop.queries_per_round, loop.images_per_prompt
   smc.num_particles, smc.kl_coeff, smc.tempering, smc.tempering_gamma,
-  smc.guidance             optimistic (mean + β·std), mean (greedy) or thompson (a posterior draw per call)
+  smc.guidance             optimistic (mean + β·std), mean (greedy), thompson (a posterior draw per
+                           call); reference points: none (pretrained samples), oracle (the ceiling:
+                           DAS guided by the true oracle)
+  method                   the run's name in comparisons (python -m online.analysis); '' derives it
   surrogate.kwargs.*       e.g. surrogate.kwargs.beta, surrogate.kwargs.hidden
-  oracle.kind, oracle.noise_std, oracle.command (external), oracle.max_retries, oracle.timeout_s
+  oracle.kind (jpeg, colorfulness, rare, multi, aesthetic, external), oracle.noise_std, oracle.command (external), oracle.max_retries, oracle.timeout_s
   mode=evaluate with reward_model_path=<run_dir>/round_<k>
 
 Examples:

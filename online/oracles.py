@@ -6,6 +6,8 @@ differentiable. Kinds:
 
 * ``jpeg``, ``colorfulness``, ``aesthetic``: the project's reward functions used as black
   boxes (``das.rewards``);
+* ``rare``: the embedded world's rare-colour oracle (``das.world.oracles``), whose best
+  images are ones the pretrained model seldom draws;
 * ``multi``: a weighted sum of ``jpeg`` and ``colorfulness`` (embedded world);
 * ``external``: a user's command (argv list, run without a shell) for human-in-the-loop or
   lab use. It receives on standard input one line per item, ``<image path>\\t<prompt>``,
@@ -31,7 +33,7 @@ import torch
 
 Oracle = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
 
-ORACLE_KINDS = ("aesthetic", "jpeg", "colorfulness", "multi", "external")
+ORACLE_KINDS = ("aesthetic", "jpeg", "colorfulness", "rare", "multi", "external")
 
 
 class ExternalCommandOracle:
@@ -66,16 +68,6 @@ class ExternalCommandOracle:
         if len(values) != len(lines):
             raise RuntimeError(f"oracle command printed {len(values)} rewards for {len(lines)} images")
         return torch.tensor([float(v) for v in values], dtype=torch.float64)
-
-
-class WeightedOracle:
-    """``Σ_i w_i · oracle_i(images)``."""
-
-    def __init__(self, oracles: dict[str, Oracle], weights: dict[str, float]):
-        self.oracles, self.weights = oracles, weights
-
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        return sum(self.weights[name] * oracle(images, prompts).double() for name, oracle in self.oracles.items())
 
 
 def reward_as_oracle(reward) -> Oracle:

@@ -38,6 +38,7 @@ MAX_QUERIES = 10_000_000
 # failing oracle. Everything else of a resumed run comes from its config.json.
 SAFE_TO_CHANGE_ON_RESUME = (
     "loop.num_rounds",
+    "method",
     "progress",
     "report",
     "tracker",
@@ -64,6 +65,11 @@ def validate(config) -> None:
             f"smc.guidance='thompson' draws from the surrogate's posterior, which the {config.surrogate.kind!r} "
             f"surrogate does not offer; use surrogate kind {' or '.join(THOMPSON_KINDS)}, or another guidance."
         )
+    if config.smc.guidance == "oracle" and config.oracle.kind == "external":
+        raise ConfigError(
+            "smc.guidance='oracle' (the ceiling) guides the sampler by the oracle itself, which an external command "
+            "cannot do (it would be queried at every sampler step); use a built-in oracle kind, or another guidance."
+        )
     check_choice(config.tracker, TRACKERS, "tracker")
     if config.tracker and importlib.util.find_spec(config.tracker) is None:
         raise ConfigError(
@@ -71,6 +77,8 @@ def validate(config) -> None:
         )
     check_device(config.device)
     check_seed(config.seed)
+    if not isinstance(config.method, str) or len(config.method) > 80 or not config.method.isprintable():
+        raise ConfigError(f"method must be a short printable name (at most 80 characters), got {config.method!r}.")
     for field in ("overwrite", "progress", "report"):
         check_flag(config[field], field)
     check_flag(config.surrogate.warm_start, "surrogate.warm_start")

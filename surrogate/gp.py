@@ -93,6 +93,7 @@ from typing import Any
 
 import gpytorch
 import torch
+from botorch.exceptions.errors import ModelFittingError
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
 from gpytorch.constraints import GreaterThan
@@ -472,9 +473,9 @@ class GPSurrogate(Surrogate):
             self.model.load_state_dict(old_state)
         elif previous is not None:  # a warm start from the sparse GP: its hyperparameters
             self._set_hyperparameters(self.model, self.likelihood, previous)
-        self._maximize_marginal_likelihood(self.model, g)
+        fitted = self._maximize_marginal_likelihood(self.model, g)
         self.model.eval()
-        return {}
+        return {} if fitted else {"hyperparameters": "kept (every marginal-likelihood fit attempt failed)"}
 
     def _loo(self, train_x: torch.Tensor, train_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Leave-one-out residuals and epistemic variances `(n,)` of the fitted GP's training points (closed form).
@@ -546,12 +547,20 @@ class GPSurrogate(Surrogate):
         self.variance_scale = torch.tensor(scale, dtype=torch.float64, device=train_x.device)
         return {**split, "mean_loo_var": mean_var, "scale": scale, "calibrated": True}
 
-    def _maximize_marginal_likelihood(self, model: SingleTaskGP, g: torch.Generator) -> None:
-        """L-BFGS-B on the exact marginal likelihood (Cholesky at every size, ``max_iter`` iterations at most)."""
+    def _maximize_marginal_likelihood(self, model: SingleTaskGP, g: torch.Generator) -> bool:
+        """L-BFGS-B on the exact marginal likelihood (Cholesky at every size, ``max_iter`` iterations at most).
+
+        Returns False when every attempt failed (botorch then restores the hyperparameters the
+        fit started from, which are kept: a tiny or degenerate dataset must not end a run).
+        """
         mll = ExactMarginalLogLikelihood(model.likelihood, model)
         with torch.random.fork_rng(devices=[]), gpytorch.settings.max_cholesky_size(_CHOLESKY_ALWAYS):
             torch.manual_seed(draw_seed(g))
-            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.max_iter}})
+            try:
+                fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.max_iter}})
+            except ModelFittingError:
+                return False
+        return True
 
     def _subset_hyperparameters(
         self, train_x: torch.Tensor, train_y: torch.Tensor, g: torch.Generator, previous: dict | None

@@ -68,8 +68,9 @@ def save_histograms(model_vals: dict, real_vals: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, key, label in zip(axes, ("jpeg", "colorfulness"), ("JPEG size at quality 95 (kB)", "colourfulness (Hasler–Süsstrunk)")):
+    labels = {"jpeg": "JPEG size at quality 95 (kB)", "colorfulness": "colourfulness (Hasler–Süsstrunk)", "rare": "rare-colour oracle"}
+    fig, axes = plt.subplots(1, len(labels), figsize=(5 * len(labels), 3.6))
+    for ax, (key, label) in zip(axes, labels.items()):
         bins = np.linspace(min(model_vals[key].min(), real_vals[key].min()), max(model_vals[key].max(), real_vals[key].max()), 40)
         ax.hist(real_vals[key], bins=bins, alpha=0.45, label="rendered scenes", color="gray")
         ax.hist(model_vals[key], bins=bins, alpha=0.7, label="model samples", color="C0")
