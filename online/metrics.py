@@ -51,7 +51,8 @@ def print_table(rows: list[dict]) -> None:
 
 
 def plot_reward_vs_queries(rows: list[dict], path: Path, title: str) -> None:
-    """True reward of each round's batch (mean ± std, max) against the queries spent."""
+    """True reward of each round's batch (mean with its 95% interval, max) against the queries
+    spent, over a band for round 0 (pretrained samples): the line a run has to rise above."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,18 +60,28 @@ def plot_reward_vs_queries(rows: list[dict], path: Path, title: str) -> None:
 
     queries = [row["queries_total"] for row in rows]
     mean = [row["true_reward"]["mean"] for row in rows]
-    std = [row["true_reward"]["std"] for row in rows]
+    half = [_half_width(row) for row in rows]
     best = [row["true_reward"]["max"] for row in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
+    if rows and rows[0]["round"] == 0 and math.isfinite(mean[0]):
+        ax.axhspan(mean[0] - half[0], mean[0] + half[0], color="grey", alpha=0.2)
+        ax.axhline(mean[0], color="grey", linestyle=":", label="pretrained (round 0) mean, 95% interval")
     ax.plot(queries, mean, "o-", label="batch mean")
-    ax.fill_between(queries, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2, label="± std")
+    ax.fill_between(queries, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)], alpha=0.2,
+                    label="95% interval of the mean")
     ax.plot(queries, best, "s--", label="batch max")
     ax.set_xlabel("oracle queries spent")
     ax.set_ylabel("true reward of the round's batch")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _half_width(row: dict) -> float:
+    """1.96 standard errors of a round's batch mean (its answered items)."""
+    n = row["queries_round"] - row.get("failed_queries", 0)
+    return 1.96 * row["true_reward"]["std"] / math.sqrt(n) if n > 1 else 0.0

@@ -6,8 +6,9 @@ Usage::
 
 Writes ``docs/images/world_samples.png`` (rows: prompts; first column a rendered
 training scene, then model samples), ``docs/images/world_oracles.png`` (histograms of JPEG
-kB and colourfulness over the model's samples, and over rendered scenes for comparison)
-and ``docs/images/world_oracles.json`` (percentiles and spreads).
+kB, colourfulness and the rare-colour oracle over the model's samples, and over rendered
+scenes for comparison) and ``docs/images/world_oracles.json`` (percentiles, spreads and the
+rare-colour oracle's hit rate: the share of images whose target bump exceeds 0.5).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from PIL import Image, ImageDraw
 from das.world import ORACLE_NOISE_STD, PROMPTS, make_dataset
 from das.world.classify import SceneClassifier
 from das.world.model import load_adapter
-from das.world.oracles import oracle_values
+from das.world.oracles import oracle_values, rare_target_score
 from das.world.sampling import sample_images
 
 DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
@@ -108,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pred = SceneClassifier.fit().predict(images)
     target = np.repeat(np.arange(len(PROMPTS)), args.per_prompt)
     acc = {pr: float((pred[target == i] == i).mean()) for i, pr in enumerate(PROMPTS)}
-    summary = {"model_samples": spreads(model_vals), "rendered_scenes": spreads(real_vals),
+    hits = {"model_samples": float((rare_target_score(images) > 0.5).float().mean()),
+            "rendered_scenes": float((rare_target_score(real) > 0.5).float().mean())}
+    summary = {"model_samples": spreads(model_vals), "rendered_scenes": spreads(real_vals), "rare_hit_rate": hits,
                "noise_std": ORACLE_NOISE_STD, "classifier_accuracy": acc, "per_prompt": args.per_prompt,
                "seed": args.seed, "seconds": time.time() - start}
     with open(out / "world_oracles.json", "w") as f:

@@ -38,7 +38,8 @@ def test_the_report_has_every_figure_table_and_embeds_its_images(three_runs, tmp
     written = write_report(three_runs, tmp_path / "report", "tiny")
     for name in FIGURES:
         assert written[name].is_file() and written[name].stat().st_size > 1000, name
-    assert len([name for name in written if name.startswith("grid_")]) == 3
+    # one grid per (oracle, method), of its lowest seed
+    assert sorted(name for name in written if name.startswith("grid_")) == ["grid_jpeg-Greedy-seed0", "grid_jpeg-UCB-seed0"]
     html = written["report"].read_text()
     assert html.count("data:image/png;base64,") == len([p for p in written.values() if p.suffix == ".png"])
     assert not re.search(r"src=['\"](?!data:)", html)  # nothing it would have to fetch: it opens offline
@@ -84,3 +85,19 @@ def test_the_command_line(three_runs, tmp_path, capsys):
     assert (tmp_path / "cli" / "report.html").is_file()
     assert main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_a_method_name_comes_from_the_config_or_its_surrogate_and_guidance():
+    from pathlib import Path
+
+    from online.analysis import Run
+
+    def method(config: dict) -> str:
+        return Run(Path("/x"), config, []).method
+
+    assert method({"surrogate": {"kind": "ucb"}, "smc": {"guidance": "optimistic"}}) == "UCB"
+    assert method({"surrogate": {"kind": "bootstrap"}, "smc": {"guidance": "thompson"}}) == "Bootstrap (thompson)"
+    assert method({"surrogate": {"kind": "greedy"}, "smc": {"guidance": "none"}}) == "Pretrained"
+    assert method({"surrogate": {"kind": "greedy"}, "smc": {"guidance": "oracle"}}) == "Ceiling"
+    assert method({"method": "Non-adaptive", "surrogate": {"kind": "greedy"}, "smc": {"guidance": "mean"}}) == "Non-adaptive"
+    assert method({"method": "  ", "surrogate": {"kind": "gp"}}) == "GP"

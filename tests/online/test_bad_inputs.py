@@ -238,6 +238,8 @@ CASES = [
         else [Case("device cuda without one", ["--config.device=cuda"], text="no CUDA device")]
     ),
     Case("unknown oracle", ["--config.oracle.kind=telepathy"], text="oracle.kind"),
+    Case("unknown guidance", ["--config.smc.guidance=psychic"], text="smc.guidance"),
+    Case("method name with a newline", ["--config.method=a\nb"], text="method must be"),
     Case("external oracle without command", ["--config.oracle.command=('',)"], text="oracle.command"),
     Case("unknown surrogate kind", ["--config.surrogate.kind=crystal_ball"], text="surrogate.kind"),
     Case("missing model folder", ["--config.model.path=/nonexistent/model"], text="does not exist"),

@@ -214,3 +214,54 @@ def test_thompson_guidance_is_refused_for_surrogates_without_a_posterior_draw(ma
     config.smc.guidance = "thompson"
     with pytest.raises(ConfigError, match="thompson"):
         validate(config)
+
+
+def test_reference_guidance_none_samples_the_pretrained_chain_every_round(make_config, accelerator, monkeypatch):
+    import online.loop as loop
+
+    particles = []
+    real = loop.sample_batch
+
+    def spy(adapter, reward_for_call, featurizer, prompts, per_prompt, kwargs, *args, **kw):
+        particles.append((kwargs["num_particles"], len(prompts), reward_for_call(0).differentiable))
+        return real(adapter, reward_for_call, featurizer, prompts, per_prompt, kwargs, *args, **kw)
+
+    monkeypatch.setattr(loop, "sample_batch", spy)
+    config = make_config(variant="tiny_colorfulness", kind="greedy")
+    config.smc.guidance = "none"
+    run_dir = run_training(config, accelerator)
+    assert complete_rounds(run_dir) == [0, 1, 2]
+    # one particle, no reward, the round's query count: round 0's 6, then 4 per round
+    assert particles == [(1, 6, False), (1, 4, False), (1, 4, False)]
+
+
+def test_reference_guidance_oracle_guides_the_sampler_by_the_true_oracle(make_config, accelerator, monkeypatch):
+    import online.loop as loop
+    from das.rewards.colorfulness import ColorfulnessReward
+
+    rewards = []
+    real = loop.sample_batch
+
+    def spy(adapter, reward_for_call, featurizer, prompts, per_prompt, kwargs, *args, **kw):
+        rewards.append((type(reward_for_call(0)), kwargs["num_particles"]))
+        return real(adapter, reward_for_call, featurizer, prompts, per_prompt, kwargs, *args, **kw)
+
+    monkeypatch.setattr(loop, "sample_batch", spy)
+    config = make_config(variant="tiny_colorfulness", kind="greedy")
+    config.smc.guidance = "oracle"
+    config.loop.num_rounds = 2
+    run_training(config, accelerator)
+    assert rewards[1] == (ColorfulnessReward, config.smc.num_particles)
+
+
+def test_the_ceiling_is_refused_for_an_external_oracle(make_config):
+    import pytest
+
+    from online.validation import ConfigError, validate
+
+    config = make_config()
+    config.smc.guidance = "oracle"
+    config.oracle.kind = "external"
+    config.oracle.command = ("python", "rate.py")
+    with pytest.raises(ConfigError, match="external"):
+        validate(config)
