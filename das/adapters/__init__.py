@@ -4,7 +4,7 @@ The diffusers-backed adapters are imported lazily (``from das.adapters import
 StableDiffusionAdapter`` works, but importing :mod:`das.adapters` alone stays light).
 """
 
-from das.adapters.base import Conditioning, DenoiserAdapter, Transition
+from das.adapters.base import Conditioning, DenoiserAdapter, ModelOutputAdapter, Transition
 from das.adapters.loading import WeightsNotAvailableError
 
 _LAZY = {
@@ -14,9 +14,10 @@ _LAZY = {
     "LCMAdapter": "das.adapters.lcm",
     "DiffusersAdapter": "das.adapters.common",
     "ToyAdapter": "das.adapters.toy",
+    "RealignedAdapter": "das.adapters.realigned",
 }
 
-__all__ = ["Conditioning", "DenoiserAdapter", "Transition", "WeightsNotAvailableError", *_LAZY]
+__all__ = ["Conditioning", "DenoiserAdapter", "ModelOutputAdapter", "Transition", "WeightsNotAvailableError", *_LAZY]
 
 
 def __getattr__(name: str):

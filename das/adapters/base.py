@@ -78,3 +78,25 @@ class DenoiserAdapter(Protocol):
         For non-image models (the analytic toys) this is the identity on `(N, d)` vectors.
         Must keep the autograd graph.
         """
+
+
+@runtime_checkable
+class ModelOutputAdapter(DenoiserAdapter, Protocol):
+    """An adapter whose transition is "model output, then the scheduler's step", split in two.
+
+    ``transition(x, step, cond)`` equals
+    ``transition_from_output(model_output(x, step, cond), step, x)``. The split lets a
+    wrapper combine the outputs of two models before the step (DeRaDiff's realignment,
+    :class:`~das.adapters.realigned.RealignedAdapter`). Every adapter of this package
+    implements it.
+    """
+
+    @property
+    def prediction_type(self) -> str:
+        """What the model output is: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``."""
+
+    def model_output(self, x_t: torch.Tensor, step: int, cond: Conditioning) -> torch.Tensor:
+        """The (guided) model prediction at `x_t`, `(N, *event_shape)`."""
+
+    def transition_from_output(self, model_output: torch.Tensor, step: int, x_t: torch.Tensor) -> Transition:
+        """The transition the adapter's scheduler step computes from `model_output` at `x_t`."""

@@ -127,9 +127,18 @@ class DiffusersAdapter:
         output = self._model_output(model_in, timestep, guidance_batch(cond, guided))
         return apply_guidance(output, self.guidance_scale) if guided else output
 
+    @property
+    def prediction_type(self) -> str:
+        """What :meth:`model_output` predicts (the scheduler's ``prediction_type``, e.g. ``"epsilon"``)."""
+        return str(self.scheduler.config.get("prediction_type", "epsilon"))
+
+    def transition_from_output(self, model_output: torch.Tensor, step: int, x_t: torch.Tensor) -> Transition:
+        """The transition this adapter's scheduler step computes from `model_output` at `x_t`."""
+        return self._step(model_output, step, x_t)
+
     def transition(self, x_t: torch.Tensor, step: int, cond: Conditioning) -> Transition:
         """Pretrained transition at chain step `step`, computed by the scheduler's own step."""
-        return self._step(self.model_output(x_t, step, cond), step, x_t)
+        return self.transition_from_output(self.model_output(x_t, step, cond), step, x_t)
 
     # ---------------------------------------------------------------- hooks
     def _step(self, model_output: torch.Tensor, step: int, x_t: torch.Tensor) -> Transition:

@@ -63,10 +63,27 @@ class ToyAdapter:
     def initial_noise(self, num_rows: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(num_rows, self.prior.dim, generator=generator, device=self._device, dtype=self.dtype)
 
-    def transition(self, x_t: torch.Tensor, step: int, cond: Conditioning) -> Transition:
+    @property
+    def timesteps(self) -> list[int]:
+        """The scheduler's timesteps, one per chain step."""
+        return list(self._timesteps)
+
+    @property
+    def prediction_type(self) -> str:
+        """What :meth:`model_output` predicts: always the noise (``"epsilon"``)."""
+        return "epsilon"
+
+    def model_output(self, x_t: torch.Tensor, step: int, cond: Conditioning) -> torch.Tensor:
+        """The mixture's exact noise prediction ``ε(x_t)`` at chain step `step`, `(N, d)`."""
         timestep = self._timesteps[step]
-        eps = self.prior.noise_prediction(x_t, float(self.scheduler.alphas_cumprod[timestep]))
-        return ddim_transition(self.scheduler, eps, timestep, x_t, self.eta)
+        return self.prior.noise_prediction(x_t, float(self.scheduler.alphas_cumprod[timestep]))
+
+    def transition_from_output(self, model_output: torch.Tensor, step: int, x_t: torch.Tensor) -> Transition:
+        """The DDIM transition that ``scheduler.step`` computes from `model_output` at `x_t`."""
+        return ddim_transition(self.scheduler, model_output, self._timesteps[step], x_t, self.eta)
+
+    def transition(self, x_t: torch.Tensor, step: int, cond: Conditioning) -> Transition:
+        return self.transition_from_output(self.model_output(x_t, step, cond), step, x_t)
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         return x0
