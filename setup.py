@@ -15,6 +15,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["das", "das.*", "surrogate", "surrogate.*", "online", "online.*", "config", "config.*"]),
     include_package_data=True,
+    package_data={"online.human": ["page.html"]},
     install_requires=[
         # Ranges that the CPU wheel torch==2.13.0 satisfies; install it first.
         "torch>=2.1,<3",
@@ -34,7 +35,11 @@ setup(
         "botorch>=0.11",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # The human oracle's rating page: a local web app (online/human/).
+        "human": ["starlette>=0.27", "uvicorn>=0.23"],
+        # The suite also tests the rating page in headless Chromium (Debian's chromium and
+        # chromium-driver, driven by selenium) and the tensorboard tracker.
+        "test": ["pytest>=7", "starlette>=0.27", "uvicorn>=0.23", "selenium>=4.11", "tensorboard>=2.12"],
         # Heavy optional scorers, imported only when the reward is chosen.
         "imagereward": ["image-reward>=1.5"],
         "hpsv2": ["hpsv2>=1.2", "open_clip_torch>=2.20"],

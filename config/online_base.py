@@ -12,6 +12,8 @@ Each method file picks a surrogate and calls :func:`online_config` with a varian
   the embedded world (``checkpoints/pretrained/shapes32``), small enough for a laptop CPU;
   ``tiny_rare`` is the task where exploration matters (its best images are rare under the
   pretrained model, ``das/world/oracles.py``).
+* ``tiny_human``: the embedded world rated by a person on a local page (``online/human``,
+  the ``[human]`` extra): 8 images in round 0, then 4 a round, no added label noise.
 
 Reference points for comparisons (``benchmarks/bench_online.py``) are overrides of any
 method's config: ``--config.smc.guidance=none`` (pretrained samples every round),
@@ -30,7 +32,10 @@ CLIP_MODEL = "openai/clip-vit-large-patch14"
 AESTHETIC_MLP = "checkpoints/aesthetic/sac+logos+ava1-l14-linearMSE.pth"
 WORLD_MODEL = "checkpoints/pretrained/shapes32"
 
-VARIANTS = ("aesthetic", "jpeg", "evaluate", "tiny_jpeg", "tiny_colorfulness", "tiny_rare", "tiny_multi", "tiny_evaluate")
+VARIANTS = (
+    "aesthetic", "jpeg", "evaluate", "tiny_jpeg", "tiny_colorfulness", "tiny_rare", "tiny_multi", "tiny_evaluate",
+    "tiny_human",
+)
 
 
 def _surrogate(kind: str) -> ml_collections.ConfigDict:
@@ -109,7 +114,7 @@ def _base(surrogate_kind: str) -> ml_collections.ConfigDict:
     c.featurizer.path = CLIP_MODEL
 
     c.oracle = ml_collections.ConfigDict()
-    c.oracle.kind = "aesthetic"  # aesthetic | jpeg | colorfulness | rare | multi | external
+    c.oracle.kind = "aesthetic"  # aesthetic | jpeg | colorfulness | rare | multi | external | human
     c.oracle.noise_std = 0.1  # label noise added to each answer, as in the reference
     c.oracle.clip_model = CLIP_MODEL
     c.oracle.mlp_path = AESTHETIC_MLP
@@ -118,6 +123,10 @@ def _base(surrogate_kind: str) -> ml_collections.ConfigDict:
     c.oracle.batch_size = 0  # items per oracle call (0: the whole batch); answers are saved per call
     c.oracle.max_retries = 2
     c.oracle.timeout_s = 600.0
+    # kind=human: where the rating page listens. 127.0.0.1 keeps it on this machine; another address
+    # (e.g. 0.0.0.0) serves it on a network on purpose. Every request needs the token printed on the terminal.
+    c.oracle.host = "127.0.0.1"
+    c.oracle.port = 0  # 0: a free port, picked once per run
 
     c.surrogate = _surrogate(surrogate_kind)
 
@@ -140,7 +149,7 @@ def _base(surrogate_kind: str) -> ml_collections.ConfigDict:
 # samples); α (kl_coeff) is of the same size;
 # the multi-objective oracle sums the two divided by their spreads, with weight ½ each.
 WORLD_SCALES = {"jpeg": 0.2, "colorfulness": 50.0}
-WORLD_KL_COEFF = {"jpeg": 0.02, "colorfulness": 5.0, "rare": 0.03, "multi": 0.1}
+WORLD_KL_COEFF = {"jpeg": 0.02, "colorfulness": 5.0, "rare": 0.03, "multi": 0.1, "human": 0.5}  # human: 1-10 ratings
 
 
 def _tiny(c: ml_collections.ConfigDict, oracle: str) -> ml_collections.ConfigDict:
@@ -181,4 +190,9 @@ def online_config(surrogate_kind: str, variant: str, method: str) -> ml_collecti
         c.run_name = f"{method}-{variant}"
         if oracle == "evaluate":
             c.mode = "evaluate"
+        if oracle == "human":  # a round a person can rate in a minute; the rating is the observation
+            c.oracle.noise_std = 0.0
+            c.loop.num_rounds = 4
+            c.loop.initial_queries = 8
+            c.loop.queries_per_round = 4
     return c

@@ -182,7 +182,8 @@ def summary_rows(runs: Sequence[Run]) -> list[dict]:
         finals = np.array([r.rows[-1]["true_reward"]["mean"] for r in finished], dtype=float)
         best = np.array([max(row["true_reward"]["max"] for row in r.rows) for r in finished], dtype=float)
         diversity = np.array([r.rows[-1]["diversity"] for r in finished], dtype=float)
-        coverage = [d["coverage"]["0.95"] for r in finished for d in r.rounds if "coverage" in d]
+        coverage = [_coverage_95(r) for r in finished]
+        coverage = [c for per_run in coverage for c in per_run]
         table.append(
             {
                 "oracle": oracle,
@@ -197,6 +198,14 @@ def summary_rows(runs: Sequence[Run]) -> list[dict]:
             }
         )
     return table
+
+
+def _coverage_95(run: Run) -> list[float]:
+    """Per round, the share of its answers inside the previous surrogate's 95% intervals: from the
+    checkpoints when the details were computed, else as the loop recorded it in ``metrics.jsonl``."""
+    if run.rounds:
+        return [d["coverage"]["0.95"] for d in run.rounds if "coverage" in d]
+    return [row["calibration"]["coverage_95"] for row in run.rows if (row.get("calibration") or {}).get("coverage_95") is not None]
 
 
 def _mean(values: np.ndarray) -> float:

@@ -57,11 +57,27 @@ def build_oracle(config) -> Oracle:
     """The black box named by ``config.oracle.kind``."""
     if config.oracle.kind == "external":
         return ExternalCommandOracle(list(config.oracle.command), timeout_s=config.oracle.timeout_s)
+    if config.oracle.kind == "human":
+        return build_human_oracle(config)
     return reward_as_oracle(build_oracle_reward(config))
 
 
+def build_human_oracle(config):
+    """The local rating page (``oracle.kind="human"``, the ``[human]`` extra) for this run."""
+    from online.human import HumanOracle
+    from online.run_directory import RunDirectory
+
+    return HumanOracle(
+        host=str(config.oracle.get("host", "127.0.0.1")),
+        port=int(config.oracle.get("port", 0)),
+        run_dir=RunDirectory.for_config(config).path,
+        num_rounds=int(config.loop.num_rounds),
+        mode=config.mode,
+    )
+
+
 def build_oracle_reward(config):
-    """The ``das`` reward behind a built-in oracle (every kind but ``external``): the black
+    """The ``das`` reward behind a built-in oracle (every kind but ``external`` and ``human``): the black
     box itself, and the sampler's reward for the ceiling (``smc.guidance="oracle"``)."""
     kind = config.oracle.kind
     if kind == "multi":
@@ -85,8 +101,8 @@ def _named_reward(kind: str, config):
         from das.world.oracles import RareColourReward
 
         return RareColourReward()
-    if kind == "external":
-        raise ValueError("The external oracle is a command, not a reward the sampler can call.")
+    if kind in ("external", "human"):
+        raise ValueError(f"The {kind} oracle answers queries; it is not a reward the sampler can call.")
     from das.rewards import make_reward
 
     return make_reward("aesthetic", clip_model=config.oracle.clip_model, mlp_path=str(resolve_path(config.oracle.mlp_path)))

@@ -45,6 +45,7 @@ from online.storage import (
     round_dir,
     save_rows,
 )
+from online.tracking import log_round, start_trackers
 from online.validation import resume_config
 
 STREAMS = {"prompts": 1, "sample": 2, "noise": 3, "fit": 4, "thompson": 5}
@@ -95,6 +96,7 @@ def _train(config, accelerator, run: RunDirectory) -> Path:
         else:
             run.create(config.overwrite, config.to_dict())
     accelerator.wait_for_everyone()
+    start_trackers(config, accelerator, run_dir)  # now that the run directory exists: its logs go inside it
 
     done = complete_rounds(run_dir)
     surrogate = None
@@ -163,7 +165,7 @@ def _train(config, accelerator, run: RunDirectory) -> Path:
             atomic_write_json(folder / "metrics.json", row)
             rows.append(row)
             write_metrics_lines(run_dir / "metrics.jsonl", rows)
-            _log_tracker(accelerator, row)
+            log_round(accelerator, row, shard_rows["images"])
             mark_complete(run_dir, k)
             rounds.set_postfix(true_mean=f"{row['true_reward']['mean']:.3f}")
         accelerator.wait_for_everyone()
@@ -351,24 +353,3 @@ def _round_metrics(k, shard_rows, previous_rows, failed, batch_stats, calibratio
         "surrogate_fit": fit_info,
         **batch_stats,
     }
-
-
-def _log_tracker(accelerator, row: dict) -> None:
-    if not accelerator.log_with:
-        return
-    flat = {
-        "true_reward/mean": row["true_reward"]["mean"],
-        "true_reward/max": row["true_reward"]["max"],
-        "true_reward/std": row["true_reward"]["std"],
-        "diversity": row["diversity"],
-        "failed_queries": row["failed_queries"],
-        "queries_total": row["queries_total"],
-    }
-    if row.get("ess_fraction") is not None:
-        flat["ess_fraction"] = row["ess_fraction"]
-    if row.get("surrogate_prediction_rmse") is not None:
-        flat["surrogate/prediction_rmse"] = row["surrogate_prediction_rmse"]
-        for key in ("coverage_50", "coverage_80", "coverage_95", "nll", "spearman"):
-            if row["calibration"].get(key) is not None:
-                flat[f"surrogate/{key}"] = row["calibration"][key]
-    accelerator.log(flat, step=row["round"])

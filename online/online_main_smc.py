@@ -45,7 +45,10 @@ Main fields (override with --config.<field>=<value>):
                            DAS guided by the true oracle)
   method                   the run's name in comparisons (python -m online.analysis); '' derives it
   surrogate.kwargs.*       e.g. surrogate.kwargs.beta, surrogate.kwargs.hidden
-  oracle.kind (jpeg, colorfulness, rare, multi, aesthetic, external), oracle.noise_std, oracle.command (external), oracle.max_retries, oracle.timeout_s
+  oracle.kind (jpeg, colorfulness, rare, multi, aesthetic, external, human), oracle.noise_std, oracle.command (external), oracle.max_retries, oracle.timeout_s
+  oracle.host, oracle.port human: where the rating page listens (127.0.0.1 and a free port by default; the link
+                           with its token is printed when a round waits for ratings; needs the [human] extra)
+  tracker                  '' | tensorboard | wandb: per-round scalars and image grids in <run_dir>/tensorboard or wandb
   mode=evaluate with reward_model_path=<run_dir>/round_<k>
 
 Examples:
@@ -53,6 +56,7 @@ Examples:
   python online/online_main_smc.py --config {example} --config.resume_from=runs/first --config.loop.num_rounds=10
   python online/online_main_smc.py --config config/UCB_smc.py:tiny_evaluate \\
       --config.reward_model_path=runs/first/round_0006
+  python online/online_main_smc.py --config config/UCB_smc.py:tiny_human   (you rate each round in a browser)
 
 Exit status: 0 done, 2 bad input (nothing created or paid), 1 failed while running (answers kept; resume).
 """
@@ -86,13 +90,13 @@ def run(config, overrides: dict | None = None) -> int:
         return _fail(error, 2)
     from accelerate import Accelerator
 
+    from online.run_directory import RunDirectory
+
+    # Trackers log inside the run directory; the loop starts them once it exists (online/tracking.py).
+    tracker = config.tracker if config.mode == "train" else ""
     accelerator = Accelerator(
-        cpu=config.device == "cpu", log_with=config.tracker or None, project_dir=config.output_dir
+        cpu=config.device == "cpu", log_with=tracker or None, project_dir=str(RunDirectory.for_config(config).path)
     )
-    if config.tracker:
-        accelerator.init_trackers(
-            config.run_name, config={"surrogate": config.surrogate.kind, "oracle": config.oracle.kind}
-        )
     try:
         if config.mode == "evaluate":
             from online.evaluate import run_evaluation
@@ -109,7 +113,7 @@ def run(config, overrides: dict | None = None) -> int:
     except OSError as error:
         return _fail(describe_os_error(error), 1)
     finally:
-        if config.tracker:
+        if accelerator.trackers:
             accelerator.end_training()
     return 0
 

@@ -9,6 +9,8 @@ differentiable. Kinds:
 * ``rare``: the embedded world's rare-colour oracle (``das.world.oracles``), whose best
   images are ones the pretrained model seldom draws;
 * ``multi``: a weighted sum of ``jpeg`` and ``colorfulness`` (embedded world);
+* ``human``: a person on a local rating page (:mod:`online.human`, the ``[human]`` extra),
+  answering item by item;
 * ``external``: a user's command (argv list, run without a shell) for human-in-the-loop or
   lab use. It receives on standard input one line per item, ``<image path>\\t<prompt>``,
   with each image saved as a PNG, and must print one reward per line on standard output
@@ -16,7 +18,9 @@ differentiable. Kinds:
 
 :func:`query_with_retries` applies the fault policy: a call that raises, exceeds the
 timeout, or answers a non-finite value is retried (only the affected items), then recorded
-as failed and left out of fitting.
+as failed and left out of fitting. An oracle with ``item_by_item = True`` (the human one) is
+instead handed the items and the answer callback itself, and passes each answer on the moment
+it is given (no timeout, no retries: a person's skip is a failed answer).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 
 Oracle = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
 
-ORACLE_KINDS = ("aesthetic", "jpeg", "colorfulness", "rare", "multi", "external")
+ORACLE_KINDS = ("aesthetic", "jpeg", "colorfulness", "rare", "multi", "external", "human")
 
 
 class ExternalCommandOracle:
@@ -121,8 +125,13 @@ def query_with_retries(
 
     Each call's answers are handed to `on_answers` (which makes them durable) before the
     next call, one dict per item: ``index``, ``value`` (float or None), ``status``
-    (``ok``/``failed``), ``attempts``, ``error``.
+    (``ok``/``failed``), ``attempts``, ``error``. An oracle with ``item_by_item = True`` (the
+    human rating page) gets the items and `on_answers` itself and passes on each answer as it
+    is given; the policy's timeout and retries do not apply to it.
     """
+    if getattr(oracle, "item_by_item", False) is True:
+        oracle.rate_items(images, prompts, list(indices), on_answers)
+        return
     pending = list(indices)
     step = policy.batch_size or max(len(pending), 1)
     for start in range(0, len(pending), step):

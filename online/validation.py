@@ -9,7 +9,9 @@ never silently changes the method, the seed, or the number of paid rounds.
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
+import re
 from pathlib import Path
 
 from das.config_checks import (
@@ -45,6 +47,8 @@ SAFE_TO_CHANGE_ON_RESUME = (
     "oracle.timeout_s",
     "oracle.max_retries",
     "oracle.batch_size",
+    "oracle.host",  # where the human rating page listens: how answers are asked for, not what they are
+    "oracle.port",
 )
 # Where the run lives: given by resume_from on a resume, not compared.
 LOCATION_FIELDS = ("resume_from", "run_name", "output_dir", "overwrite")
@@ -65,9 +69,10 @@ def validate(config) -> None:
             f"smc.guidance='thompson' draws from the surrogate's posterior, which the {config.surrogate.kind!r} "
             f"surrogate does not offer; use surrogate kind {' or '.join(THOMPSON_KINDS)}, or another guidance."
         )
-    if config.smc.guidance == "oracle" and config.oracle.kind == "external":
+    if config.smc.guidance == "oracle" and config.oracle.kind in ("external", "human"):
+        what = "an external command" if config.oracle.kind == "external" else "a person"
         raise ConfigError(
-            "smc.guidance='oracle' (the ceiling) guides the sampler by the oracle itself, which an external command "
+            f"smc.guidance='oracle' (the ceiling) guides the sampler by the oracle itself, which {what} "
             "cannot do (it would be queried at every sampler step); use a built-in oracle kind, or another guidance."
         )
     check_choice(config.tracker, TRACKERS, "tracker")
@@ -143,6 +148,34 @@ def _validate_oracle(oracle) -> None:
             raise ConfigError(
                 "oracle.kind='external' needs oracle.command, an argv list such as ('python', 'rate.py')."
             )
+    if oracle.kind == "human":
+        _validate_human_oracle(oracle)
+
+
+HOST_PATTERN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def _validate_human_oracle(oracle) -> None:
+    """Where the rating page listens, and whether its web packages are installed."""
+    from online.human import MISSING_EXTRA, human_extra_installed
+
+    host, port = oracle.get("host", "127.0.0.1"), oracle.get("port", 0)
+    if not isinstance(host, str) or not (_is_ip_address(host) or HOST_PATTERN.fullmatch(host)):
+        raise ConfigError(
+            f"oracle.host must be an address or host name of this machine such as 127.0.0.1 (the default) or "
+            f"0.0.0.0 (every network interface, on purpose), got {host!r}."
+        )
+    check_number(port, "oracle.port (0: a free port)", integer=True, minimum=0, maximum=65535)
+    if not human_extra_installed():
+        raise ConfigError(MISSING_EXTRA)
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _validate_files(config) -> None:
