@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("bench_smc_overhead", "bench_das_sd", "bench_surrogate", "bench_world")
+MODULES = ("bench_smc_overhead", "bench_das_sd", "bench_surrogate", "bench_world", "bench_realign")
 
 
 def main() -> None:

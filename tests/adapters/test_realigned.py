@@ -232,3 +232,30 @@ def test_das_on_the_realigned_model_targets_the_right_strength():
             assert ratio <= bar, (lam_base, ratio)
         if lam_base == 1.0:
             assert abs(float(result.log_normalizer.mean()) - (log_z - log_z_aligned)) < 0.05
+
+
+@pytest.mark.parametrize("prior", [nine_gaussians(), eight_gaussians()], ids=["nine", "eight"])
+def test_das_with_the_realigned_proposal_reaches_the_floor_at_alpha_over_lambda(prior):
+    """The issue's bar: the reference chain tilted at α/λ as target, the realigned chain at λ as proposal.
+
+    ``DASSampler(reference, reward, kl_coeff=α/λ, proposal_adapter=RealignedAdapter(...))``
+    targets ``p_ref · exp(λ r/α)`` exactly; the realigned chain only moves the particles.
+    Protocol of the DAS paper, shrunk to a few seconds: 4000 independent runs of 8 particles
+    (50 steps), one draw by weight each, mean EMD to exact draws over 8 sets of 500, over the
+    floor (16 exact pairs). The realigned chain already carries the tilt, so no gradient
+    shift and no tempering. At this size the 500-point EMD's own noise (mode counts) spreads
+    the ratio over seeds: at λ = 0.5, seeds 0–5 measured 0.92–1.13 (nine) and 0.88–1.38
+    (eight), hence the bar 1.5 here; the issue's 1.2 is met by the full-size benchmark
+    (benchmarks/results/realign.json, ``das_realigned_proposal``, every λ on both toys),
+    where the realigned chain alone measures 1.7–3.
+    """
+    reward, alpha, lam, steps = paper_toy_reward(), 1.0, 0.5, 50
+    reference, aligned = _toys(num_steps=steps, alpha=alpha, prior=prior)
+    target, _ = tilt_quadratic(prior, reward, alpha / lam)
+    generator = torch.Generator().manual_seed(0)
+    sampler = DASSampler(reference, reward, kl_coeff=alpha / lam, num_particles=8, selection="sample", tempering="none",
+                         use_gradient=False, proposal_adapter=RealignedAdapter(reference, aligned, lam))
+    samples = sampler.sample([""] * (8 * SET), generator).selected
+    value = np.mean([emd(s, target.sample(SET, generator)) for s in samples.reshape(-1, SET, 2)])
+    floor = np.mean([emd(target.sample(SET, generator), target.sample(SET, generator)) for _ in range(16)])
+    assert value <= 1.5 * floor, (value, floor)

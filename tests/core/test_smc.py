@@ -167,3 +167,67 @@ def test_use_gradient_needs_a_differentiable_reward():
     reward = FunctionReward(lambda x: x.sum(-1), differentiable=False)
     with pytest.raises(ValueError, match="differentiable"):
         DASSampler(ToyAdapter(nine_gaussians(), num_steps=2), reward, kl_coeff=1.0, use_gradient=True)
+
+
+# ---------------------------------------------------------------- a separate base proposal
+
+
+def _other_gaussian_adapter(mean, var, eta=1.0, num_steps=40):
+    prior = GaussianMixture(torch.tensor([[mean]], dtype=torch.float64), torch.tensor([[var]], dtype=torch.float64),
+                            torch.zeros(1, dtype=torch.float64))
+    return ToyAdapter(prior, num_steps=num_steps, eta=eta, dtype=torch.float64)
+
+
+def test_proposal_adapter_equal_to_the_adapter_reproduces_the_default_bit_for_bit():
+    from das.adapters.realigned import RealignedAdapter
+
+    adapter = ToyAdapter(nine_gaussians(), num_steps=12)
+    other = ToyAdapter(tilt_quadratic(nine_gaussians(), paper_toy_reward(), 1.0)[0], num_steps=12)
+    for use_gradient in (True, False):
+        options = {"kl_coeff": 0.7, "num_particles": 6, "use_gradient": use_gradient, "ess_threshold": 0.8}
+        expected = DASSampler(adapter, paper_toy_reward(), **options).sample(["a", "b"], torch.Generator().manual_seed(3))
+        # the adapter itself, and a distinct adapter with the same transitions (λ = 0 runs the reference only)
+        for proposal in (adapter, RealignedAdapter(adapter, other, 0.0)):
+            result = DASSampler(adapter, paper_toy_reward(), proposal_adapter=proposal, **options).sample(
+                ["a", "b"], torch.Generator().manual_seed(3))
+            for field in ("samples", "log_weights", "log_normalizer", "ess", "resampled", "reward_trace", "selected"):
+                assert torch.equal(getattr(result, field), getattr(expected, field)), (use_gradient, field)
+
+
+@pytest.mark.parametrize("case", ["realigned-towards-a-shifted-gaussian", "wider-proposal-of-another-gaussian"])
+def test_a_wrong_proposal_adapter_still_gives_the_closed_form(case):
+    """The target stays the adapter's chain tilted by exp(r/α); the weights correct the proposal exactly.
+
+    Uncorrected, the realigned proposal (λ = 0.5 towards N(0, 0.5), with N(1, 0.5) as the
+    reference) would give log Z ≈ −2.6 instead of −1.76. The second case draws from a chain
+    with other means and larger stds (η = 1 against the adapter's η = 0.6), which exercises
+    the ``Σ log(σ'/σ)`` term.
+    """
+    from das.adapters.realigned import RealignedAdapter
+
+    if case == "realigned-towards-a-shifted-gaussian":
+        adapter = _gaussian_adapter()
+        proposal = RealignedAdapter(adapter, _other_gaussian_adapter(0.0, 0.5), 0.5)
+    else:
+        adapter = _other_gaussian_adapter(1.0, 0.5, eta=0.6)
+        proposal = _other_gaussian_adapter(0.5, 0.5, eta=1.0)
+    precision, center, alpha = 2.0, 2.5, 0.8
+    m, v = _chain_marginal(adapter)
+    target_mean, target_var, target_log_z = _tilted_gaussian(m, v, precision, center, alpha)
+    sampler = DASSampler(adapter, QuadraticReward([precision], [center]), kl_coeff=alpha, num_particles=1500,
+                         selection="all", tempering="exponential", tempering_gamma=0.05, proposal_adapter=proposal)
+    result = sampler.sample(["a", "b", "c", "d"], torch.Generator().manual_seed(0))
+    w, x = result.weights.double(), result.samples[..., 0]
+    mean = (w * x).sum(-1)
+    var = (w * (x - mean.unsqueeze(-1)) ** 2).sum(-1)
+    assert abs(float(mean.mean()) - target_mean) < 5 * math.sqrt(target_var / 1500 / 4) * 3
+    assert abs(float(var.mean()) / target_var - 1) < 0.1
+    assert abs(float(result.log_normalizer.double().mean()) - target_log_z) < 0.05
+
+
+def test_proposal_adapter_must_run_the_same_chain():
+    adapter = ToyAdapter(nine_gaussians(), num_steps=10)
+    one_d = GaussianMixture(torch.zeros(1, 1), torch.ones(1, 1), torch.zeros(1))
+    for proposal in (ToyAdapter(nine_gaussians(), num_steps=12), ToyAdapter(one_d, num_steps=10)):
+        with pytest.raises(ValueError, match="proposal_adapter must run the adapter's chain"):
+            DASSampler(adapter, paper_toy_reward(), kl_coeff=1.0, proposal_adapter=proposal)
