@@ -1,6 +1,7 @@
 """DAS on Stable Diffusion 1.5: ``python -m das --config config/sd.py:<variant>``.
 
-Variants: aesthetic, pick, clip, multi, jpeg. Reference settings of the DAS paper: K = 4
+Variants: aesthetic, pick, clip, multi, jpeg; realign (DeRaDiff, see docs/realign.md);
+world and realign_world (the embedded world's model, runs on a CPU with no download). Reference settings of the DAS paper: K = 4
 particles, 100 DDIM steps, eta = 1, CFG 5, SSP resampling at ESS < 0.5·K, exponential
 tempering γ = 0.008, α per reward (aesthetic 0.005, JPEG 0.1, PickScore 0.0001,
 CLIPScore 0.01). Override any field, e.g. ``--config.smc.num_particles=8``.
@@ -48,6 +49,19 @@ def base(family: str = "sd", model_path: str = "stable-diffusion-v1-5/stable-dif
     config.smc.tempering_gamma = 0.008
     config.smc.selection = "max_weight"
     config.smc.max_chunk_rows = 0  # 0: all B·K rows per forward/backward
+
+    # DeRaDiff realignment (docs/realign.md): mix the model outputs of model.path (the reference)
+    # and realign.aligned (a model aligned at strength realign.alpha), ε_λ = (1 − λ)ε_ref + λε_aligned,
+    # which emulates strength α/λ. Off unless realign.enabled (the realign variants set it).
+    config.realign = ml_collections.ConfigDict()
+    config.realign.enabled = False
+    config.realign.aligned = ""  # local folder of the aligned model (same family, scheduler and shape as model.path)
+    config.realign.lam = 1.0  # λ ≥ 0: 0 the reference, 1 the aligned model, > 1 extrapolates
+    config.realign.alpha = 0.0  # α the aligned model was aligned at (0: read training_info.json's "alpha", else unknown)
+    config.realign.smc = False  # False: plain samples of the realigned chain; True: DAS (smc.*) on top of it
+    config.realign.sweep = ""  # comma-separated λ grid, e.g. "0,0.5,1,2": writes realign_sweep.{png,json,md} instead
+    config.realign.sweep_das = True  # in a sweep, also DAS on model.path at the equivalent α/λ (needs α)
+    config.realign.samples_per_prompt = 4  # in a sweep: samples per prompt and λ (diversity is over these)
     return config
 
 
@@ -98,9 +112,50 @@ def jpeg() -> ml_collections.ConfigDict:
     return config
 
 
+def realign() -> ml_collections.ConfigDict:
+    """DeRaDiff on SD 1.5: ``--config.realign.aligned=PATH`` (an SD 1.5 fine-tune aligned at α) and ``--config.realign.lam``."""
+    config = base()
+    config.run_name = "sd-realign"
+    config.realign.enabled = True
+    return config
+
+
+WORLD_MODEL = "checkpoints/pretrained/shapes32"
+WORLD_ALIGNED = "checkpoints/aligned/shapes32-colorfulness"
+
+
+def world() -> ml_collections.ConfigDict:
+    """DAS on the embedded world's model towards colourfulness at α = 5 (the world's kl_coeff for it); CPU, no download."""
+    config = base(family="pixel", model_path=WORLD_MODEL)
+    config.run_name = "world-colorfulness"
+    config.device = "cpu"
+    config.prompt_file = "world"  # the world's nine prompts (das.world.PROMPTS)
+    config.batch_prompts = 9
+    config.model.dtype = "fp32"
+    config.model.num_steps = 25
+    config.model.guidance_scale = 3.0
+    config.reward.name = "colorfulness"
+    config.reward.kwargs = ml_collections.ConfigDict({"scale": 1.0})
+    config.smc.kl_coeff = 5.0
+    config.smc.tempering_gamma = 0.1
+    return config
+
+
+def realign_world() -> ml_collections.ConfigDict:
+    """DeRaDiff on the world: the shipped model and the project's model aligned to colourfulness at α = 5."""
+    config = world()
+    config.run_name = "world-realign"
+    config.realign.enabled = True
+    config.realign.aligned = WORLD_ALIGNED
+    config.realign.alpha = 5.0
+    config.realign.lam = 0.5
+    return config
+
+
 def get_config(variant: str = "aesthetic") -> ml_collections.ConfigDict:
     """``config/sd.py:<variant>`` resolves here."""
-    variants = {"aesthetic": aesthetic, "pick": pick, "clip": clip, "multi": multi, "jpeg": jpeg}
+    variants = {"aesthetic": aesthetic, "pick": pick, "clip": clip, "multi": multi, "jpeg": jpeg, "realign": realign,
+                "world": world, "realign_world": realign_world}
     if variant not in variants:
         raise ValueError(f"Unknown variant {variant!r} of config/sd.py; choose one of: {', '.join(variants)}.")
     return variants[variant]()

@@ -20,3 +20,13 @@ class Featurizer(Protocol):
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Returns `(N, dim)` features."""
+
+
+def mean_cosine_distance(features: torch.Tensor) -> float:
+    """Diversity of a set: mean pairwise cosine distance ``1 − cos(φ_i, φ_j)`` over `(n, D)` features, i ≠ j."""
+    if features.shape[0] < 2:
+        return 0.0
+    unit = torch.nn.functional.normalize(features.double(), dim=-1)
+    similarity = unit @ unit.T
+    n = features.shape[0]
+    return float(1.0 - (similarity.sum() - similarity.diagonal().sum()) / (n * (n - 1)))

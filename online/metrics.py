@@ -8,16 +8,12 @@ from pathlib import Path
 
 import torch
 
+from das.features import mean_cosine_distance
+
 
 def diversity(features: torch.Tensor) -> float:
     """Mean pairwise cosine distance ``1 − cos(φ_i, φ_j)`` over a batch's features, `(n, D)`."""
-    if features.shape[0] < 2:
-        return 0.0
-    unit = torch.nn.functional.normalize(features.double(), dim=-1)
-    similarity = unit @ unit.T
-    n = features.shape[0]
-    off_diagonal = (similarity.sum() - similarity.diagonal().sum()) / (n * (n - 1))
-    return float(1.0 - off_diagonal)
+    return mean_cosine_distance(features)
 
 
 def summary(values: torch.Tensor) -> dict[str, float]:

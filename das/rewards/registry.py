@@ -5,6 +5,7 @@ name        what                                           α (kl_coeff) needs
 =========== ============================================== ===========  ===============
 aesthetic   LAION aesthetic predictor on CLIP ViT-L/14     0.005        mlp_path
 jpeg        −JPEG size (kB, quality 95); not differentiable 0.1          —
+colorfulness Hasler–Süsstrunk colourfulness (0–255 scale)  —            —
 pickscore   PickScore (CLIP-H)                             0.0001       —
 clipscore   cosine of CLIP ViT-L/14 image/prompt embeds    0.01         —
 multi       w·aesthetic + (1−w)·20·clipscore               0.005        mlp_path
@@ -33,6 +34,12 @@ def _jpeg(quality: int = 95) -> Reward:
     from das.rewards.jpeg import JPEGCompressibility
 
     return JPEGCompressibility(quality)
+
+
+def _colorfulness(scale: float = 1.0) -> Reward:
+    from das.rewards.colorfulness import ColorfulnessReward
+
+    return ColorfulnessReward(scale)
 
 
 def _pickscore(model: str = "yuvalkirstain/PickScore_v1", processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K") -> Reward:
@@ -75,6 +82,7 @@ def _hpsv2(checkpoint: str | None = None, device: str = "cpu") -> Reward:
 REWARDS: dict[str, Callable[..., Reward]] = {
     "aesthetic": _aesthetic,
     "jpeg": _jpeg,
+    "colorfulness": _colorfulness,
     "pickscore": _pickscore,
     "clipscore": _clipscore,
     "multi": _multi,
@@ -93,7 +101,7 @@ def make_reward(name: str, **kwargs: Any) -> Reward:
     """Builds a reward by name.
 
     Args:
-        name: one of :data:`REWARDS` (``aesthetic``, ``jpeg``, ``pickscore``, ``clipscore``,
+        name: one of :data:`REWARDS` (``aesthetic``, ``jpeg``, ``colorfulness``, ``pickscore``, ``clipscore``,
             ``multi``, ``imagereward``, ``hpsv2``).
         **kwargs: the reward's loading options (model ids or local paths, see each builder).
 

@@ -128,7 +128,7 @@ def test_jpeg_runs_gradient_free_in_sampler():
 
 
 def test_unknown_reward_lists_valid_names():
-    with pytest.raises(ValueError, match="aesthetic, clipscore, hpsv2, imagereward, jpeg, multi, pickscore"):
+    with pytest.raises(ValueError, match="aesthetic, clipscore, colorfulness, hpsv2, imagereward, jpeg, multi, pickscore"):
         make_reward("beauty")
 
 
