@@ -31,42 +31,63 @@ def classifier():
     return SceneClassifier.fit()  # the classifier das.world.pictures reports accuracy with
 
 
-# The acceptance sample: 64 per prompt (576 images, seed 1; about 5 minutes on one thread).
+# The acceptance measurement: 64 per prompt (576 images, seed 1; about 4 minutes on one
+# thread), too slow for the default suite: `pytest -m slow tests/world/test_model.py`.
 # Measured (docs/embedded_world.md): accuracy 0.94, every prompt 0.89-0.98; P90 - P10 of
-# JPEG 0.24 kB and of colourfulness 54.2.
-PER_PROMPT = 64
+# JPEG 0.24 kB and of colourfulness 54.2. The default suite runs the same checks on 12 per
+# prompt (108 images) as a regression guard, with the spread bar halved: the spread of a
+# small sample is a noisy estimate (0.194 kB for JPEG on 54 images).
+ACCEPTANCE_PER_PROMPT = 64
+GUARD_PER_PROMPT = 12
 
 
-@pytest.fixture(scope="module")
-def samples(adapter):
-    prompts = [p for p in PROMPTS for _ in range(PER_PROMPT)]
+def draw(adapter, per_prompt: int) -> torch.Tensor:
+    prompts = [p for p in PROMPTS for _ in range(per_prompt)]
     return sample_images(adapter, prompts, torch.Generator().manual_seed(1))
 
 
 @pytest.fixture(scope="module")
-def predictions(samples, classifier):
-    return classifier.predict(samples), np.repeat(np.arange(len(PROMPTS)), PER_PROMPT)
+def guard_samples(adapter):
+    return draw(adapter, GUARD_PER_PROMPT)
 
 
-def test_shipped_model_samples_every_prompt_in_the_prompted_colour(samples, predictions):
-    assert samples.shape == (PER_PROMPT * len(PROMPTS), 3, 32, 32)
-    pred, target = predictions
+@pytest.fixture(scope="module")
+def acceptance_samples(adapter):
+    return draw(adapter, ACCEPTANCE_PER_PROMPT)
+
+
+def check_prompts_recognised(samples, classifier, per_prompt: int, min_prompt: float) -> None:
+    assert samples.shape == (per_prompt * len(PROMPTS), 3, 32, 32)
+    pred, target = classifier.predict(samples), np.repeat(np.arange(len(PROMPTS)), per_prompt)
     colour_ok = (pred >= 0) & (pred // 3 == target // 3)  # PROMPTS is colour-major, 3 shapes per colour
-    assert colour_ok.mean() >= 0.95  # a regression guard
-
-
-def test_sixty_four_samples_per_prompt_are_recognised(predictions):
-    pred, target = predictions
+    assert colour_ok.mean() >= 0.95
     per = {p: float((pred[target == i] == i).mean()) for i, p in enumerate(PROMPTS)}
     assert (pred == target).mean() >= MIN_ACCURACY, per
-    assert min(per.values()) >= 0.6, per
+    assert min(per.values()) >= min_prompt, per
 
 
-def test_shipped_model_samples_spread_the_oracles(samples):
-    values = oracle_values(samples)
-    for name, v in values.items():
+def check_oracles_spread(samples, factor: float) -> None:
+    for name, v in oracle_values(samples).items():
         p10, p90 = np.percentile(v, [10, 90])
-        assert p90 - p10 >= 10 * ORACLE_NOISE_STD[name], (name, p10, p90)
+        assert p90 - p10 >= factor * ORACLE_NOISE_STD[name], (name, p10, p90)
+
+
+def test_twelve_samples_per_prompt_are_recognised_in_the_prompted_colour(guard_samples, classifier):
+    check_prompts_recognised(guard_samples, classifier, GUARD_PER_PROMPT, min_prompt=0.5)
+
+
+def test_twelve_samples_per_prompt_spread_the_oracles(guard_samples):
+    check_oracles_spread(guard_samples, factor=5)
+
+
+@pytest.mark.slow
+def test_sixty_four_samples_per_prompt_are_recognised(acceptance_samples, classifier):
+    check_prompts_recognised(acceptance_samples, classifier, ACCEPTANCE_PER_PROMPT, min_prompt=0.6)
+
+
+@pytest.mark.slow
+def test_sixty_four_samples_per_prompt_spread_the_oracles(acceptance_samples):
+    check_oracles_spread(acceptance_samples, factor=10)
 
 
 def test_das_runs_on_the_shipped_model_with_a_black_box_oracle(adapter):
