@@ -58,7 +58,7 @@ def base(family: str = "sd", model_path: str = "stable-diffusion-v1-5/stable-dif
     config.realign.aligned = ""  # local folder of the aligned model (same family, scheduler and shape as model.path)
     config.realign.lam = 1.0  # λ ≥ 0: 0 the reference, 1 the aligned model, > 1 extrapolates
     config.realign.alpha = 0.0  # α the aligned model was aligned at (0: read training_info.json's "alpha", else unknown)
-    config.realign.smc = False  # False: plain samples of the realigned chain; True: DAS (smc.*) on top of it
+    config.realign.smc = False  # False: plain samples of the realigned chain; True: DAS (smc.*) on model.path, realigned proposal
     config.realign.sweep = ""  # comma-separated λ grid, e.g. "0,0.5,1,2": writes realign_sweep.{png,json,md} instead
     config.realign.sweep_das = True  # in a sweep, also DAS on model.path at the equivalent α/λ (needs α)
     config.realign.samples_per_prompt = 4  # in a sweep: samples per prompt and λ (diversity is over these)
@@ -121,6 +121,7 @@ def realign() -> ml_collections.ConfigDict:
 
 
 WORLD_MODEL = "checkpoints/pretrained/shapes32"
+WORLD_VARIANTS = ("world", "realign_world")  # sdxl.py and lcm.py refuse these
 WORLD_ALIGNED = "checkpoints/aligned/shapes32-colorfulness"
 
 

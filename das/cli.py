@@ -61,8 +61,8 @@ p_pre(x)·exp(r(x)/α) and writes the chosen image per prompt, every particle, r
 Config files and variants:
   config/sd.py     Stable Diffusion 1.5: aesthetic, pick, clip, multi, jpeg, realign;
                    world, realign_world (the embedded world's 32×32 model: CPU, no download)
-  config/sdxl.py   SDXL (same variants)
-  config/lcm.py    Latent Consistency Model (same variants)
+  config/sdxl.py   SDXL (the same variants but world, realign_world)
+  config/lcm.py    Latent Consistency Model (the same variants but world, realign_world)
 
 Main fields (override with --config.<field>=<value>):
   run_name, output_dir, overwrite   the outputs go to <output_dir>/<run_name> (a plain name);

@@ -140,3 +140,10 @@ def test_sd_realign_variant_needs_an_aligned_folder(tmp_path, capsys):
     argv = ["das", "--config", str(ROOT / "config" / "sd.py") + ":realign", f"--config.output_dir={tmp_path}"]
     assert main(argv) == 2
     assert "realign.aligned is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config_file", ["sdxl.py", "lcm.py"])
+def test_world_variants_are_refused_for_other_model_families(config_file, capsys):
+    assert main(["das", "--config", f"{ROOT / 'config' / config_file}:world"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config/sd.py:world" in err[0]
