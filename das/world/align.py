@@ -51,19 +51,15 @@ ORACLES = ("colorfulness", "jpeg", "rare")
 
 def make_oracle_reward(name: str):
     """The world oracle `name` as a reward (colourfulness and rare colour are differentiable; JPEG is not)."""
-    if name == "colorfulness":
-        from das.rewards.colorfulness import ColorfulnessReward
-
-        return ColorfulnessReward()
+    if name not in ORACLES:
+        raise ValueError(f"Unknown oracle {name!r}; choose one of: {', '.join(ORACLES)}.")
     if name == "rare":
         from das.world.oracles import RareColourReward
 
         return RareColourReward()
-    if name == "jpeg":
-        from das.world.oracles import jpeg_reward
+    from das.rewards import make_reward
 
-        return jpeg_reward()
-    raise ValueError(f"Unknown oracle {name!r}; choose one of: {', '.join(ORACLES)}.")
+    return make_reward(name)  # colorfulness, or jpeg (quality 95, as das.world.oracles.jpeg_reward)
 
 
 def build_parser() -> argparse.ArgumentParser:
