@@ -27,7 +27,7 @@ demo: $(STAMP)
 		--config.overwrite=True --config.reward_model_path=runs/demo/round_0006
 
 toy-demo: $(STAMP)
-	$(PY) -m das.toy_demo --out runs/toy_demo
+	$(PY) -m das.toy.demo --out runs/toy_demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -13,7 +13,20 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["das", "das.*", "surrogate", "surrogate.*", "online", "online.*", "config", "config.*"]),
+    packages=find_packages(
+        include=[
+            "das",
+            "das.*",
+            "world",
+            "world.*",
+            "surrogate",
+            "surrogate.*",
+            "online",
+            "online.*",
+            "config",
+            "config.*",
+        ]
+    ),
     include_package_data=True,
     package_data={"online.human": ["page.html"]},
     install_requires=[

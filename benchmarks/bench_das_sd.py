@@ -9,19 +9,16 @@ pipeline sampling of the same B·K images. Writes ``benchmarks/results/das_sd.js
 from __future__ import annotations
 
 import json
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from das import DASSampler  # noqa: E402
-from das.adapters.stable_diffusion import StableDiffusionAdapter  # noqa: E402
-from das.rewards import FunctionReward  # noqa: E402
-from tiny_components import tiny_sd_pipeline  # noqa: E402
+from das import DASSampler
+from das.adapters.stable_diffusion import StableDiffusionAdapter
+from das.rewards import FunctionReward
+from tests.tiny_components import tiny_sd_pipeline
 
 B, K, STEPS, REPEATS = 4, 4, 20, 2
 PROMPTS = ["a cat", "a dog", "a horse", "a zebra"]
@@ -60,11 +57,17 @@ def main() -> None:
             r = reward(adapter.decode(out), prompts)
             torch.autograd.grad(r.sum(), x)
 
-
     def plain():
         with torch.no_grad():
-            pipe(prompt=PROMPTS, num_images_per_prompt=K, num_inference_steps=STEPS, guidance_scale=5.0, eta=1.0,
-                 generator=torch.Generator().manual_seed(0), output_type="pt")
+            pipe(
+                prompt=PROMPTS,
+                num_images_per_prompt=K,
+                num_inference_steps=STEPS,
+                guidance_scale=5.0,
+                eta=1.0,
+                generator=torch.Generator().manual_seed(0),
+                output_type="pt",
+            )
 
     pipe.set_progress_bar_config(disable=True)
     from diffusers import DDIMScheduler
@@ -75,8 +78,16 @@ def main() -> None:
 
     result = {
         "benchmark": "das_sd",
-        "setup": {"prompts": B, "particles": K, "steps": STEPS, "components": "tiny random SD (tests/tiny_components.py)",
-                  "latent": list(adapter.latent_shape), "guidance_scale": 5.0, "repeats": REPEATS, "statistic": "min, interleaved runs"},
+        "setup": {
+            "prompts": B,
+            "particles": K,
+            "steps": STEPS,
+            "components": "tiny random SD (tests/tiny_components.py)",
+            "latent": list(adapter.latent_shape),
+            "guidance_scale": 5.0,
+            "repeats": REPEATS,
+            "statistic": "min, interleaved runs",
+        },
         "das_seconds": das_time,
         "floor_seconds": floor_time,
         "plain_pipeline_seconds": plain_time,

@@ -57,11 +57,26 @@ METHOD_CONFIGS = {
     "ceiling": ("config/Greedy_smc.py", ["--config.smc.guidance=oracle"]),
 }
 METHOD_NAMES = {
-    "ucb": "UCB", "bootstrap": "Bootstrap", "gp": "GP", "thompson": "Thompson", "greedy": "Greedy",
-    "non-adaptive": "Non-adaptive", "pretrained": "Pretrained", "ceiling": "Ceiling",
+    "ucb": "UCB",
+    "bootstrap": "Bootstrap",
+    "gp": "GP",
+    "thompson": "Thompson",
+    "greedy": "Greedy",
+    "non-adaptive": "Non-adaptive",
+    "pretrained": "Pretrained",
+    "ceiling": "Ceiling",
 }
 # relative cost of a run, for ordering (guided rounds with gradients dominate)
-COST = {"pretrained": 1, "non-adaptive": 2, "ceiling": 4, "greedy": 5, "ucb": 5, "gp": 5, "bootstrap": 5, "thompson": 5}
+COST = {
+    "pretrained": 1,
+    "non-adaptive": 2,
+    "ceiling": 4,
+    "greedy": 5,
+    "ucb": 5,
+    "gp": 5,
+    "bootstrap": 5,
+    "thompson": 5,
+}
 
 
 def run_argv(method: str, oracle: str, seed: int, args) -> list[str]:
@@ -101,8 +116,6 @@ def _one_run(argv: list[str], run_dir: str, rounds: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     os.chdir(REPO)  # the config files import config.online_base
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     from online.online_main_smc import main
 
     path = Path(run_dir)
@@ -114,8 +127,13 @@ def _one_run(argv: list[str], run_dir: str, rounds: int, threads: int) -> dict:
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         status = main(argv)
-    return {"run": path.name, "status": status, "seconds": time.perf_counter() - started, "reused": False,
-            "log_tail": log.getvalue()[-600:] if status else ""}
+    return {
+        "run": path.name,
+        "status": status,
+        "seconds": time.perf_counter() - started,
+        "reused": False,
+        "log_tail": log.getvalue()[-600:] if status else "",
+    }
 
 
 def run_all(args) -> list[dict]:
@@ -182,10 +200,17 @@ def summarize(runs, methods: list[str]) -> tuple[list[dict], list[dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Settings of the committed figures: the defaults.")
-    p.add_argument("--runs", default=str(REPO / "runs" / "bench_online"), help="folder of the benchmark's run directories")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for online.json and online_report/")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Settings of the committed figures: the defaults.",
+    )
+    p.add_argument(
+        "--runs", default=str(REPO / "runs" / "bench_online"), help="folder of the benchmark's run directories"
+    )
+    p.add_argument(
+        "--out", default=str(REPO / "benchmarks" / "results"), help="folder for online.json and online_report/"
+    )
     p.add_argument("--seeds", type=int, default=5, help="seeds per (oracle, method) (default 5)")
     p.add_argument("--oracles", nargs="+", default=list(ORACLES), choices=ORACLES)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -196,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
     p.add_argument("--workers", type=int, default=2, help="runs in parallel (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
-    p.add_argument("--summarize-only", action="store_true",
-                   help="run nothing: re-read the runs, rewrite the summary and report, keep the timings of online.json")
+    p.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="run nothing: re-read the runs, rewrite the summary and report, keep the timings of online.json",
+    )
     args = p.parse_args(argv)
     if args.rounds < 2 or args.seeds < 1 or args.workers < 1 or args.threads < 1:
         p.error("--rounds must be at least 2, and --seeds, --workers, --threads at least 1")
@@ -212,11 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     failed = [r["run"] for r in results if r["status"]]
 
-    sys.path.insert(0, str(REPO))
     from benchmarks.common import machine
     from online.analysis import load_run, write_report
 
-    run_dirs = sorted(Path(args.runs) / f"{o}-{m}-s{s}" for o in args.oracles for m in args.methods for s in range(args.seeds))
+    run_dirs = sorted(
+        Path(args.runs) / f"{o}-{m}-s{s}" for o in args.oracles for m in args.methods for s in range(args.seeds)
+    )
     run_dirs = [d for d in run_dirs if d.is_dir()]
     report_dir = Path(args.out) / "online_report"
     written = write_report(run_dirs, report_dir, "Online loop on the embedded world: methods × oracles × seeds")
@@ -233,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "comparisons": comparisons,
         "round_overhead_fraction": overhead,
-        "report": str(written["report"].relative_to(REPO)) if written["report"].is_relative_to(REPO) else str(written["report"]),
+        "report": str(written["report"].relative_to(REPO))
+        if written["report"].is_relative_to(REPO)
+        else str(written["report"]),
     }
     if previous is not None:  # the runs' timings come from the invocation that ran them
         keep = ("machine", "settings", "wall_seconds", "run_seconds", "reused_runs", "failed_runs")
@@ -244,12 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(payload, indent=2, default=float))
     os.replace(tmp, out)
     for row in summary:
-        print(f"{row['oracle']:>12} {row['method']:>12}  final {row['final_true_reward_mean']:.4f} ± {row['final_true_reward_se']:.4f}"
-              f"  gain/ceiling {row['gain_fraction_of_ceiling']:.2f}")
+        print(
+            f"{row['oracle']:>12} {row['method']:>12}  final {row['final_true_reward_mean']:.4f} ± {row['final_true_reward_se']:.4f}"
+            f"  gain/ceiling {row['gain_fraction_of_ceiling']:.2f}"
+        )
     for entry in comparisons:
         print(json.dumps(entry, default=float))
-    print(f"{len(results)} runs in {wall / 60:.1f} min ({payload['reused_runs']} reused, {len(failed)} failed) -> {out}"
-          if not args.summarize_only else f"summary rewritten from {len(runs)} runs -> {out}")
+    print(
+        f"{len(results)} runs in {wall / 60:.1f} min ({payload['reused_runs']} reused, {len(failed)} failed) -> {out}"
+        if not args.summarize_only
+        else f"summary rewritten from {len(runs)} runs -> {out}"
+    )
     return 1 if failed else 0
 
 

@@ -30,7 +30,7 @@ SMC runs follow the DAS paper's protocol: ``SET · SETS`` independent runs (prom
 run's weighted particles are not independent samples: after resampling they share a few
 ancestors, and their mode proportions are those of one run.)
 
-Timing: time per sample of plain sampling (``das.world.sampling.sample_images``) through
+Timing: time per sample of plain sampling (``das.ancestral.sample_images``) through
 the realigned adapter vs the reference adapter, interleaved in one run, median of repeats,
 on the toy and on the shipped pixel world model (a second copy of it as the "aligned" side).
 
@@ -48,12 +48,12 @@ import torch
 
 from benchmarks.common import write_result
 from das.adapters.realigned import RealignedAdapter
-from das.adapters.toy import ToyAdapter
+from das.ancestral import sample_images
 from das.resampling import effective_sample_size, get_resampler, normalize_with_log_sum
 from das.rewards import FunctionReward
 from das.smc import DASSampler
 from das.toy import GaussianMixture, eight_gaussians, emd, nine_gaussians, paper_toy_reward, tilt_quadratic
-from das.world.sampling import sample_images
+from das.toy.adapter import ToyAdapter
 
 ALPHA = 1.0
 LAMBDAS = (0.25, 0.5, 1.0, 2.0)
@@ -84,21 +84,31 @@ def _chain(adapter, generator: torch.Generator) -> torch.Tensor:
 def _das(base, reward, kl_coeff: float, generator: torch.Generator) -> tuple[torch.Tensor, float]:
     """One draw by weight from each of ``SET · SETS`` independent DAS runs, and the mean final ESS."""
     result = DASSampler(base, reward, kl_coeff=kl_coeff, num_particles=PARTICLES, selection="sample").sample(
-        [""] * (SET * SETS), generator)
+        [""] * (SET * SETS), generator
+    )
     return result.selected, float(result.ess[-1].mean())
 
 
-def _das_with_proposal(reference, realigned, reward, kl_coeff: float, generator: torch.Generator,
-                       gradient: bool) -> tuple[torch.Tensor, float]:
+def _das_with_proposal(
+    reference, realigned, reward, kl_coeff: float, generator: torch.Generator, gradient: bool
+) -> tuple[torch.Tensor, float]:
     """DAS towards ``p_ref · exp(r/α')`` moving by the realigned chain: one draw by weight per run, mean final ESS."""
     options = {} if gradient else {"use_gradient": False, "tempering": "none"}
-    result = DASSampler(reference, reward, kl_coeff=kl_coeff, num_particles=PARTICLES, selection="sample",
-                        proposal_adapter=realigned, **options).sample([""] * (SET * SETS), generator)
+    result = DASSampler(
+        reference,
+        reward,
+        kl_coeff=kl_coeff,
+        num_particles=PARTICLES,
+        selection="sample",
+        proposal_adapter=realigned,
+        **options,
+    ).sample([""] * (SET * SETS), generator)
     return result.selected, float(result.ess[-1].mean())
 
 
-def smc_with_realigned_proposal(reference: ToyAdapter, realigned: RealignedAdapter, reward, kl_coeff: float,
-                                generator: torch.Generator) -> tuple[torch.Tensor, float]:
+def smc_with_realigned_proposal(
+    reference: ToyAdapter, realigned: RealignedAdapter, reward, kl_coeff: float, generator: torch.Generator
+) -> tuple[torch.Tensor, float]:
     """Prototype: SMC towards ``p_ref · exp(r/α')`` with the realigned transition as proposal.
 
     Target path: the reference chain, twisted by ``ψ_t = r(x̂0_λ(x_t))/α'`` (the realigned
@@ -172,7 +182,12 @@ def toy_table() -> dict:
             realigned = RealignedAdapter(reference, aligned, lam)
             runs = [  # (key, base adapter, reward, kl_coeff of the DAS stage)
                 ("das_half", RealignedAdapter(reference, aligned, lam / 2), reward, 2 * ALPHA / lam),
-                ("das_from_aligned", aligned, reward if lam > 1 else negated, ALPHA / abs(lam - 1) if lam != 1 else None),
+                (
+                    "das_from_aligned",
+                    aligned,
+                    reward if lam > 1 else negated,
+                    ALPHA / abs(lam - 1) if lam != 1 else None,
+                ),
                 ("das_double_tilt", realigned, reward, ALPHA / lam),
             ]
             for key, base, stage_reward, kl_coeff in runs:
@@ -186,9 +201,15 @@ def toy_table() -> dict:
             draws, final_ess = smc_with_realigned_proposal(reference, realigned, reward, ALPHA / lam, g)
             row["smc_realigned_proposal"] = {**_summary(_emds(draws, target, g), floor), "final_ess": final_ess}
             rows[str(lam)] = row
-            summary = "  ".join(f"{key} {value['emd_over_floor']:.2f}±{value['emd_over_floor_stderr']:.2f}"
-                                for key, value in row.items() if key != "floor")
-            print(f"{name:<16s} λ={lam:<5} floor {floor:.3f}  {summary}  ({time.perf_counter() - start:.0f}s)", flush=True)
+            summary = "  ".join(
+                f"{key} {value['emd_over_floor']:.2f}±{value['emd_over_floor_stderr']:.2f}"
+                for key, value in row.items()
+                if key != "floor"
+            )
+            print(
+                f"{name:<16s} λ={lam:<5} floor {floor:.3f}  {summary}  ({time.perf_counter() - start:.0f}s)",
+                flush=True,
+            )
         table[name] = rows
     return table
 
@@ -208,23 +229,27 @@ def _time_per_sample(adapters: dict, prompts: list[str], repeats: int) -> dict:
 
 
 def timing() -> dict:
-    from das.world.model import load_adapter
+    from world.model import load_adapter
 
     prior = nine_gaussians()
     reference = ToyAdapter(prior, num_steps=STEPS)
     aligned = ToyAdapter(tilt_quadratic(prior, paper_toy_reward(), ALPHA)[0], num_steps=STEPS)
-    toy = _time_per_sample({"reference": reference, "realigned": RealignedAdapter(reference, aligned, 0.5)},
-                           [""] * 4000, repeats=5)
+    toy = _time_per_sample(
+        {"reference": reference, "realigned": RealignedAdapter(reference, aligned, 0.5)}, [""] * 4000, repeats=5
+    )
     toy.update(samples=4000, steps=STEPS)
     print(f"toy: realigned/reference time per sample {toy['ratio_realigned_over_reference']:.2f}", flush=True)
     reference, aligned = load_adapter(), load_adapter()  # the world model twice: the cost, not the alignment
     prompts = ["a red circle on a white background", "a blue square on a black background"] * 4
-    pixel = _time_per_sample({"reference": reference, "realigned": RealignedAdapter(reference, aligned, 0.5)}, prompts,
-                             repeats=3)
+    pixel = _time_per_sample(
+        {"reference": reference, "realigned": RealignedAdapter(reference, aligned, 0.5)}, prompts, repeats=3
+    )
     pixel.update(samples=len(prompts), steps=reference.num_steps, guidance_scale=reference.guidance_scale)
-    print(f"pixel world: realigned/reference time per sample {pixel['ratio_realigned_over_reference']:.2f} "
-          f"({1000 * pixel['reference_seconds_per_sample']:.0f} ms vs {1000 * pixel['realigned_seconds_per_sample']:.0f} ms)",
-          flush=True)
+    print(
+        f"pixel world: realigned/reference time per sample {pixel['ratio_realigned_over_reference']:.2f} "
+        f"({1000 * pixel['reference_seconds_per_sample']:.0f} ms vs {1000 * pixel['realigned_seconds_per_sample']:.0f} ms)",
+        flush=True,
+    )
     return {"toy_nine_gaussians": toy, "pixel_world_shapes32": pixel}
 
 
@@ -232,10 +257,19 @@ def main() -> None:
     torch.set_num_threads(1)
     start = time.perf_counter()
     payload = {
-        "setup": {"alpha_aligned": ALPHA, "lambdas": list(LAMBDAS), "steps": STEPS, "eta": 1.0, "set_size": SET,
-                  "sets": SETS, "smc_runs": SET * SETS, "smc_particles": PARTICLES,
-                  "reward": "paper toy -x^2/100 - y^2", "target": "p_ref * exp(lam * r / alpha)",
-                  "bar": "das_realigned_proposal emd_over_floor <= 1.2 (issue 15)"},
+        "setup": {
+            "alpha_aligned": ALPHA,
+            "lambdas": list(LAMBDAS),
+            "steps": STEPS,
+            "eta": 1.0,
+            "set_size": SET,
+            "sets": SETS,
+            "smc_runs": SET * SETS,
+            "smc_particles": PARTICLES,
+            "reward": "paper toy -x^2/100 - y^2",
+            "target": "p_ref * exp(lam * r / alpha)",
+            "bar": "das_realigned_proposal emd_over_floor <= 1.2 (issue 15)",
+        },
         "toy_emd_over_floor": toy_table(),
         "time_per_sample": timing(),
     }

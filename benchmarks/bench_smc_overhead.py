@@ -16,9 +16,9 @@ import time
 import torch
 
 from benchmarks.common import write_result
-from das.adapters.toy import ToyAdapter
 from das.smc import DASSampler
 from das.toy import GaussianMixture, QuadraticReward, nine_gaussians, paper_toy_reward
+from das.toy.adapter import ToyAdapter
 
 B, K, STEPS, REPEATS = 8, 16, 50, 11
 
@@ -76,9 +76,13 @@ def main() -> None:
         adapter = ToyAdapter(prior, num_steps=STEPS)
         results[name] = [measure(adapter, reward, scheme) for scheme in ("ssp", "systematic")]
         for row in results[name]:
-            print(f"{name:<26s} {row['resampling']:<10s} bookkeeping {100 * row['bookkeeping_fraction']:5.1f}% "
-                  f"({row['bookkeeping_ms_per_step']:.2f} ms/step of {1000 * row['sampler_seconds'] / STEPS:.2f})")
-    path = write_result("smc_overhead", {"B": B, "K": K, "steps": STEPS, "repeats": REPEATS, "target_fraction": 0.10, "cases": results})
+            print(
+                f"{name:<26s} {row['resampling']:<10s} bookkeeping {100 * row['bookkeeping_fraction']:5.1f}% "
+                f"({row['bookkeeping_ms_per_step']:.2f} ms/step of {1000 * row['sampler_seconds'] / STEPS:.2f})"
+            )
+    path = write_result(
+        "smc_overhead", {"B": B, "K": K, "steps": STEPS, "repeats": REPEATS, "target_fraction": 0.10, "cases": results}
+    )
     print(f"wrote {path}")
 
 

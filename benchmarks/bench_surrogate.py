@@ -47,7 +47,9 @@ def clip_like_data(n: int, d: int, generator: torch.Generator) -> tuple[torch.Te
     return x, y
 
 
-def synthetic_16d(n: int, generator: torch.Generator, noise: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def synthetic_16d(
+    n: int, generator: torch.Generator, noise: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inputs `(n, 16)`, true values `(n,)` and noisy observations `(n,)` of a fixed function."""
     fixed = torch.Generator().manual_seed(1234)
     a, b, c = (torch.randn(16, generator=fixed) / 4 for _ in range(3))
@@ -73,7 +75,9 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def naive_reference_bonus(model, data_x: torch.Tensor, query_x: torch.Tensor, alpha: float = 0.01, lam: float = 1e-3) -> torch.Tensor:
+def naive_reference_bonus(
+    model, data_x: torch.Tensor, query_x: torch.Tensor, alpha: float = 0.01, lam: float = 1e-3
+) -> torch.Tensor:
     """The reference's way: recompute φ and the normalized covariance, invert per sample."""
     phi_data = model.features(data_x)
     cov = phi_data.T @ phi_data / phi_data.shape[0]
@@ -92,12 +96,21 @@ def bench_fit_and_bonus(n: int, d: int, results: dict) -> None:
     for kind in ("ucb", "bootstrap", "gp"):
         model = make_surrogate(kind, input_dim=d)
         seconds = timed_fit(model, x, y)
-        fits[kind] = {"seconds": round(seconds, 2), "fit_info": _short_info(model.fit_info), "hyperparameters": model.hyperparameters}
+        fits[kind] = {
+            "seconds": round(seconds, 2),
+            "fit_info": _short_info(model.fit_info),
+            "hyperparameters": model.hyperparameters,
+        }
         print(f"fit {kind:9s} N={n} D={d}: {seconds:.1f} s", flush=True)
         if kind == "ucb":
             ucb = model
-    fits["greedy"] = {"seconds": fits["ucb"]["seconds"], "note": "same model and fit as 'ucb' (beta = 0); not timed separately"}
-    fits["gp"]["note"] = f"default max_points=512, max_iter=100: fitted on a random subset of 512 of the {n} points (PCA to 32 dims)"
+    fits["greedy"] = {
+        "seconds": fits["ucb"]["seconds"],
+        "note": "same model and fit as 'ucb' (beta = 0); not timed separately",
+    }
+    fits["gp"]["note"] = (
+        f"default max_points=512, max_iter=100: fitted on a random subset of 512 of the {n} points (PCA to 32 dims)"
+    )
     results["fit_n4096_d768"] = fits
 
     q = clip_like_data(1024, d, torch.Generator().manual_seed(1))[0]
@@ -139,7 +152,9 @@ def bench_gp_scaling(d: int, sizes: list[int], results: dict, limit_s: float = 6
         x, y = clip_like_data(n, d, torch.Generator().manual_seed(2))
         model = GPSurrogate(d, max_points=n)
         seconds = timed_fit(model, x, y)
-        rows.append({"n": n, "seconds": round(seconds, 2), "iterations_note": "fit_gpytorch_mll (L-BFGS-B), exact Cholesky"})
+        rows.append(
+            {"n": n, "seconds": round(seconds, 2), "iterations_note": "fit_gpytorch_mll (L-BFGS-B), exact Cholesky"}
+        )
         print(f"gp N={n}: {seconds:.1f} s", flush=True)
         if seconds > limit_s:
             break
@@ -233,8 +248,8 @@ def bench_calibration(results: dict, n_train: int = 1024, n_test: int = 1024) ->
 def world_samples(n: int, seed: int = 0, cache_dir: Path = Path("/tmp")) -> torch.Tensor:
     """``n`` images `(n, 3, 32, 32)` of the shipped pixel model (15 steps, CFG 3, eta 1), cached in ``cache_dir``."""
     from das.adapters.pixel import PixelUNetAdapter
-    from das.world import DEFAULT_MODEL_PATH, PROMPTS
-    from das.world.sampling import sample_images
+    from das.ancestral import sample_images
+    from world import DEFAULT_MODEL_PATH, PROMPTS
 
     cache = cache_dir / f"das_bench_surrogate_world_n{n}_seed{seed}.pt"
     if cache.exists():
@@ -257,7 +272,7 @@ def bench_calibration_world(results: dict, n: int = 1024, n_test: int = 256) -> 
     """Calibration on embedded-world data: the oracles' answers on pretrained samples, with the world's label noise."""
     from das.rewards.colorfulness import ColorfulnessReward
     from das.rewards.jpeg import JPEGCompressibility
-    from das.world import ORACLE_NOISE_STD, WorldFeaturizer
+    from world import ORACLE_NOISE_STD, WorldFeaturizer
 
     images = world_samples(n)
     with torch.no_grad():
@@ -297,8 +312,15 @@ def bench_ucb_threads(n: int, d: int, results: dict, threads: tuple[int, ...] = 
             model = make_surrogate("ucb", input_dim=d)
             seconds = timed_fit(model, x, y)
             epochs = model.fit_info["epochs"]
-            rows.append({"threads": t, "seconds": round(seconds, 2), "epochs": epochs, "seconds_per_epoch": round(seconds / epochs, 3),
-                         "load_average": list(os.getloadavg())})
+            rows.append(
+                {
+                    "threads": t,
+                    "seconds": round(seconds, 2),
+                    "epochs": epochs,
+                    "seconds_per_epoch": round(seconds / epochs, 3),
+                    "load_average": list(os.getloadavg()),
+                }
+            )
             print(f"ucb fit with {t} thread(s): {seconds:.1f} s over {epochs} epochs", flush=True)
     finally:
         torch.set_num_threads(default_threads)
@@ -319,7 +341,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--gp-sizes", type=int, nargs="*", default=[256, 512, 1024, 2048])
     parser.add_argument(
-        "--sections", nargs="*", default=["fit", "calibration", "gp_scaling", "threads"],
+        "--sections",
+        nargs="*",
+        default=["fit", "calibration", "gp_scaling", "threads"],
         help="run only these sections and merge them into an existing --out file",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the sections run")
@@ -327,7 +351,8 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results: dict = {**previous,
+    results: dict = {
+        **previous,
         "benchmark": "surrogate",
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
@@ -358,13 +383,19 @@ def main() -> None:
     targets = results.setdefault("targets", {})
     targets["ucb_fit_le_15s"] = results["fit_n4096_d768"]["ucb"]["seconds"] <= 15.0
     if "ucb_fit_n4096_d768_by_threads" in results:
-        targets["ucb_fit_le_15s_any_thread_count"] = min(
-            [results["fit_n4096_d768"]["ucb"]["seconds"]] + [r["seconds"] for r in results["ucb_fit_n4096_d768_by_threads"]["rows"]]
-        ) <= 15.0
+        targets["ucb_fit_le_15s_any_thread_count"] = (
+            min(
+                [results["fit_n4096_d768"]["ucb"]["seconds"]]
+                + [r["seconds"] for r in results["ucb_fit_n4096_d768_by_threads"]["rows"]]
+            )
+            <= 15.0
+        )
     targets["bonus_speedup_ge_50x"] = results["bonus_throughput_1024_queries"]["speedup_bonus_only"] >= 50.0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=lambda o: o if not isinstance(o, float) or math.isfinite(o) else None))
+    tmp.write_text(
+        json.dumps(results, indent=2, default=lambda o: o if not isinstance(o, float) or math.isfinite(o) else None)
+    )
     os.replace(tmp, args.out)
     print(f"wrote {args.out}")
 

@@ -26,20 +26,23 @@ from pathlib import Path
 
 import torch
 
+from das.ancestral import sample_images
 from das.rewards.colorfulness import ColorfulnessReward
 from das.smc import DASSampler
-from das.world import DEFAULT_GUIDANCE_SCALE, DEFAULT_MODEL_PATH, PROMPTS
-from das.world.model import load_adapter
-from das.world.oracles import jpeg_reward
-from das.world.sampling import sample_images
-
+from world import DEFAULT_GUIDANCE_SCALE, DEFAULT_MODEL_PATH, PROMPTS
+from world.model import load_adapter
+from world.oracles import jpeg_reward
 
 RESULTS = Path(__file__).resolve().parent / "results" / "world.json"
 
 
 def _write(payload: dict) -> Path:
-    machine = {"torch": torch.__version__, "cpu_count": os.cpu_count(),
-               "platform": platform.platform(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    machine = {
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"machine": machine, **payload}, indent=2))
@@ -81,7 +84,9 @@ def main() -> None:
     load_start = time.perf_counter()
     adapter = load_adapter(num_steps=25)
     load_s = time.perf_counter() - load_start
-    params = sum(p.numel() for p in adapter.unet.parameters()) + sum(p.numel() for p in adapter.text_encoder.parameters())
+    params = sum(p.numel() for p in adapter.unet.parameters()) + sum(
+        p.numel() for p in adapter.text_encoder.parameters()
+    )
     size_mb = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(DEFAULT_MODEL_PATH) for f in fs) / 1e6
     payload = {
         "model": os.path.relpath(DEFAULT_MODEL_PATH, os.path.dirname(os.path.dirname(__file__))),

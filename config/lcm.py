@@ -14,7 +14,9 @@ _spec.loader.exec_module(_sd)
 
 def get_config(variant: str = "aesthetic"):
     if variant in _sd.WORLD_VARIANTS:
-        raise ValueError(f"Variant {variant!r} runs the embedded world's model; use config/sd.py:{variant} (LCM has no world variant).")
+        raise ValueError(
+            f"Variant {variant!r} runs the embedded world's model; use config/sd.py:{variant} (LCM has no world variant)."
+        )
     config = _sd.get_config(variant)
     config.model.family = "lcm"
     config.model.path = "SimianLuo/LCM_Dreamshaper_v7"

@@ -11,7 +11,7 @@ Each method file picks a surrogate and calls :func:`online_config` with a varian
 * ``tiny_jpeg`` / ``tiny_colorfulness`` / ``tiny_rare`` / ``tiny_multi`` / ``tiny_evaluate``:
   the embedded world (``checkpoints/pretrained/shapes32``), small enough for a laptop CPU;
   ``tiny_rare`` is the task where exploration matters (its best images are rare under the
-  pretrained model, ``das/world/oracles.py``).
+  pretrained model, ``world/oracles.py``).
 * ``tiny_human``: the embedded world rated by a person on a local page (``online/human``,
   the ``[human]`` extra): 8 images in round 0, then 4 a round, no added label noise.
 
@@ -33,7 +33,14 @@ AESTHETIC_MLP = "checkpoints/aesthetic/sac+logos+ava1-l14-linearMSE.pth"
 WORLD_MODEL = "checkpoints/pretrained/shapes32"
 
 VARIANTS = (
-    "aesthetic", "jpeg", "evaluate", "tiny_jpeg", "tiny_colorfulness", "tiny_rare", "tiny_multi", "tiny_evaluate",
+    "aesthetic",
+    "jpeg",
+    "evaluate",
+    "tiny_jpeg",
+    "tiny_colorfulness",
+    "tiny_rare",
+    "tiny_multi",
+    "tiny_evaluate",
     "tiny_human",
 )
 
@@ -145,7 +152,7 @@ def _base(surrogate_kind: str) -> ml_collections.ConfigDict:
 
 
 # Embedded world: the label noise of JPEG, colourfulness and the rare-colour oracle is the
-# world's own (das.world.ORACLE_NOISE_STD, a tenth of each oracle's spread over the model's
+# world's own (world.ORACLE_NOISE_STD, a tenth of each oracle's spread over the model's
 # samples); α (kl_coeff) is of the same size;
 # the multi-objective oracle sums the two divided by their spreads, with weight ½ each.
 WORLD_SCALES = {"jpeg": 0.2, "colorfulness": 50.0}
@@ -153,7 +160,7 @@ WORLD_KL_COEFF = {"jpeg": 0.02, "colorfulness": 5.0, "rare": 0.03, "multi": 0.1,
 
 
 def _tiny(c: ml_collections.ConfigDict, oracle: str) -> ml_collections.ConfigDict:
-    from das.world import ORACLE_NOISE_STD
+    from world import ORACLE_NOISE_STD
 
     c.model = _world_model()
     c.model.num_steps = 15
@@ -185,7 +192,7 @@ def online_config(surrogate_kind: str, variant: str, method: str) -> ml_collecti
     elif variant == "evaluate":
         c.mode = "evaluate"
     elif variant.startswith("tiny_"):
-        oracle = variant[len("tiny_"):]
+        oracle = variant[len("tiny_") :]
         c = _tiny(c, "jpeg" if oracle == "evaluate" else oracle)
         c.run_name = f"{method}-{variant}"
         if oracle == "evaluate":

@@ -12,7 +12,9 @@ import ml_collections
 AESTHETIC_MLP = "checkpoints/aesthetic/sac+logos+ava1-l14-linearMSE.pth"
 
 
-def base(family: str = "sd", model_path: str = "stable-diffusion-v1-5/stable-diffusion-v1-5") -> ml_collections.ConfigDict:
+def base(
+    family: str = "sd", model_path: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.run_name = f"{family}-aesthetic"
     config.output_dir = "outputs/das"
@@ -57,8 +59,12 @@ def base(family: str = "sd", model_path: str = "stable-diffusion-v1-5/stable-dif
     config.realign.enabled = False
     config.realign.aligned = ""  # local folder of the aligned model (same family, scheduler and shape as model.path)
     config.realign.lam = 1.0  # λ ≥ 0: 0 the reference, 1 the aligned model, > 1 extrapolates
-    config.realign.alpha = 0.0  # α the aligned model was aligned at (0: read training_info.json's "alpha", else unknown)
-    config.realign.smc = False  # False: plain samples of the realigned chain; True: DAS (smc.*) on model.path, realigned proposal
+    config.realign.alpha = (
+        0.0  # α the aligned model was aligned at (0: read training_info.json's "alpha", else unknown)
+    )
+    config.realign.smc = (
+        False  # False: plain samples of the realigned chain; True: DAS (smc.*) on model.path, realigned proposal
+    )
     config.realign.sweep = ""  # comma-separated λ grid, e.g. "0,0.5,1,2": writes realign_sweep.{png,json,md} instead
     config.realign.sweep_das = True  # in a sweep, also DAS on model.path at the equivalent α/λ (needs α)
     config.realign.samples_per_prompt = 4  # in a sweep: samples per prompt and λ (diversity is over these)
@@ -130,7 +136,7 @@ def world() -> ml_collections.ConfigDict:
     config = base(family="pixel", model_path=WORLD_MODEL)
     config.run_name = "world-colorfulness"
     config.device = "cpu"
-    config.prompt_file = "world"  # the world's nine prompts (das.world.PROMPTS)
+    config.prompt_file = "world"  # the world's nine prompts (world.PROMPTS)
     config.batch_prompts = 9
     config.model.dtype = "fp32"
     config.model.num_steps = 25
@@ -155,8 +161,16 @@ def realign_world() -> ml_collections.ConfigDict:
 
 def get_config(variant: str = "aesthetic") -> ml_collections.ConfigDict:
     """``config/sd.py:<variant>`` resolves here."""
-    variants = {"aesthetic": aesthetic, "pick": pick, "clip": clip, "multi": multi, "jpeg": jpeg, "realign": realign,
-                "world": world, "realign_world": realign_world}
+    variants = {
+        "aesthetic": aesthetic,
+        "pick": pick,
+        "clip": clip,
+        "multi": multi,
+        "jpeg": jpeg,
+        "realign": realign,
+        "world": world,
+        "realign_world": realign_world,
+    }
     if variant not in variants:
         raise ValueError(f"Unknown variant {variant!r} of config/sd.py; choose one of: {', '.join(variants)}.")
     return variants[variant]()

@@ -13,7 +13,9 @@ _spec.loader.exec_module(_sd)
 
 def get_config(variant: str = "aesthetic"):
     if variant in _sd.WORLD_VARIANTS:
-        raise ValueError(f"Variant {variant!r} runs the embedded world's model; use config/sd.py:{variant} (SDXL has no world variant).")
+        raise ValueError(
+            f"Variant {variant!r} runs the embedded world's model; use config/sd.py:{variant} (SDXL has no world variant)."
+        )
     config = _sd.get_config(variant)
     config.model.family = "sdxl"
     config.model.path = "stabilityai/stable-diffusion-xl-base-1.0"

@@ -32,8 +32,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -114,7 +114,9 @@ def validate(config) -> None:
     check_device(config.device)
     check_flag(config.overwrite, "overwrite")
     if config.prompt_file not in WORLD_PROMPTS and not _resolve(config.prompt_file).is_file():
-        raise ConfigError(f"The prompt file {config.prompt_file!r} does not exist; set prompt_file to a text file with one prompt per line.")
+        raise ConfigError(
+            f"The prompt file {config.prompt_file!r} does not exist; set prompt_file to a text file with one prompt per line."
+        )
     mlp_path = config.reward.kwargs.get("mlp_path", "")
     if config.reward.name in ("aesthetic", "multi") and not (mlp_path and _resolve(mlp_path).is_file()):
         raise ConfigError(
@@ -139,7 +141,9 @@ def _check_run_directory(config) -> None:
     run_dir = output_dir / config.run_name
     if run_dir.is_symlink() or run_dir.exists():
         if not config.overwrite:
-            raise ConfigError(f"The run directory {str(run_dir)!r} already exists; choose another run_name or pass --config.overwrite=True.")
+            raise ConfigError(
+                f"The run directory {str(run_dir)!r} already exists; choose another run_name or pass --config.overwrite=True."
+            )
         check_removable(run_dir, output_dir, RUN_KIND)
 
 
@@ -149,7 +153,7 @@ def read_prompts(path: str, num: int = 0) -> list[str]:
     ``"world"`` (or ``"world:train"``, ``"world:eval"``) is the embedded world's prompt list.
     """
     if path in WORLD_PROMPTS:
-        from das.world import PROMPTS
+        from world import PROMPTS
 
         return list(PROMPTS)[:num] if num else list(PROMPTS)
     lines = [line.strip() for line in _resolve(path).read_text(encoding="utf-8").splitlines()]
@@ -198,25 +202,27 @@ def sample_prompts(sampler, prompts: Sequence[str], batch: int, seed: int, offse
     """Runs the sampler over `prompts` in batches; one record per prompt (CPU/numpy only)."""
     records = []
     for start in range(0, len(prompts), batch):
-        chunk = list(prompts[start:start + batch])
+        chunk = list(prompts[start : start + batch])
         generator = torch.Generator(device=sampler.adapter.device).manual_seed(seed + offset + start)
         result = sampler.sample(chunk, generator)
         selected = result.selected_index
         for b, prompt in enumerate(chunk):
-            records.append({
-                "index": offset + start + b,
-                "prompt": prompt,
-                "particles": to_uint8(result.images[b]),
-                "selected": to_uint8(result.selected[b]) if selected.dim() == 1 else None,
-                "selected_index": selected[b].tolist(),
-                "rewards": result.rewards[b].tolist(),
-                "weights": result.weights[b].tolist(),
-                "ess": result.ess[:, b].tolist(),
-                "lam": result.lam[:, b].tolist(),
-                "resampled": result.resampled[:, b].tolist(),
-                "reward_trace": result.reward_trace[:, b].tolist(),
-                "log_normalizer": float(result.log_normalizer[b]),
-            })
+            records.append(
+                {
+                    "index": offset + start + b,
+                    "prompt": prompt,
+                    "particles": to_uint8(result.images[b]),
+                    "selected": to_uint8(result.selected[b]) if selected.dim() == 1 else None,
+                    "selected_index": selected[b].tolist(),
+                    "rewards": result.rewards[b].tolist(),
+                    "weights": result.weights[b].tolist(),
+                    "ess": result.ess[:, b].tolist(),
+                    "lam": result.lam[:, b].tolist(),
+                    "resampled": result.resampled[:, b].tolist(),
+                    "reward_trace": result.reward_trace[:, b].tolist(),
+                    "log_normalizer": float(result.log_normalizer[b]),
+                }
+            )
     return records
 
 
@@ -259,19 +265,50 @@ def _write_files(tmp: Path, config, records: list[dict]) -> None:
         for k, particle in enumerate(r["particles"]):
             name = f"particles/{i:04d}_k{k}.png"
             save_png(particle, tmp / name)
-            per_image.append({"prompt_index": i, "prompt": r["prompt"], "particle": k, "file": name,
-                              "reward": r["rewards"][k], "weight": r["weights"][k]})
+            per_image.append(
+                {
+                    "prompt_index": i,
+                    "prompt": r["prompt"],
+                    "particle": k,
+                    "file": name,
+                    "reward": r["rewards"][k],
+                    "weight": r["weights"][k],
+                }
+            )
         sel = r["selected_index"] if isinstance(r["selected_index"], int) else int(np.argmax(r["weights"]))
         image = r["selected"] if r["selected"] is not None else r["particles"][sel]
         save_png(image, tmp / f"images/{i:04d}.png")
         chosen.append(image)
-        per_prompt.append({"prompt_index": i, "prompt": r["prompt"], "file": f"images/{i:04d}.png", "selected_particle": sel,
-                           "selected_reward": r["rewards"][sel], "mean_reward": float(np.mean(r["rewards"])),
-                           "weighted_reward": float(np.dot(r["weights"], r["rewards"])), "max_reward": max(r["rewards"])})
-        traces.append({"prompt_index": i, "prompt": r["prompt"], "ess": r["ess"], "lam": r["lam"],
-                       "resampled": r["resampled"], "reward_trace": r["reward_trace"], "log_normalizer": r["log_normalizer"]})
-    summary = {"num_prompts": len(per_prompt), "mean_selected_reward": float(np.mean([p["selected_reward"] for p in per_prompt]))}
-    (tmp / "rewards.json").write_text(json.dumps({"summary": summary, "per_prompt": per_prompt, "per_image": per_image}, indent=1))
+        per_prompt.append(
+            {
+                "prompt_index": i,
+                "prompt": r["prompt"],
+                "file": f"images/{i:04d}.png",
+                "selected_particle": sel,
+                "selected_reward": r["rewards"][sel],
+                "mean_reward": float(np.mean(r["rewards"])),
+                "weighted_reward": float(np.dot(r["weights"], r["rewards"])),
+                "max_reward": max(r["rewards"]),
+            }
+        )
+        traces.append(
+            {
+                "prompt_index": i,
+                "prompt": r["prompt"],
+                "ess": r["ess"],
+                "lam": r["lam"],
+                "resampled": r["resampled"],
+                "reward_trace": r["reward_trace"],
+                "log_normalizer": r["log_normalizer"],
+            }
+        )
+    summary = {
+        "num_prompts": len(per_prompt),
+        "mean_selected_reward": float(np.mean([p["selected_reward"] for p in per_prompt])),
+    }
+    (tmp / "rewards.json").write_text(
+        json.dumps({"summary": summary, "per_prompt": per_prompt, "per_image": per_image}, indent=1)
+    )
     (tmp / "traces.json").write_text(json.dumps({"num_particles": config.smc.num_particles, "per_prompt": traces}))
     (tmp / "config.json").write_text(config.to_json_best_effort(indent=1))
     save_png(image_grid(np.stack(chosen)), tmp / "grid.png")
@@ -309,8 +346,13 @@ def run(config) -> Path:
     indexed = list(range(len(prompts)))
     with state.split_between_processes(indexed) as local:
         local = list(local)
-        records = sample_prompts(sampler, [prompts[i] for i in local], config.batch_prompts, config.seed,
-                                 local[0] if local else 0) if local else []
+        records = (
+            sample_prompts(
+                sampler, [prompts[i] for i in local], config.batch_prompts, config.seed, local[0] if local else 0
+            )
+            if local
+            else []
+        )
     records = gather_object(records) if state.num_processes > 1 else records
     run_dir = Path(config.output_dir) / config.run_name
     if state.is_main_process:
@@ -323,9 +365,17 @@ def make_das(adapter, reward, smc, progress: bool = False, **overrides):
     """A :class:`~das.smc.DASSampler` with the ``config.smc`` settings (`overrides` win)."""
     from das.smc import DASSampler
 
-    kwargs = {"kl_coeff": smc.kl_coeff, "num_particles": smc.num_particles, "resampling": smc.resampling,
-              "ess_threshold": smc.ess_threshold, "tempering": smc.tempering, "tempering_gamma": smc.tempering_gamma,
-              "selection": smc.selection, "max_chunk_rows": smc.max_chunk_rows or None, "progress": progress}
+    kwargs = {
+        "kl_coeff": smc.kl_coeff,
+        "num_particles": smc.num_particles,
+        "resampling": smc.resampling,
+        "ess_threshold": smc.ess_threshold,
+        "tempering": smc.tempering,
+        "tempering_gamma": smc.tempering_gamma,
+        "selection": smc.selection,
+        "max_chunk_rows": smc.max_chunk_rows or None,
+        "progress": progress,
+    }
     kwargs.update(overrides)
     return DASSampler(adapter, reward, **kwargs)
 
@@ -338,8 +388,20 @@ WORLD_PROMPTS = ("world", "world:train", "world:eval")
 
 # Scheduler fields that must agree for two models to be mixed step by step (the full check
 # runs on the loaded adapters, das.adapters.realigned.check_realignable).
-_SCHEDULER_KEYS = ("_class_name", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
-                   "trained_betas", "clip_sample", "thresholding", "set_alpha_to_one", "timestep_spacing", "steps_offset")
+_SCHEDULER_KEYS = (
+    "_class_name",
+    "num_train_timesteps",
+    "beta_schedule",
+    "beta_start",
+    "beta_end",
+    "prediction_type",
+    "trained_betas",
+    "clip_sample",
+    "thresholding",
+    "set_alpha_to_one",
+    "timestep_spacing",
+    "steps_offset",
+)
 _UNET_KEYS = ("_class_name", "in_channels", "out_channels", "sample_size")
 
 
@@ -350,7 +412,9 @@ def realign_enabled(config) -> bool:
 def parse_sweep(text) -> list[float]:
     """``"0,0.5,1,2"`` -> ``[0.0, 0.5, 1.0, 2.0]``; raises :class:`ConfigError` for anything else."""
     if not isinstance(text, str):
-        raise ConfigError(f"realign.sweep must be a comma-separated list of λ values such as \"0,0.5,1,2\", got {text!r}.")
+        raise ConfigError(
+            f'realign.sweep must be a comma-separated list of λ values such as "0,0.5,1,2", got {text!r}.'
+        )
     if not text.strip():
         return []
     values = []
@@ -358,7 +422,9 @@ def parse_sweep(text) -> list[float]:
         try:
             value = float(item)
         except ValueError:
-            raise ConfigError(f"realign.sweep must be comma-separated numbers such as \"0,0.5,1,2\"; {item.strip()!r} is not one.") from None
+            raise ConfigError(
+                f'realign.sweep must be comma-separated numbers such as "0,0.5,1,2"; {item.strip()!r} is not one.'
+            ) from None
         check_number(value, "every λ of realign.sweep", minimum=0)
         values.append(value)
     return values
@@ -390,26 +456,39 @@ def validate_realign(config) -> None:
     parse_sweep(realign.sweep)
     aligned = realign.aligned
     if not isinstance(aligned, str) or not aligned.strip():
-        raise ConfigError("realign.aligned is empty; set --config.realign.aligned=PATH to the folder of a model aligned from model.path.")
+        raise ConfigError(
+            "realign.aligned is empty; set --config.realign.aligned=PATH to the folder of a model aligned from model.path."
+        )
     folder = _resolve(aligned)
     if not folder.is_dir():
-        raise ConfigError(f"The aligned model folder {aligned!r} does not exist; set --config.realign.aligned to a local folder "
-                          f"of a model aligned from model.path (e.g. checkpoints/aligned/shapes32-colorfulness for the world).")
+        raise ConfigError(
+            f"The aligned model folder {aligned!r} does not exist; set --config.realign.aligned to a local folder "
+            f"of a model aligned from model.path (e.g. checkpoints/aligned/shapes32-colorfulness for the world)."
+        )
     if not (folder / "unet").is_dir():
-        raise ConfigError(f"The aligned model folder {aligned!r} has no unet/ subfolder; point realign.aligned at a model "
-                          f"folder in the layout of model.path.")
+        raise ConfigError(
+            f"The aligned model folder {aligned!r} has no unet/ subfolder; point realign.aligned at a model "
+            f"folder in the layout of model.path."
+        )
     reference = _resolve(config.model.path)
     if reference.is_dir():  # a hub id is compared after loading (check_realignable)
-        for sub, name, keys in (("scheduler", "scheduler_config.json", _SCHEDULER_KEYS), ("unet", "config.json", _UNET_KEYS)):
+        for sub, name, keys in (
+            ("scheduler", "scheduler_config.json", _SCHEDULER_KEYS),
+            ("unet", "config.json", _UNET_KEYS),
+        ):
             ref_cfg, al_cfg = _read_json(reference / sub / name), _read_json(folder / sub / name)
             diffs = [key for key in keys if ref_cfg.get(key) != al_cfg.get(key)]
             if ref_cfg and al_cfg and diffs:
                 shown = "; ".join(f"{k} {ref_cfg.get(k)!r} vs {al_cfg.get(k)!r}" for k in diffs)
-                raise ConfigError(f"The aligned model {aligned!r} does not match model.path {config.model.path!r} ({sub}: {shown}); "
-                                  f"realignment needs a fine-tune of the same model.")
+                raise ConfigError(
+                    f"The aligned model {aligned!r} does not match model.path {config.model.path!r} ({sub}: {shown}); "
+                    f"realignment needs a fine-tune of the same model."
+                )
     if realign.sweep and realign.sweep_das and not aligned_alpha(config):
-        raise ConfigError("The sweep's DAS comparison needs the α the model was aligned at; set --config.realign.alpha "
-                          "or --config.realign.sweep_das=False.")
+        raise ConfigError(
+            "The sweep's DAS comparison needs the α the model was aligned at; set --config.realign.alpha "
+            "or --config.realign.sweep_das=False."
+        )
 
 
 def build_realign_pair(config, device: str):
@@ -457,11 +536,18 @@ class PlainSampler:
         images = images.reshape(b, k, *images.shape[1:]).cpu()
         t = adapter.num_steps
         return SMCResult(
-            samples=x.reshape(b, k, *x.shape[1:]).cpu(), images=images, rewards=rewards,
-            log_weights=torch.full((b, k), -math.log(k)), log_normalizer=torch.zeros(b),
-            ess=torch.full((t + 1, b), float(k)), lam=torch.zeros(t + 1, b), resampled=torch.zeros(t, b, dtype=torch.bool),
-            reward_trace=rewards.mean(1).expand(t + 1, b).clone(), degenerate_steps=torch.zeros(b, dtype=torch.long),
-            selected_index=torch.zeros(b, dtype=torch.long), selected=images[:, 0],
+            samples=x.reshape(b, k, *x.shape[1:]).cpu(),
+            images=images,
+            rewards=rewards,
+            log_weights=torch.full((b, k), -math.log(k)),
+            log_normalizer=torch.zeros(b),
+            ess=torch.full((t + 1, b), float(k)),
+            lam=torch.zeros(t + 1, b),
+            resampled=torch.zeros(t, b, dtype=torch.bool),
+            reward_trace=rewards.mean(1).expand(t + 1, b).clone(),
+            degenerate_steps=torch.zeros(b, dtype=torch.long),
+            selected_index=torch.zeros(b, dtype=torch.long),
+            selected=images[:, 0],
         )
 
 
@@ -470,7 +556,7 @@ def sweep_metrics(images: torch.Tensor, prompts: Sequence[str], reward, reward_n
     from das.features import mean_cosine_distance
     from das.rewards.colorfulness import ColorfulnessReward
     from das.rewards.jpeg import JPEGCompressibility
-    from das.world.featurizer import WorldFeaturizer
+    from world.featurizer import WorldFeaturizer
 
     p, m = images.shape[:2]
     flat = images.reshape(p * m, *images.shape[2:]).float().clamp(0, 1)
@@ -478,9 +564,12 @@ def sweep_metrics(images: torch.Tensor, prompts: Sequence[str], reward, reward_n
     with torch.no_grad():
         values = reward(flat, rows).float().cpu()
         features = WorldFeaturizer()(flat.cpu())
-    per_prompt_div = [mean_cosine_distance(features[i * m:(i + 1) * m]) for i in range(p)]
-    out = {"reward_mean": float(values.mean()), "reward_std": float(values.std(unbiased=False)),
-           "diversity": float(np.mean(per_prompt_div))}
+    per_prompt_div = [mean_cosine_distance(features[i * m : (i + 1) * m]) for i in range(p)]
+    out = {
+        "reward_mean": float(values.mean()),
+        "reward_std": float(values.std(unbiased=False)),
+        "diversity": float(np.mean(per_prompt_div)),
+    }
     if reward_name == "jpeg":
         out["cross_reward_colorfulness"] = float(ColorfulnessReward()(flat).mean())
     else:
@@ -518,32 +607,60 @@ def run_sweep(config, reference, aligned, reward, prompts: Sequence[str], run_di
     rows = [p for p in prompts for _ in range(m)]  # each prompt m times: m independent samples (DAS: m SMC runs)
     results, pictures = [], []
     for lam in lams:
-        entry = {"lam": lam, "emulated_alpha": alpha / lam if alpha and lam > 0 else None}  # None: ∞ (λ = 0) or α unknown
+        entry = {
+            "lam": lam,
+            "emulated_alpha": alpha / lam if alpha and lam > 0 else None,
+        }  # None: ∞ (λ = 0) or α unknown
         start = time.time()
         plain = PlainSampler(RealignedAdapter(reference, aligned, lam), reward, 1)
         images = plain.sample(rows, torch.Generator(device=reference.device).manual_seed(config.seed)).images[:, 0]
         images = images.reshape(len(prompts), m, *images.shape[1:])
-        entry["realigned"] = {**sweep_metrics(images, prompts, reward, config.reward.name), "seconds": time.time() - start}
+        entry["realigned"] = {
+            **sweep_metrics(images, prompts, reward, config.reward.name),
+            "seconds": time.time() - start,
+        }
         pictures.append((f"realign {lam:g}", to_uint8(images[:, 0])))
         if config.realign.sweep_das and alpha:
             start = time.time()
             if lam > 0:
                 das = make_das(reference, reward, config.smc, kl_coeff=alpha / lam, selection="sample")
-                das_images = das.sample(rows, torch.Generator(device=reference.device).manual_seed(config.seed)).selected
+                das_images = das.sample(
+                    rows, torch.Generator(device=reference.device).manual_seed(config.seed)
+                ).selected
                 das_images = das_images.detach().float().cpu().reshape(len(prompts), m, *das_images.shape[1:])
-                entry["das"] = {**sweep_metrics(das_images, prompts, reward, config.reward.name), "kl_coeff": alpha / lam,
-                                "num_particles": config.smc.num_particles, "seconds": time.time() - start}
+                entry["das"] = {
+                    **sweep_metrics(das_images, prompts, reward, config.reward.name),
+                    "kl_coeff": alpha / lam,
+                    "num_particles": config.smc.num_particles,
+                    "seconds": time.time() - start,
+                }
             else:  # α/0 = ∞: DAS's target is the reference model itself, sampled above
                 das_images = images
-                entry["das"] = {**entry["realigned"], "kl_coeff": None, "note": "λ = 0: α = ∞, the reference (same samples)"}
+                entry["das"] = {
+                    **entry["realigned"],
+                    "kl_coeff": None,
+                    "note": "λ = 0: α = ∞, the reference (same samples)",
+                }
             pictures.append((f"DAS a={alpha / lam:.3g}" if lam > 0 else "DAS a=inf", to_uint8(das_images[:, 0])))
         results.append(entry)
     summary = {
-        "reference": config.model.path, "aligned": config.realign.aligned, "aligned_alpha": alpha or None,
-        "reward": config.reward.name, "prompts": list(prompts), "samples_per_prompt": m, "seed": config.seed,
-        "num_steps": config.model.num_steps, "guidance_scale": config.model.guidance_scale,
-        "das": {"num_particles": config.smc.num_particles, "selection": "sample", "tempering": config.smc.tempering,
-                "tempering_gamma": config.smc.tempering_gamma} if config.realign.sweep_das and alpha else None,
+        "reference": config.model.path,
+        "aligned": config.realign.aligned,
+        "aligned_alpha": alpha or None,
+        "reward": config.reward.name,
+        "prompts": list(prompts),
+        "samples_per_prompt": m,
+        "seed": config.seed,
+        "num_steps": config.model.num_steps,
+        "guidance_scale": config.model.guidance_scale,
+        "das": {
+            "num_particles": config.smc.num_particles,
+            "selection": "sample",
+            "tempering": config.smc.tempering,
+            "tempering_gamma": config.smc.tempering_gamma,
+        }
+        if config.realign.sweep_das and alpha
+        else None,
         "diversity": "mean over prompts of the mean pairwise cosine distance of WorldFeaturizer features of its samples",
         "picture": "realign_sweep.png: rows = prompts (first sample of each), a column per λ (realigned, then DAS at α/λ)",
         "per_lam": results,
@@ -556,8 +673,10 @@ def sweep_table(summary: dict) -> str:
     """The sweep as a Markdown table."""
     cross = "cross_reward_jpeg_kb" if summary["reward"] != "jpeg" else "cross_reward_colorfulness"
     cross_name = "JPEG kB" if cross.endswith("kb") else "colourfulness"
-    header = (f"| λ | emulated α | {summary['reward']} (realigned) | diversity | {cross_name} | {summary['reward']} (DAS at α/λ) "
-              f"| diversity | {cross_name} |")
+    header = (
+        f"| λ | emulated α | {summary['reward']} (realigned) | diversity | {cross_name} | {summary['reward']} (DAS at α/λ) "
+        f"| diversity | {cross_name} |"
+    )
     lines = [header, "|---|---|---|---|---|---|---|---|"]
     for e in summary["per_lam"]:
         a = e["emulated_alpha"]

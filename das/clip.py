@@ -17,7 +17,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
 
-def clip_preprocess(images: torch.Tensor, size: int = 224, mean=CLIP_MEAN, std=CLIP_STD, mode: str = "bicubic") -> torch.Tensor:
+def clip_preprocess(
+    images: torch.Tensor, size: int = 224, mean=CLIP_MEAN, std=CLIP_STD, mode: str = "bicubic"
+) -> torch.Tensor:
     """CLIP's image preprocessing as differentiable torch ops.
 
     Args:
@@ -39,7 +41,7 @@ def clip_preprocess(images: torch.Tensor, size: int = 224, mean=CLIP_MEAN, std=C
     if (new_h, new_w) != (h, w):
         x = F.interpolate(x, size=(new_h, new_w), mode=mode, align_corners=False, antialias=scale < 1)
     top, left = (new_h - size) // 2, (new_w - size) // 2
-    x = x[..., top:top + size, left:left + size]
+    x = x[..., top : top + size, left : left + size]
     m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - m) / s
@@ -50,7 +52,11 @@ def _tensor(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def load_clip(model_id_or_path: str | os.PathLike = DEFAULT_CLIP, what: str = "CLIP model", config_hint: str = "the reward's clip_model"):
+def load_clip(
+    model_id_or_path: str | os.PathLike = DEFAULT_CLIP,
+    what: str = "CLIP model",
+    config_hint: str = "the reward's clip_model",
+):
     """``CLIPModel.from_pretrained`` with the clear missing-weights error."""
     from transformers import CLIPModel
 
@@ -59,7 +65,9 @@ def load_clip(model_id_or_path: str | os.PathLike = DEFAULT_CLIP, what: str = "C
     return load_pretrained(CLIPModel.from_pretrained, model_id_or_path, what, config_hint)
 
 
-def load_tokenizer(model_id_or_path: str | os.PathLike, what: str = "CLIP tokenizer", config_hint: str = "the reward's processor path"):
+def load_tokenizer(
+    model_id_or_path: str | os.PathLike, what: str = "CLIP tokenizer", config_hint: str = "the reward's processor path"
+):
     """``CLIPTokenizer.from_pretrained`` (falls back to ``AutoTokenizer``) with the clear error."""
     from transformers import AutoTokenizer
 
@@ -88,7 +96,7 @@ class CLIPImageFeaturizer(torch.nn.Module):
         self.dim = int(getattr(config, "projection_dim", None) or vision.projection_dim)
 
     @classmethod
-    def from_pretrained(cls, model_id_or_path: str | os.PathLike = DEFAULT_CLIP, **kwargs) -> "CLIPImageFeaturizer":
+    def from_pretrained(cls, model_id_or_path: str | os.PathLike = DEFAULT_CLIP, **kwargs) -> CLIPImageFeaturizer:
         """Loads a ``CLIPModel`` from a hub id or local folder (clear error if missing)."""
         return cls(load_clip(model_id_or_path), **kwargs)
 

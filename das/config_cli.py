@@ -8,7 +8,8 @@ config file) into one line instead of absl's tracebacks.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-help")
 

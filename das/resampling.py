@@ -18,7 +18,7 @@ process; Gerber, Chopin & Whiteley, 2019), whose offspring counts, like systemat
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

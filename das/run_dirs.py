@@ -122,7 +122,7 @@ class DirectoryLock:
         self.what = what
         self._handle = None
 
-    def acquire(self) -> "DirectoryLock":
+    def acquire(self) -> DirectoryLock:
         self.directory.mkdir(parents=True, exist_ok=True)
         handle = open(self.directory / LOCK, "a+", encoding="utf-8")
         try:
@@ -154,7 +154,7 @@ class DirectoryLock:
     def held(self) -> bool:
         return self._handle is not None
 
-    def __enter__(self) -> "DirectoryLock":
+    def __enter__(self) -> DirectoryLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

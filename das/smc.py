@@ -31,8 +31,8 @@ Gaussians (see :class:`DASSampler`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -103,8 +103,14 @@ class _Evaluation:
         def pick(t: torch.Tensor | None) -> torch.Tensor | None:
             return t if t is None or t.dim() == 0 else t[rows]
 
-        return _Evaluation(self.mean[rows], pick(self.std), self.reward[rows], pick(self.grad),
-                           pick(self.proposal_mean), pick(self.proposal_std))
+        return _Evaluation(
+            self.mean[rows],
+            pick(self.std),
+            self.reward[rows],
+            pick(self.grad),
+            pick(self.proposal_mean),
+            pick(self.proposal_std),
+        )
 
 
 def _full_std(std: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -128,9 +134,11 @@ def _check_proposal(adapter: DenoiserAdapter, proposal: DenoiserAdapter) -> None
     """One ``ValueError`` unless the proposal adapter runs the same chain over particles of the same shape."""
     (steps, shape), (proposal_steps, proposal_shape) = _particle_format(adapter), _particle_format(proposal)
     if (steps, shape) != (proposal_steps, proposal_shape):
-        raise ValueError(f"proposal_adapter must run the adapter's chain: the adapter has {steps} steps over particles of "
-                         f"shape {shape}, the proposal adapter {proposal_steps} steps over {proposal_shape}; build both "
-                         f"with the same num_steps and latent shape.")
+        raise ValueError(
+            f"proposal_adapter must run the adapter's chain: the adapter has {steps} steps over particles of "
+            f"shape {shape}, the proposal adapter {proposal_steps} steps over {proposal_shape}; build both "
+            f"with the same num_steps and latent shape."
+        )
 
 
 def _gradient(reward: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -225,7 +233,9 @@ class DASSampler:
             raise ValueError(f"max_chunk_rows must be at least 1, got {max_chunk_rows}.")
         differentiable = bool(getattr(reward, "differentiable", False))
         if use_gradient and not differentiable:
-            raise ValueError("use_gradient=True needs a differentiable reward; this one is not (set use_gradient=False).")
+            raise ValueError(
+                "use_gradient=True needs a differentiable reward; this one is not (set use_gradient=False)."
+            )
         if proposal_adapter is not None:
             _check_proposal(adapter, proposal_adapter)
         self.adapter = adapter
@@ -251,8 +261,9 @@ class DASSampler:
         self.progress = progress
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, x: torch.Tensor, step: int, conds: tuple[Conditioning, Conditioning | None],
-                  prompts: Sequence[str]) -> _Evaluation:
+    def _evaluate(
+        self, x: torch.Tensor, step: int, conds: tuple[Conditioning, Conditioning | None], prompts: Sequence[str]
+    ) -> _Evaluation:
         """Both transitions, the reward of ``decode(x̂0)`` and its gradient at `x`, chunked.
 
         Args:
@@ -264,11 +275,20 @@ class DASSampler:
         """
         n = x.shape[0]
         chunk = self.max_chunk_rows or n
-        parts: dict[str, list[torch.Tensor]] = {"mean": [], "std": [], "reward": [], "grad": [], "pmean": [], "pstd": []}
+        parts: dict[str, list[torch.Tensor]] = {
+            "mean": [],
+            "std": [],
+            "reward": [],
+            "grad": [],
+            "pmean": [],
+            "pstd": [],
+        }
         for start in range(0, n, chunk):
             rows = slice(start, min(start + chunk, n))
             x_chunk = x[rows].detach().requires_grad_(self.use_gradient)
-            cond, proposal_cond = ({key: value[rows] for key, value in c.items()} if c is not None else None for c in conds)
+            cond, proposal_cond = (
+                {key: value[rows] for key, value in c.items()} if c is not None else None for c in conds
+            )
             with torch.set_grad_enabled(self.use_gradient):
                 transition = self.adapter.transition(x_chunk, step, cond)
                 reward = self.reward(self.adapter.decode(transition.x0_hat), list(prompts[rows]))
@@ -370,7 +390,9 @@ class DASSampler:
         k = self.num_particles
 
         def encode(adapter: DenoiserAdapter) -> Conditioning:
-            return {key: value.repeat_interleave(k, dim=0) for key, value in adapter.encode_prompts(list(prompts)).items()}
+            return {
+                key: value.repeat_interleave(k, dim=0) for key, value in adapter.encode_prompts(list(prompts)).items()
+            }
 
         return encode(self.adapter), None if self.proposal_adapter is None else encode(self.proposal_adapter)
 
@@ -397,8 +419,9 @@ class DASSampler:
             log_w = torch.where(resample.unsqueeze(-1), torch.full_like(log_w, -math.log(k)), log_w)
         return x, reward, current, log_w
 
-    def _propose(self, current: _Evaluation, x: torch.Tensor, lam_next: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | float]:
+    def _propose(
+        self, current: _Evaluation, x: torch.Tensor, lam_next: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | float]:
         """Draws ``x_{t-1}`` and returns it with ``log p(x_{t-1}|x_t) − log q(x_{t-1}|x_t)``, `(B, K)` (or 0.0)."""
         k = self.num_particles
         b = x.shape[0] // k
@@ -416,10 +439,16 @@ class DASSampler:
 
     def _lam_over_alpha(self, lam_next: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``λ_{t-1}/α`` per particle row, shaped to broadcast over `x` `(N, *event)`."""
-        return (lam_next / self.kl_coeff).to(x.dtype).repeat_interleave(self.num_particles).view(-1, *([1] * (x.dim() - 1)))
+        return (
+            (lam_next / self.kl_coeff)
+            .to(x.dtype)
+            .repeat_interleave(self.num_particles)
+            .view(-1, *([1] * (x.dim() - 1)))
+        )
 
-    def _propose_from_proposal(self, current: _Evaluation, noise: torch.Tensor,
-                               lam_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _propose_from_proposal(
+        self, current: _Evaluation, noise: torch.Tensor, lam_next: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draws from the proposal adapter's (shifted) transition; the exact ratio to the adapter's.
 
         See :class:`DASSampler`: ``x = μ' + σ' z``, ``z = ε + σ' λ ∇r/α``,
@@ -479,7 +508,9 @@ class DASSampler:
             drift_norm=drift_norm,
         )
 
-    def _select(self, log_w: torch.Tensor, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _select(
+        self, log_w: torch.Tensor, images: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         b = log_w.shape[0]
         if self.selection == "all":
             return torch.arange(self.num_particles, device=log_w.device).expand(b, -1), images

@@ -36,9 +36,9 @@ import html
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -156,7 +156,7 @@ def _round_details(run: Run, k: int) -> dict:
 def _cross_rewards(images: torch.Tensor, optimized: str) -> dict[str, float]:
     from das.rewards.colorfulness import ColorfulnessReward
     from das.rewards.jpeg import JPEGCompressibility
-    from das.world.oracles import RareColourReward
+    from world.oracles import RareColourReward
 
     oracles = {"jpeg": JPEGCompressibility(), "colorfulness": ColorfulnessReward(), "rare": RareColourReward()}
     if images.shape[0] == 0:
@@ -205,7 +205,11 @@ def _coverage_95(run: Run) -> list[float]:
     checkpoints when the details were computed, else as the loop recorded it in ``metrics.jsonl``."""
     if run.rounds:
         return [d["coverage"]["0.95"] for d in run.rounds if "coverage" in d]
-    return [row["calibration"]["coverage_95"] for row in run.rows if (row.get("calibration") or {}).get("coverage_95") is not None]
+    return [
+        row["calibration"]["coverage_95"]
+        for row in run.rows
+        if (row.get("calibration") or {}).get("coverage_95") is not None
+    ]
 
 
 def _mean(values: np.ndarray) -> float:

@@ -26,7 +26,7 @@ def resolve_path(path: str) -> Path:
 def read_prompts(source: str) -> list[str]:
     """Prompts from a text file (one per line, ``#`` comments) or the embedded world's list."""
     if source in WORLD_PROMPTS:
-        from das.world import PROMPTS
+        from world import PROMPTS
 
         return list(PROMPTS)
     from das.cli import read_prompts as read_prompt_file
@@ -37,7 +37,7 @@ def read_prompts(source: str) -> list[str]:
 def featurizer_dim(config) -> int:
     """The feature dimension the configured featurizer produces (cheap: builds no model)."""
     if config.featurizer.kind == "world":
-        from das.world import WorldFeaturizer
+        from world import WorldFeaturizer
 
         return WorldFeaturizer().dim
     return 768  # CLIP ViT-L/14 image embeddings
@@ -45,7 +45,7 @@ def featurizer_dim(config) -> int:
 
 def build_featurizer(config, device: torch.device):
     if config.featurizer.kind == "world":
-        from das.world import WorldFeaturizer
+        from world import WorldFeaturizer
 
         return WorldFeaturizer().to(device).eval()
     from das.clip import CLIPImageFeaturizer
@@ -84,7 +84,9 @@ def build_oracle_reward(config):
         from das.rewards import WeightedSum
 
         names = ("jpeg", "colorfulness")
-        return WeightedSum([_named_reward(name, config) for name in names], [float(config.oracle.weights[n]) for n in names])
+        return WeightedSum(
+            [_named_reward(name, config) for name in names], [float(config.oracle.weights[n]) for n in names]
+        )
     return _named_reward(kind, config)
 
 
@@ -98,14 +100,16 @@ def _named_reward(kind: str, config):
 
         return ColorfulnessReward()
     if kind == "rare":
-        from das.world.oracles import RareColourReward
+        from world.oracles import RareColourReward
 
         return RareColourReward()
     if kind in ("external", "human"):
         raise ValueError(f"The {kind} oracle answers queries; it is not a reward the sampler can call.")
     from das.rewards import make_reward
 
-    return make_reward("aesthetic", clip_model=config.oracle.clip_model, mlp_path=str(resolve_path(config.oracle.mlp_path)))
+    return make_reward(
+        "aesthetic", clip_model=config.oracle.clip_model, mlp_path=str(resolve_path(config.oracle.mlp_path))
+    )
 
 
 def query_policy(config) -> QueryPolicy:

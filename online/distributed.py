@@ -5,7 +5,8 @@ With one process every function is the identity, so the loop reads the same eith
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def shard(items: Sequence[Any], accelerator) -> list[Any]:

@@ -41,7 +41,9 @@ def _evaluate(config, accelerator, run: RunDirectory) -> Path:
     adapter = builders.build_adapter(config, device)
     featurizer = builders.build_featurizer(config, device)
     checkpoint = surrogate_path(Path(config.reward_model_path))
-    surrogate = load_surrogate(checkpoint, expected_kind=config.surrogate.kind, expected_input_dim=featurizer.dim, device=device)
+    surrogate = load_surrogate(
+        checkpoint, expected_kind=config.surrogate.kind, expected_input_dim=featurizer.dim, device=device
+    )
     if main:
         run.create(config.overwrite, config.to_dict())
         (out / "images").mkdir(parents=True, exist_ok=True)
@@ -50,18 +52,33 @@ def _evaluate(config, accelerator, run: RunDirectory) -> Path:
     if config.evaluate.num_prompts:
         prompts = prompts[: config.evaluate.num_prompts]
     mine = shard(prompts, accelerator)
-    generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + EVAL_STREAM_SEED + accelerator.process_index)
+    generator = torch.Generator(device=device).manual_seed(
+        config.seed * 1_000_003 + EVAL_STREAM_SEED + accelerator.process_index
+    )
     reward = SurrogateReward(featurizer, surrogate, mode="mean")
-    part = sample_batch(
-        adapter, lambda call: reward, featurizer, mine, config.evaluate.images_per_prompt, builders.sampler_kwargs(config),
-        config.smc.prompts_per_call, generator, progress=config.progress and main,
-    ) if mine else None
+    part = (
+        sample_batch(
+            adapter,
+            lambda call: reward,
+            featurizer,
+            mine,
+            config.evaluate.images_per_prompt,
+            builders.sampler_kwargs(config),
+            config.smc.prompts_per_call,
+            generator,
+            progress=config.progress and main,
+        )
+        if mine
+        else None
+    )
     parts = gather_to_main(part, accelerator)
     if not main:
         return out
     batch = merge_batches([p for p in parts if p is not None])
     if not (torch.isfinite(batch["images"]).all() and torch.isfinite(batch["features"]).all()):
-        raise RunError("The evaluation batch holds NaN or inf pixels or features; nothing was queried. Check the checkpoint.")
+        raise RunError(
+            "The evaluation batch holds NaN or inf pixels or features; nothing was queried. Check the checkpoint."
+        )
     oracle = builders.build_oracle(config)
     true = torch.full((len(batch["prompts"]),), float("nan"), dtype=torch.float64)
 
@@ -70,7 +87,9 @@ def _evaluate(config, accelerator, run: RunDirectory) -> Path:
             if row["value"] is not None:
                 true[row["index"]] = row["value"]
 
-    query_with_retries(oracle, batch["images"], batch["prompts"], range(len(batch["prompts"])), builders.query_policy(config), keep)
+    query_with_retries(
+        oracle, batch["images"], batch["prompts"], range(len(batch["prompts"])), builders.query_policy(config), keep
+    )
     with torch.no_grad():
         predicted = surrogate.mean(batch["features"].to(device)).double().cpu()
     pixels = to_uint8(batch["images"])
@@ -90,10 +109,15 @@ def _evaluate(config, accelerator, run: RunDirectory) -> Path:
         "diversity": diversity(batch["features"]),
         "ess_fraction": float(batch["ess_fraction"].mean()),
         "per_prompt_mean": {p: sum(v) / len(v) for p, v in per_prompt.items()},
-        "images": [{"file": f"images/{i:04d}.png", "prompt": p, "true_reward": t} for i, (p, t) in enumerate(zip(batch["prompts"], true.tolist()))],
+        "images": [
+            {"file": f"images/{i:04d}.png", "prompt": p, "true_reward": t}
+            for i, (p, t) in enumerate(zip(batch["prompts"], true.tolist()))
+        ],
     }
     atomic_write_json(out / "metrics.json", metrics)
-    print(f"Evaluation of {checkpoint}: true {config.oracle.kind} reward {metrics['true_reward']['mean']:.4f} ± "
-          f"{metrics['true_reward']['std']:.4f} over {metrics['num_images']} images, diversity {metrics['diversity']:.4f}")
+    print(
+        f"Evaluation of {checkpoint}: true {config.oracle.kind} reward {metrics['true_reward']['mean']:.4f} ± "
+        f"{metrics['true_reward']['std']:.4f} over {metrics['num_images']} images, diversity {metrics['diversity']:.4f}"
+    )
     print(f"Wrote {out}/metrics.json, grid.png and images/.")
     return out

@@ -6,7 +6,7 @@ differentiable reward, ``surrogate`` sees feature vectors.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

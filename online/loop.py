@@ -103,7 +103,9 @@ def _train(config, accelerator, run: RunDirectory) -> Path:
     if done:
         surrogate = load_surrogate(
             round_dir(run_dir, done[-1]) / "surrogate.safetensors",
-            expected_kind=config.surrogate.kind, expected_input_dim=featurizer.dim, device=device,
+            expected_kind=config.surrogate.kind,
+            expected_input_dim=featurizer.dim,
+            device=device,
         )
     rows = [json.loads((round_dir(run_dir, r) / "metrics.json").read_text()) for r in done]
     first = done[-1] + 1 if done else 0
@@ -116,7 +118,9 @@ def _train(config, accelerator, run: RunDirectory) -> Path:
         seconds: dict[str, float] = {}
         folder = round_dir(run_dir, k)
         # -- 1-3. the round's paid-for rows: from disk if a crash left them, else sampled and queried
-        need_sampling = broadcast_from_main(main and not data_shard(run_dir, k).exists() and not (folder / "batch.safetensors").exists(), accelerator)
+        need_sampling = broadcast_from_main(
+            main and not data_shard(run_dir, k).exists() and not (folder / "batch.safetensors").exists(), accelerator
+        )
         if need_sampling:
             tick = time.perf_counter()
             batch = _sample_round(config, k, adapter, featurizer, surrogate, prompts, sampler_kwargs, accelerator)
@@ -124,8 +128,17 @@ def _train(config, accelerator, run: RunDirectory) -> Path:
             if main:
                 _check_finite(batch, k)
                 faults.crash_point("sampled", k)
-                stats = {"ess_fraction": float(batch["ess_fraction"].mean()), "log_normalizer": float(batch["log_normalizer"].mean())}
-                save_rows(folder / "batch.safetensors", {"images": batch["images"], "features": batch["features"]}, batch["prompts"], k, stats)
+                stats = {
+                    "ess_fraction": float(batch["ess_fraction"].mean()),
+                    "log_normalizer": float(batch["log_normalizer"].mean()),
+                }
+                save_rows(
+                    folder / "batch.safetensors",
+                    {"images": batch["images"], "features": batch["features"]},
+                    batch["prompts"],
+                    k,
+                    stats,
+                )
         if main:
             tick = time.perf_counter()
             failed = _query_round(config, run_dir, k, oracle, policy)
@@ -144,7 +157,9 @@ def _train(config, accelerator, run: RunDirectory) -> Path:
             faults.crash_point("checkpoint", k)
             surrogate = surrogate.to(device)
         if accelerator.num_processes > 1:
-            checkpoint = broadcast_from_main((folder / "surrogate.safetensors").read_bytes() if main else None, accelerator)
+            checkpoint = broadcast_from_main(
+                (folder / "surrogate.safetensors").read_bytes() if main else None, accelerator
+            )
             if not main:
                 surrogate = _surrogate_from_bytes(checkpoint, device)
         seconds["fit"] = time.perf_counter() - tick
@@ -159,8 +174,14 @@ def _train(config, accelerator, run: RunDirectory) -> Path:
             atomic_write_json(folder / "config.json", config.to_dict())
             atomic_write_json(
                 folder / "rng.json",
-                {"seed": config.seed, "round": k, "streams": {s: stream_seed(config.seed, k, s) for s in STREAMS},
-                 "sample_per_rank": [stream_seed(config.seed, k, "sample", r) for r in range(accelerator.num_processes)]},
+                {
+                    "seed": config.seed,
+                    "round": k,
+                    "streams": {s: stream_seed(config.seed, k, s) for s in STREAMS},
+                    "sample_per_rank": [
+                        stream_seed(config.seed, k, "sample", r) for r in range(accelerator.num_processes)
+                    ],
+                },
             )
             atomic_write_json(folder / "metrics.json", row)
             rows.append(row)
@@ -172,7 +193,9 @@ def _train(config, accelerator, run: RunDirectory) -> Path:
 
     if main and rows:
         print_table(rows)
-        plot_reward_vs_queries(rows, run_dir / "reward_vs_queries.png", f"{config.run_name}: {config.oracle.kind} oracle")
+        plot_reward_vs_queries(
+            rows, run_dir / "reward_vs_queries.png", f"{config.run_name}: {config.oracle.kind} oracle"
+        )
         if config.get("report", True):
             _write_run_report(run_dir, f"{config.run_name}: {config.oracle.kind} oracle")
         print(f"Run directory: {run_dir} (reward_vs_queries.png, report/report.html, metrics.jsonl, round_*/)")
@@ -186,8 +209,10 @@ def _write_run_report(run_dir: Path, title: str) -> None:
     try:
         write_report([run_dir], run_dir / "report", title)
     except Exception as error:  # noqa: BLE001 - the run's data is complete; the report is a convenience
-        print(f"warning: the run's report could not be written ({type(error).__name__}: {error}); "
-              f"run python -m online.analysis {run_dir} --out DIR to retry.")
+        print(
+            f"warning: the run's report could not be written ({type(error).__name__}: {error}); "
+            f"run python -m online.analysis {run_dir} --out DIR to retry."
+        )
 
 
 def _sample_round(config, k, adapter, featurizer, surrogate, prompts, sampler_kwargs, accelerator) -> dict | None:
@@ -210,11 +235,24 @@ def _sample_round(config, k, adapter, featurizer, surrogate, prompts, sampler_kw
         rewards = _guidance(config, k, featurizer, surrogate, accelerator.process_index)
         kwargs = sampler_kwargs
     mine = shard(round_prompts(prompts, count, config.seed, k), accelerator)
-    generator = torch.Generator(device=accelerator.device).manual_seed(stream_seed(config.seed, k, "sample", accelerator.process_index))
-    part = sample_batch(
-        adapter, rewards, featurizer, mine, per_prompt, kwargs, config.smc.prompts_per_call, generator,
-        progress=config.progress and accelerator.is_main_process,
-    ) if mine else None
+    generator = torch.Generator(device=accelerator.device).manual_seed(
+        stream_seed(config.seed, k, "sample", accelerator.process_index)
+    )
+    part = (
+        sample_batch(
+            adapter,
+            rewards,
+            featurizer,
+            mine,
+            per_prompt,
+            kwargs,
+            config.smc.prompts_per_call,
+            generator,
+            progress=config.progress and accelerator.is_main_process,
+        )
+        if mine
+        else None
+    )
     parts = gather_to_main(part, accelerator)
     return merge_batches([p for p in parts if p is not None]) if parts is not None else None
 
@@ -260,7 +298,9 @@ def _query_round(config, run_dir: Path, k: int, oracle, policy) -> int:
     staged, prompts = load_rows(folder / "batch.safetensors")
     images = staged["images"]
     n = images.shape[0]
-    noise = torch.randn(n, generator=torch.Generator().manual_seed(stream_seed(config.seed, k, "noise")), dtype=torch.float64)
+    noise = torch.randn(
+        n, generator=torch.Generator().manual_seed(stream_seed(config.seed, k, "noise")), dtype=torch.float64
+    )
     journal = AnswerJournal(folder / "answers.jsonl")
     answered = journal.read()
     todo = [i for i in range(n) if i not in answered]
@@ -277,13 +317,20 @@ def _query_round(config, run_dir: Path, k: int, oracle, policy) -> int:
         query_with_retries(oracle, images, prompts, todo, policy, keep)
     answered = journal.read()
     valid = torch.tensor([answered[i]["status"] == "ok" for i in range(n)])
-    observed = torch.tensor([answered[i]["reward"] if answered[i]["status"] == "ok" else math.nan for i in range(n)], dtype=torch.float64)
-    true = torch.tensor([answered[i]["true_reward"] if answered[i]["status"] == "ok" else math.nan for i in range(n)], dtype=torch.float64)
+    observed = torch.tensor(
+        [answered[i]["reward"] if answered[i]["status"] == "ok" else math.nan for i in range(n)], dtype=torch.float64
+    )
+    true = torch.tensor(
+        [answered[i]["true_reward"] if answered[i]["status"] == "ok" else math.nan for i in range(n)],
+        dtype=torch.float64,
+    )
     uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     save_rows(
         shard_path,
         {"features": staged["features"], "rewards": observed, "true_rewards": true, "valid": valid, "images": uint8},
-        prompts, k, load_stats(folder / "batch.safetensors"),
+        prompts,
+        k,
+        load_stats(folder / "batch.safetensors"),
     )
     faults.crash_point("shard", k)
     (folder / "batch.safetensors").unlink(missing_ok=True)  # the shard now holds everything

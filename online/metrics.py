@@ -38,7 +38,9 @@ def write_metrics_lines(path: Path, rows: list[dict]) -> None:
 
 def print_table(rows: list[dict]) -> None:
     """The per-round table of the true reward printed at the end of a run."""
-    print(f"{'round':>5s} {'queries':>8s} {'true mean':>10s} {'true max':>9s} {'true std':>9s} {'diversity':>9s} {'failed':>6s}")
+    print(
+        f"{'round':>5s} {'queries':>8s} {'true mean':>10s} {'true max':>9s} {'true std':>9s} {'diversity':>9s} {'failed':>6s}"
+    )
     for row in rows:
         print(
             f"{row['round']:>5d} {row['queries_total']:>8d} {row['true_reward']['mean']:>10.4f} "
@@ -63,8 +65,13 @@ def plot_reward_vs_queries(rows: list[dict], path: Path, title: str) -> None:
         ax.axhspan(mean[0] - half[0], mean[0] + half[0], color="grey", alpha=0.2)
         ax.axhline(mean[0], color="grey", linestyle=":", label="pretrained (round 0) mean, 95% interval")
     ax.plot(queries, mean, "o-", label="batch mean")
-    ax.fill_between(queries, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)], alpha=0.2,
-                    label="95% interval of the mean")
+    ax.fill_between(
+        queries,
+        [m - h for m, h in zip(mean, half)],
+        [m + h for m, h in zip(mean, half)],
+        alpha=0.2,
+        label="95% interval of the mean",
+    )
     ax.plot(queries, best, "s--", label="batch max")
     ax.set_xlabel("oracle queries spent")
     ax.set_ylabel("true reward of the round's batch")

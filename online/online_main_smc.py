@@ -14,10 +14,6 @@ exit status 1 (see ``online/errors.py`` and ``docs/reliability.md``).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 EXAMPLE = "config/UCB_smc.py:tiny_jpeg"
 

@@ -6,7 +6,7 @@ differentiable. Kinds:
 
 * ``jpeg``, ``colorfulness``, ``aesthetic``: the project's reward functions used as black
   boxes (``das.rewards``);
-* ``rare``: the embedded world's rare-colour oracle (``das.world.oracles``), whose best
+* ``rare``: the embedded world's rare-colour oracle (``world.oracles``), whose best
   images are ones the pretrained model seldom draws;
 * ``multi``: a weighted sum of ``jpeg`` and ``colorfulness`` (embedded world);
 * ``human``: a person on a local rating page (:mod:`online.human`, the ``[human]`` extra),
@@ -29,9 +29,9 @@ import concurrent.futures
 import math
 import subprocess
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -64,7 +64,12 @@ class ExternalCommandOracle:
                 save_png(image, path)
                 lines.append(f"{path}\t{prompt}")
             done = subprocess.run(
-                self.command, input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=self.timeout_s, check=False
+                self.command,
+                input="\n".join(lines) + "\n",
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_s,
+                check=False,
             )
         if done.returncode != 0:
             raise RuntimeError(f"oracle command exited with {done.returncode}: {done.stderr.strip()[-500:]}")
@@ -161,7 +166,10 @@ def query_with_retries(
                 for i in bad:
                     errors[i] = f"{type(error).__name__}: {error}"[:300]
             failed = [i for i in bad if attempts[i] > policy.max_retries]
-            answers += [{"index": i, "value": None, "status": "failed", "attempts": attempts[i], "error": errors[i]} for i in failed]
+            answers += [
+                {"index": i, "value": None, "status": "failed", "attempts": attempts[i], "error": errors[i]}
+                for i in failed
+            ]
             if answers:
                 on_answers(answers)
             todo = [i for i in bad if attempts[i] <= policy.max_retries]

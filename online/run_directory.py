@@ -65,7 +65,7 @@ class RunDirectory:
         self._lock = DirectoryLock(self.path, "run" if kind == TRAIN_KIND else "evaluation")
 
     @classmethod
-    def for_config(cls, config) -> "RunDirectory":
+    def for_config(cls, config) -> RunDirectory:
         if config.resume_from and config.mode != "evaluate":
             return cls(Path(config.resume_from), None, TRAIN_KIND)
         kind = EVALUATE_KIND if config.mode == "evaluate" else TRAIN_KIND

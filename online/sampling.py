@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -55,6 +55,8 @@ def sample_batch(
 
 def merge_batches(parts: list[dict]) -> dict:
     """Concatenates per-process batches in rank order."""
-    merged = {key: torch.cat([p[key] for p in parts]) for key in ("images", "features", "ess_fraction", "log_normalizer")}
+    merged = {
+        key: torch.cat([p[key] for p in parts]) for key in ("images", "features", "ess_fraction", "log_normalizer")
+    }
     merged["prompts"] = [prompt for p in parts for prompt in p["prompts"]]
     return merged

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from safetensors.torch import save
@@ -129,7 +130,9 @@ def load_rows(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     return tensors, json.loads(metadata.get("prompts", "[]"))
 
 
-def load_dataset(run_dir: Path, up_to_round: int | None = None) -> tuple[dict[str, torch.Tensor], list[str], torch.Tensor]:
+def load_dataset(
+    run_dir: Path, up_to_round: int | None = None
+) -> tuple[dict[str, torch.Tensor], list[str], torch.Tensor]:
     """Concatenates the dataset shards of rounds ``0..up_to_round`` (all when None).
 
     Returns:

@@ -71,7 +71,7 @@ class Standardizer:
         self.mean = torch.zeros(dim, dtype=dtype)
         self.std = torch.ones(dim, dtype=dtype)
 
-    def fit(self, x: torch.Tensor, min_std: float = 1e-6, correction: int = 0) -> "Standardizer":
+    def fit(self, x: torch.Tensor, min_std: float = 1e-6, correction: int = 0) -> Standardizer:
         """Set the statistics from data `x` of shape `(N, dim)` (or `(N,)` when `dim == 1`)."""
         x2 = x.detach().reshape(x.shape[0], -1)
         self.mean = x2.mean(0).to(self.mean.dtype)
@@ -87,7 +87,7 @@ class Standardizer:
         """`z (..., dim) -> z * std + mean`; differentiable."""
         return z * self.std + self.mean
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Standardizer":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Standardizer:
         self.mean = self.mean.to(device=device, dtype=dtype)
         self.std = self.std.to(device=device, dtype=dtype)
         return self
@@ -157,7 +157,9 @@ class Surrogate(ABC):
         """Fit on features `(N, D)` and rewards `(N,)`; returns a dict of fit statistics."""
 
     @abstractmethod
-    def posterior(self, features: torch.Tensor, *, observation_noise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior(
+        self, features: torch.Tensor, *, observation_noise: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return `(mean, std)`, each of shape `(...)`, for features `(..., D)`.
 
         With ``observation_noise=True`` the std is the predictive std of a new noisy
@@ -181,7 +183,7 @@ class Surrogate(ABC):
         """The constructor keyword arguments (JSON-serializable)."""
         return dict(self._hparams)
 
-    def to(self, device: torch.device | str) -> "Surrogate":
+    def to(self, device: torch.device | str) -> Surrogate:
         """Move every tensor to ``device``; returns ``self``."""
         self.device = torch.device(device)
         self._move(self.device)
@@ -209,7 +211,7 @@ class Surrogate(ABC):
         *,
         expected_input_dim: int | None = None,
         device: torch.device | str = "cpu",
-    ) -> "Surrogate":
+    ) -> Surrogate:
         """Load a checkpoint of this class's kind, treating the file as untrusted data.
 
         See :meth:`_load_untrusted` for what is checked, in which order.
@@ -225,7 +227,7 @@ class Surrogate(ABC):
     @classmethod
     def _load_untrusted(
         cls, path: str | os.PathLike, header: dict[str, Any], device: torch.device | str
-    ) -> "Surrogate":
+    ) -> Surrogate:
         """Rebuild a surrogate from a checkpoint whose header has passed :func:`read_header`.
 
         Order: (1) the header's hyperparameters pass ``check_hyperparameters`` (bounded

@@ -116,18 +116,35 @@ class BootstrapEnsembleSurrogate(Surrogate):
         if num_heads < 2:
             raise ValueError(f"A bootstrap ensemble needs num_heads >= 2, got {num_heads}.")
         self._hparams.update(
-            num_heads=int(num_heads), hidden=[int(h) for h in hidden], dropout=float(dropout), optimism=optimism,
-            beta=float(beta), lr=float(lr), weight_decay=float(weight_decay), batch_size=int(batch_size),
-            max_epochs=int(max_epochs), patience=int(patience), val_fraction=float(val_fraction),
+            num_heads=int(num_heads),
+            hidden=[int(h) for h in hidden],
+            dropout=float(dropout),
+            optimism=optimism,
+            beta=float(beta),
+            lr=float(lr),
+            weight_decay=float(weight_decay),
+            batch_size=int(batch_size),
+            max_epochs=int(max_epochs),
+            patience=int(patience),
+            val_fraction=float(val_fraction),
             label_noise_std=None if label_noise_std is None else float(label_noise_std),
         )
         self.label_noise_std = None if label_noise_std is None else float(label_noise_std)
         self.num_heads = int(num_heads)
         self.optimism = optimism
         self.beta = float(beta)
-        self.train_kwargs = dict(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience)
+        self.train_kwargs = dict(
+            lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience
+        )
         self.val_fraction = float(val_fraction)
-        self.net = BatchedMLP(input_dim, hidden, num_heads=num_heads, dropout=dropout, generator=torch.Generator().manual_seed(0), dtype=self.dtype)
+        self.net = BatchedMLP(
+            input_dim,
+            hidden,
+            num_heads=num_heads,
+            dropout=dropout,
+            generator=torch.Generator().manual_seed(0),
+            dtype=self.dtype,
+        )
         self.net.eval()
         self.x_norm = Standardizer(input_dim, self.dtype)
         self.y_norm = Standardizer(1, self.dtype)
@@ -207,7 +224,10 @@ class BootstrapEnsembleSurrogate(Surrogate):
         self.spread_scale = math.sqrt(spread_weight)
         self.floor_std = math.sqrt(floor_var) * y_scale
         return {
-            **split, "mean_spread_var": pooled, "spread_scale": self.spread_scale, "floor_std": self.floor_std,
+            **split,
+            "mean_spread_var": pooled,
+            "spread_scale": self.spread_scale,
+            "floor_std": self.floor_std,
         }
 
     def head_predictions(self, features: torch.Tensor) -> torch.Tensor:

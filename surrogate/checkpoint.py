@@ -124,14 +124,18 @@ def _describe_foreign(prefix: bytes) -> str:
     if prefix[:1] == b"\x80" or prefix[:1] in (b"(", b"]", b"}", b"c"):
         return "looks like a pickle, which is never loaded for safety; re-save it with surrogate.save()"
     if prefix[:2] == b"PK":
-        return "looks like a torch.save zip archive, which is never loaded for safety; re-save it with surrogate.save()"
+        return (
+            "looks like a torch.save zip archive, which is never loaded for safety; re-save it with surrogate.save()"
+        )
     return "is not a safetensors surrogate checkpoint; re-save it with surrogate.save()"
 
 
 def _parse_raw_header(path: Path) -> dict[str, Any]:
     """Parse and validate the safetensors JSON header of ``path`` without loading tensors."""
     if not path.is_file():
-        raise SurrogateCheckpointError(f"Surrogate checkpoint {str(path)!r} does not exist; check the path or save one first.")
+        raise SurrogateCheckpointError(
+            f"Surrogate checkpoint {str(path)!r} does not exist; check the path or save one first."
+        )
     size = path.stat().st_size
     with path.open("rb") as handle:
         prefix = handle.read(8)
@@ -199,7 +203,9 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         if not isinstance(header, dict):
             raise TypeError
     except (json.JSONDecodeError, RecursionError, TypeError):
-        raise SurrogateCheckpointError(f"Surrogate checkpoint {str(path)!r} has a corrupt JSON header; re-save it.") from None
+        raise SurrogateCheckpointError(
+            f"Surrogate checkpoint {str(path)!r} has a corrupt JSON header; re-save it."
+        ) from None
     if header.get("format") != FORMAT_NAME or header.get("version") != FORMAT_VERSION:
         raise SurrogateCheckpointError(
             f"Checkpoint {str(path)!r} has format {_show(header.get('format'))} "
@@ -415,5 +421,7 @@ def load_checkpoint(
             for name in handle.keys():
                 tensors[name] = handle.get_tensor(name)
     except Exception as exc:  # safetensors raises its own error type
-        raise SurrogateCheckpointError(f"Surrogate checkpoint {str(path)!r} could not be read ({exc}); re-save it.") from None
+        raise SurrogateCheckpointError(
+            f"Surrogate checkpoint {str(path)!r} could not be read ({exc}); re-save it."
+        ) from None
     return tensors, header

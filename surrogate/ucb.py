@@ -109,7 +109,7 @@ class UCBBonus:
         self.count = 0
         self.chol: torch.Tensor | None = None  # lower Cholesky factor of A, (H, H)
 
-    def fit(self, phi: torch.Tensor) -> "UCBBonus":
+    def fit(self, phi: torch.Tensor) -> UCBBonus:
         """Set the data features `φ (N, H)` and factorize `A` once."""
         phi = phi.detach()
         self.gram = phi.T @ phi
@@ -117,7 +117,7 @@ class UCBBonus:
         self._factorize()
         return self
 
-    def update(self, phi_new: torch.Tensor) -> "UCBBonus":
+    def update(self, phi_new: torch.Tensor) -> UCBBonus:
         """Add points `φ_new (n, H)` (rank-n update of the Gram matrix) and refactorize."""
         phi_new = phi_new.detach()
         if self.gram is None:
@@ -162,7 +162,7 @@ class UCBBonus:
         bonus = self.beta * self.width(phi)
         return bonus if self.clip is None else bonus.clamp(max=self.clip)
 
-    def to(self, device: torch.device | str) -> "UCBBonus":
+    def to(self, device: torch.device | str) -> UCBBonus:
         for name in ("gram", "chol"):
             value = getattr(self, name)
             if value is not None:
@@ -281,16 +281,33 @@ class MLPUCBSurrogate(Surrogate):
     ) -> None:
         super().__init__(input_dim, dtype)
         self._hparams.update(
-            hidden=[int(h) for h in hidden], dropout=float(dropout), beta=float(beta), lam=float(lam),
-            bonus_covariance=bonus_covariance, clip=None if clip is None else float(clip), lr=float(lr),
-            weight_decay=float(weight_decay), batch_size=int(batch_size), max_epochs=int(max_epochs),
-            patience=int(patience), val_fraction=float(val_fraction),
+            hidden=[int(h) for h in hidden],
+            dropout=float(dropout),
+            beta=float(beta),
+            lam=float(lam),
+            bonus_covariance=bonus_covariance,
+            clip=None if clip is None else float(clip),
+            lr=float(lr),
+            weight_decay=float(weight_decay),
+            batch_size=int(batch_size),
+            max_epochs=int(max_epochs),
+            patience=int(patience),
+            val_fraction=float(val_fraction),
             label_noise_std=None if label_noise_std is None else float(label_noise_std),
         )
         self.label_noise_std = None if label_noise_std is None else float(label_noise_std)
-        self.train_kwargs = dict(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience)
+        self.train_kwargs = dict(
+            lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience
+        )
         self.val_fraction = float(val_fraction)
-        self.net = BatchedMLP(input_dim, hidden, num_heads=1, dropout=dropout, generator=torch.Generator().manual_seed(0), dtype=self.dtype)
+        self.net = BatchedMLP(
+            input_dim,
+            hidden,
+            num_heads=1,
+            dropout=dropout,
+            generator=torch.Generator().manual_seed(0),
+            dtype=self.dtype,
+        )
         self.net.eval()
         self.bonus = UCBBonus(beta=beta, lam=lam, covariance=bonus_covariance, clip=clip)
         self.x_norm = Standardizer(input_dim, self.dtype)
@@ -389,7 +406,9 @@ class MLPUCBSurrogate(Surrogate):
         phi, _, lead = self._phi_and_mean(features)
         return phi.reshape(*lead, phi.shape[-1])
 
-    def posterior(self, features: torch.Tensor, *, observation_noise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior(
+        self, features: torch.Tensor, *, observation_noise: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         phi, mean, lead = self._phi_and_mean(features)
         std = self.bonus.width(phi)
         if observation_noise:
@@ -412,7 +431,9 @@ class MLPUCBSurrogate(Surrogate):
         """
         self._check_fitted()
         chol = self.bonus.chol
-        z = torch.randn(chol.shape[0], generator=generator, dtype=torch.float64).to(device=chol.device, dtype=chol.dtype)
+        z = torch.randn(chol.shape[0], generator=generator, dtype=torch.float64).to(
+            device=chol.device, dtype=chol.dtype
+        )
 
         def score(features: torch.Tensor) -> torch.Tensor:
             phi, mean, lead = self._phi_and_mean(features)

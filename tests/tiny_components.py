@@ -21,7 +21,7 @@ TEXT_HIDDEN = 32
 
 def _byte_chars() -> list[str]:
     """The 256 printable stand-ins of byte-level BPE, in CLIP's order."""
-    from das.world.tokenizer import bytes_to_unicode
+    from world.tokenizer import bytes_to_unicode
 
     return list(bytes_to_unicode().values())
 
@@ -89,15 +89,25 @@ def tiny_clip_model(seed: int = 0, image_size: int = 32, projection_dim: int = 1
     torch.manual_seed(seed)
     text = tiny_text_config(projection_dim=projection_dim).to_dict()
     vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        image_size=image_size, patch_size=8, projection_dim=projection_dim,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        image_size=image_size,
+        patch_size=8,
+        projection_dim=projection_dim,
     ).to_dict()
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
     return CLIPModel(config).eval()
 
 
-def tiny_cond_unet(seed: int = 0, in_channels: int = 4, sample_size: int = 8, cross_attention_dim: int = TEXT_HIDDEN,
-                   time_cond_proj_dim: int | None = None):
+def tiny_cond_unet(
+    seed: int = 0,
+    in_channels: int = 4,
+    sample_size: int = 8,
+    cross_attention_dim: int = TEXT_HIDDEN,
+    time_cond_proj_dim: int | None = None,
+):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
@@ -121,8 +131,14 @@ def tiny_uncond_unet(seed: int = 0, sample_size: int = 8):
 
     torch.manual_seed(seed)
     return UNet2DModel(
-        sample_size=sample_size, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+        sample_size=sample_size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
     ).eval()
 
 
@@ -146,7 +162,11 @@ def ddim_scheduler():
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
         steps_offset=1,
     )
 
@@ -204,8 +224,9 @@ def tiny_lcm_pipeline(seed: int = 0):
     """A tiny ``LatentConsistencyModelPipeline`` (guidance embedding in the UNet)."""
     from diffusers import LatentConsistencyModelPipeline, LCMScheduler
 
-    scheduler = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                             set_alpha_to_one=True)
+    scheduler = LCMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=True
+    )
     return LatentConsistencyModelPipeline(
         vae=tiny_vae(seed),
         text_encoder=tiny_text_encoder(seed),

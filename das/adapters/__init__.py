@@ -13,7 +13,7 @@ _LAZY = {
     "StableDiffusionXLAdapter": "das.adapters.stable_diffusion",
     "LCMAdapter": "das.adapters.lcm",
     "DiffusersAdapter": "das.adapters.common",
-    "ToyAdapter": "das.adapters.toy",
+    "ToyAdapter": "das.toy.adapter",
     "RealignedAdapter": "das.adapters.realigned",
 }
 

@@ -12,7 +12,7 @@ diffusers pipelines use — and :func:`apply_guidance` combines the two halves.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -21,8 +21,14 @@ from das.adapters.scheduling import ddim_transition
 
 NEGATIVE = "negative_"
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -77,8 +83,17 @@ class DiffusersAdapter:
 
     uses_doubled_guidance = True
 
-    def __init__(self, unet, scheduler, latent_shape: Sequence[int], num_steps: int, eta: float,
-                 guidance_scale: float, device: torch.device | str, dtype: torch.dtype):
+    def __init__(
+        self,
+        unet,
+        scheduler,
+        latent_shape: Sequence[int],
+        num_steps: int,
+        eta: float,
+        guidance_scale: float,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ):
         if num_steps < 1:
             raise ValueError(f"num_steps must be at least 1, got {num_steps}.")
         if eta < 0:

@@ -39,7 +39,9 @@ def lcm_transition(scheduler, model_output: torch.Tensor, step_index: int, sampl
     generator = None if last else torch.Generator(device=sample.device).manual_seed(0)
     denoised = scheduler.step(model_output, timestep, sample, generator=generator, return_dict=True).denoised
     if last:
-        return Transition(x0_hat=denoised, mean=denoised, std=torch.zeros((), device=sample.device, dtype=sample.dtype))
+        return Transition(
+            x0_hat=denoised, mean=denoised, std=torch.zeros((), device=sample.device, dtype=sample.dtype)
+        )
     prev_timestep = scheduler.timesteps[step_index + 1]
     alpha_prev = scheduler.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else scheduler.final_alpha_cumprod
     mean = alpha_prev.sqrt() * denoised
@@ -63,8 +65,16 @@ class LCMAdapter(_LatentPipelineAdapter):
     pipeline_name = "Latent Consistency Model pipeline"
     uses_doubled_guidance = False
 
-    def __init__(self, pipeline, num_steps: int = 4, guidance_scale: float = 8.5, height: int | None = None,
-                 width: int | None = None, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32):
+    def __init__(
+        self,
+        pipeline,
+        num_steps: int = 4,
+        guidance_scale: float = 8.5,
+        height: int | None = None,
+        width: int | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+    ):
         from diffusers import LCMScheduler
 
         scheduler = LCMScheduler.from_config(pipeline.scheduler.config)
@@ -79,8 +89,9 @@ class LCMAdapter(_LatentPipelineAdapter):
         """
         from diffusers import LatentConsistencyModelPipeline
 
-        pipe = cls._load(LatentConsistencyModelPipeline, model_id_or_path, dtype, safety_checker=None,
-                         requires_safety_checker=False)
+        pipe = cls._load(
+            LatentConsistencyModelPipeline, model_id_or_path, dtype, safety_checker=None, requires_safety_checker=False
+        )
         return cls(pipe, dtype=dtype, **kwargs)
 
     def _encode(self, prompts):
@@ -91,12 +102,14 @@ class LCMAdapter(_LatentPipelineAdapter):
         if dim is not None:
             w = torch.tensor(self.guidance_scale - 1).repeat(len(prompts))
             positive["timestep_cond"] = self.pipeline.get_guidance_scale_embedding(w, embedding_dim=dim).to(
-                device=self._device, dtype=embeds.dtype)
+                device=self._device, dtype=embeds.dtype
+            )
         return positive, None
 
     def _model_output(self, model_in, timestep, cond):
-        return self.unet(model_in, timestep, timestep_cond=cond.get("timestep_cond"),
-                         encoder_hidden_states=cond["prompt_embeds"]).sample
+        return self.unet(
+            model_in, timestep, timestep_cond=cond.get("timestep_cond"), encoder_hidden_states=cond["prompt_embeds"]
+        ).sample
 
     def _step(self, model_output, step, x_t):
         return lcm_transition(self.scheduler, model_output, step, x_t)

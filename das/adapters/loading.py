@@ -10,7 +10,8 @@ traceback from the hub client.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -24,8 +25,15 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     try:  # huggingface_hub's own hierarchy is not always rooted at OSError
         from huggingface_hub import errors as hub_errors
 
-        for name in ("HfHubHTTPError", "OfflineModeIsEnabled", "LocalEntryNotFoundError", "EntryNotFoundError",
-                     "RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError"):
+        for name in (
+            "HfHubHTTPError",
+            "OfflineModeIsEnabled",
+            "LocalEntryNotFoundError",
+            "EntryNotFoundError",
+            "RepositoryNotFoundError",
+            "RevisionNotFoundError",
+            "GatedRepoError",
+        ):
             cls = getattr(hub_errors, name, None)
             if isinstance(cls, type):
                 errors.append(cls)
@@ -49,7 +57,11 @@ def missing_weights_message(what: str, model_id: str | os.PathLike, config_hint:
 
 
 def load_pretrained(
-    loader: Callable[..., T], model_id: str | os.PathLike, what: str, config_hint: str = "the model path", **kwargs: Any
+    loader: Callable[..., T],
+    model_id: str | os.PathLike,
+    what: str,
+    config_hint: str = "the model path",
+    **kwargs: Any,
 ) -> T:
     """Calls ``loader(model_id, **kwargs)``, turning hub/file errors into :class:`WeightsNotAvailableError`.
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -39,8 +39,13 @@ def encode_with_clip(tokenizer, text_encoder, prompts: Sequence[str], device: to
     Returns:
         `(B, L, D)` last hidden states.
     """
-    tokens = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                       return_tensors="pt")
+    tokens = tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
     mask = None
     if getattr(text_encoder.config, "use_attention_mask", False):
         mask = tokens.attention_mask.to(device)
@@ -69,17 +74,41 @@ class PixelUNetAdapter(DiffusersAdapter):
         dtype: ``torch.float32``/``float16``/``bfloat16`` or ``"fp32"``/``"fp16"``/``"bf16"``.
     """
 
-    def __init__(self, unet, scheduler, text_encoder=None, tokenizer=None, num_steps: int = 100, eta: float = 1.0,
-                 guidance_scale: float = 1.0, negative_prompt: str = "", height: int | None = None,
-                 width: int | None = None, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32):
-        self.conditional = hasattr(unet.config, "cross_attention_dim") and unet.config.get("cross_attention_dim") is not None
+    def __init__(
+        self,
+        unet,
+        scheduler,
+        text_encoder=None,
+        tokenizer=None,
+        num_steps: int = 100,
+        eta: float = 1.0,
+        guidance_scale: float = 1.0,
+        negative_prompt: str = "",
+        height: int | None = None,
+        width: int | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+    ):
+        self.conditional = (
+            hasattr(unet.config, "cross_attention_dim") and unet.config.get("cross_attention_dim") is not None
+        )
         if self.conditional and (text_encoder is None or tokenizer is None):
-            raise ValueError("A text-conditional UNet needs a text_encoder and a tokenizer (add text_encoder/ and tokenizer/ to the model folder).")
+            raise ValueError(
+                "A text-conditional UNet needs a text_encoder and a tokenizer (add text_encoder/ and tokenizer/ to the model folder)."
+            )
         size = unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         shape = (unet.config.in_channels, height or size[0], width or size[1])
-        super().__init__(unet, to_ddim(scheduler), shape, num_steps, eta, guidance_scale if self.conditional else 1.0,
-                         device, resolve_dtype(dtype))
+        super().__init__(
+            unet,
+            to_ddim(scheduler),
+            shape,
+            num_steps,
+            eta,
+            guidance_scale if self.conditional else 1.0,
+            device,
+            resolve_dtype(dtype),
+        )
         self.text_encoder = None
         if self.conditional:
             self.text_encoder = text_encoder.to(device=self._device, dtype=self.dtype).eval().requires_grad_(False)
@@ -88,7 +117,9 @@ class PixelUNetAdapter(DiffusersAdapter):
         self._cache: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, subfolders: dict[str, str] | None = None, **kwargs) -> "PixelUNetAdapter":
+    def from_pretrained(
+        cls, path: str | os.PathLike, subfolders: dict[str, str] | None = None, **kwargs
+    ) -> PixelUNetAdapter:
         """Loads a model folder with ``unet/``, ``scheduler/`` and optionally ``text_encoder/`` + ``tokenizer/``.
 
         Args:
@@ -152,4 +183,3 @@ class PixelUNetAdapter(DiffusersAdapter):
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         """Pixels in [-1, 1] to images in [0, 1], `(N, C, H, W)`; keeps the graph."""
         return (x0 / 2 + 0.5).clamp(0, 1)
-

@@ -59,8 +59,14 @@ ALIGNED = "aligned."
 
 # Scheduler settings that change what a step computes from a model output (besides the
 # noise schedule, timesteps and prediction type, which are compared separately).
-_STEP_SETTINGS = ("clip_sample", "clip_sample_range", "thresholding", "dynamic_thresholding_ratio",
-                  "sample_max_value", "timestep_scaling")
+_STEP_SETTINGS = (
+    "clip_sample",
+    "clip_sample_range",
+    "thresholding",
+    "dynamic_thresholding_ratio",
+    "sample_max_value",
+    "timestep_scaling",
+)
 
 
 class RealignedAdapter:
@@ -164,7 +170,7 @@ class RealignedAdapter:
 
 
 def _side(cond: Conditioning, prefix: str) -> Conditioning:
-    return {key[len(prefix):]: value for key, value in cond.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in cond.items() if key.startswith(prefix)}
 
 
 def _event(adapter: DenoiserAdapter) -> torch.Tensor:
@@ -185,8 +191,10 @@ def check_realignable(reference: DenoiserAdapter, aligned: DenoiserAdapter) -> N
     """
     for name, adapter in (("reference", reference), ("aligned", aligned)):
         if not isinstance(adapter, ModelOutputAdapter):
-            raise TypeError(f"The {name} adapter ({type(adapter).__name__}) has no model_output/transition_from_output "
-                            f"split, so it cannot be realigned; use an adapter of das.adapters.")
+            raise TypeError(
+                f"The {name} adapter ({type(adapter).__name__}) has no model_output/transition_from_output "
+                f"split, so it cannot be realigned; use an adapter of das.adapters."
+            )
     diffs: list[str] = []
 
     def compare(what: str, ref_value, aligned_value, equal=None) -> None:
@@ -216,9 +224,11 @@ def check_realignable(reference: DenoiserAdapter, aligned: DenoiserAdapter) -> N
     compare("dtype", ref_x.dtype, al_x.dtype)
     compare("device", ref_x.device, al_x.device)
     if diffs:
-        raise ValueError(f"The reference and aligned models cannot be realigned: they differ in {'; '.join(diffs)}. "
-                         f"Build both with the same scheduler config, num_steps and eta, from models with the same prediction "
-                         f"type and latent shape.")
+        raise ValueError(
+            f"The reference and aligned models cannot be realigned: they differ in {'; '.join(diffs)}. "
+            f"Build both with the same scheduler config, num_steps and eta, from models with the same prediction "
+            f"type and latent shape."
+        )
 
 
 def _same_tensor(a, b) -> bool:
@@ -232,5 +242,7 @@ def _show(value) -> str:
     if isinstance(value, torch.Tensor) or (isinstance(value, (list, tuple)) and len(value) > 6):
         t = torch.as_tensor(value).detach().flatten().to("cpu", torch.float64)
         head = ", ".join(f"{float(v):.6g}" for v in t[:3])
-        return f"[{head}{', …' if t.numel() > 3 else ''}] ({t.numel()} values)" if t.numel() != 1 else f"{float(t):.6g}"
+        return (
+            f"[{head}{', …' if t.numel() > 3 else ''}] ({t.numel()} values)" if t.numel() != 1 else f"{float(t):.6g}"
+        )
     return repr(value)

@@ -10,7 +10,7 @@ Images are ``(vae.decode(x / scaling_factor).sample / 2 + 0.5).clamp(0, 1)`` wit
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -24,7 +24,9 @@ class _LatentPipelineAdapter(DiffusersAdapter):
 
     pipeline_name = "diffusion pipeline"
 
-    def __init__(self, pipeline, scheduler, num_steps, eta, guidance_scale, negative_prompt, height, width, device, dtype):
+    def __init__(
+        self, pipeline, scheduler, num_steps, eta, guidance_scale, negative_prompt, height, width, device, dtype
+    ):
         dtype = resolve_dtype(dtype)
         pipeline.to(device=torch.device(device), dtype=dtype)
         for module in (getattr(pipeline, name, None) for name in ("vae", "text_encoder", "text_encoder_2")):
@@ -37,7 +39,9 @@ class _LatentPipelineAdapter(DiffusersAdapter):
         height = height or unet.config.sample_size * vae_scale
         width = width or unet.config.sample_size * vae_scale
         if height % vae_scale or width % vae_scale:
-            raise ValueError(f"height and width must be multiples of the VAE scale factor {vae_scale}, got {height}×{width}.")
+            raise ValueError(
+                f"height and width must be multiples of the VAE scale factor {vae_scale}, got {height}×{width}."
+            )
         self.height, self.width = int(height), int(width)
         shape = (unet.config.in_channels, height // vae_scale, width // vae_scale)
         super().__init__(unet, scheduler, shape, num_steps, eta, guidance_scale, device, dtype)
@@ -47,8 +51,13 @@ class _LatentPipelineAdapter(DiffusersAdapter):
 
     @classmethod
     def _load(cls, pipeline_cls, model_id, dtype, **pipeline_kwargs):
-        return load_pretrained(pipeline_cls.from_pretrained, model_id, cls.pipeline_name, torch_dtype=resolve_dtype(dtype),
-                               **pipeline_kwargs)
+        return load_pretrained(
+            pipeline_cls.from_pretrained,
+            model_id,
+            cls.pipeline_name,
+            torch_dtype=resolve_dtype(dtype),
+            **pipeline_kwargs,
+        )
 
     # ---------------------------------------------------------------- prompts
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
@@ -92,11 +101,30 @@ class _LatentPipelineAdapter(DiffusersAdapter):
 class _DDIMPipelineAdapter(_LatentPipelineAdapter):
     """A latent pipeline stepped by DDIM (built from the pipeline's own scheduler config)."""
 
-    def __init__(self, pipeline, num_steps: int = 100, eta: float = 1.0, guidance_scale: float = 5.0,
-                 negative_prompt: str | None = None, height: int | None = None, width: int | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32):
-        super().__init__(pipeline, to_ddim(pipeline.scheduler), num_steps, eta, guidance_scale, negative_prompt, height,
-                         width, device, dtype)
+    def __init__(
+        self,
+        pipeline,
+        num_steps: int = 100,
+        eta: float = 1.0,
+        guidance_scale: float = 5.0,
+        negative_prompt: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+    ):
+        super().__init__(
+            pipeline,
+            to_ddim(pipeline.scheduler),
+            num_steps,
+            eta,
+            guidance_scale,
+            negative_prompt,
+            height,
+            width,
+            device,
+            dtype,
+        )
 
 
 class StableDiffusionAdapter(_DDIMPipelineAdapter):
@@ -125,8 +153,9 @@ class StableDiffusionAdapter(_DDIMPipelineAdapter):
         """
         from diffusers import StableDiffusionPipeline
 
-        pipe = cls._load(StableDiffusionPipeline, model_id_or_path, dtype, safety_checker=None,
-                         requires_safety_checker=False)
+        pipe = cls._load(
+            StableDiffusionPipeline, model_id_or_path, dtype, safety_checker=None, requires_safety_checker=False
+        )
         return cls(pipe, dtype=dtype, **kwargs)
 
     def _encode(self, prompts):
@@ -175,25 +204,36 @@ class StableDiffusionXLAdapter(_DDIMPipelineAdapter):
 
     def _time_ids(self, pooled: torch.Tensor) -> torch.Tensor:
         pipe = self.pipeline
-        projection_dim = (int(pooled.shape[-1]) if pipe.text_encoder_2 is None
-                          else pipe.text_encoder_2.config.projection_dim)
+        projection_dim = (
+            int(pooled.shape[-1]) if pipe.text_encoder_2 is None else pipe.text_encoder_2.config.projection_dim
+        )
         size = (self.height, self.width)
-        ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=pooled.dtype, text_encoder_projection_dim=projection_dim)
+        ids = pipe._get_add_time_ids(
+            size, (0, 0), size, dtype=pooled.dtype, text_encoder_projection_dim=projection_dim
+        )
         return ids.to(self._device).expand(pooled.shape[0], -1)
 
     def _encode(self, prompts):
         negative = None if self.negative_prompt is None else [self.negative_prompt] * len(prompts)
         with torch.no_grad():
             embeds, negative_embeds, pooled, negative_pooled = self.pipeline.encode_prompt(
-                prompts, device=self._device, num_images_per_prompt=1, do_classifier_free_guidance=self.do_guidance,
+                prompts,
+                device=self._device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=self.do_guidance,
                 negative_prompt=negative,
             )
         positive = {"prompt_embeds": embeds, "text_embeds": pooled, "time_ids": self._time_ids(pooled)}
         if negative_embeds is None:
             return positive, None
-        return positive, {"prompt_embeds": negative_embeds, "text_embeds": negative_pooled,
-                          "time_ids": self._time_ids(negative_pooled)}
+        return positive, {
+            "prompt_embeds": negative_embeds,
+            "text_embeds": negative_pooled,
+            "time_ids": self._time_ids(negative_pooled),
+        }
 
     def _model_output(self, model_in, timestep, cond):
         added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}
-        return self.unet(model_in, timestep, encoder_hidden_states=cond["prompt_embeds"], added_cond_kwargs=added).sample
+        return self.unet(
+            model_in, timestep, encoder_hidden_states=cond["prompt_embeds"], added_cond_kwargs=added
+        ).sample

@@ -9,7 +9,8 @@ only in the importance weights.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -33,7 +34,9 @@ class FunctionReward:
         name: a name for logs.
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], differentiable: bool = True, name: str = "function"):
+    def __init__(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], differentiable: bool = True, name: str = "function"
+    ):
         self.fn = fn
         self.differentiable = differentiable
         self.name = name
@@ -58,7 +61,9 @@ class WeightedSum:
 
     def __init__(self, rewards: Sequence[Reward], weights: Sequence[float]):
         if len(rewards) != len(weights) or not rewards:
-            raise ValueError(f"WeightedSum needs one weight per reward, got {len(rewards)} rewards and {len(weights)} weights.")
+            raise ValueError(
+                f"WeightedSum needs one weight per reward, got {len(rewards)} rewards and {len(weights)} weights."
+            )
         self.rewards = list(rewards)
         self.weights = [float(w) for w in weights]
         self.differentiable = all(getattr(r, "differentiable", False) for r in self.rewards)

@@ -7,7 +7,7 @@ per distinct prompt string and cached.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -29,9 +29,12 @@ class AestheticMLP(nn.Module):
     def __init__(self, input_dim: int = 768):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(input_dim, 1024), nn.Dropout(0.2),
-            nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1),
+            nn.Linear(input_dim, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
             nn.Linear(64, 16),
             nn.Linear(16, 1),
         )
@@ -41,7 +44,7 @@ class AestheticMLP(nn.Module):
         return self.layers(embeddings).squeeze(-1)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, input_dim: int = 768) -> "AestheticMLP":
+    def from_file(cls, path: str | os.PathLike, input_dim: int = 768) -> AestheticMLP:
         """Loads the LAION weights (``.safetensors``, or the original ``.pth`` with ``weights_only=True``)."""
         from das.adapters.loading import WeightsNotAvailableError
 
@@ -75,13 +78,16 @@ class AestheticReward(nn.Module):
     def __init__(self, featurizer: CLIPImageFeaturizer, mlp: AestheticMLP):
         super().__init__()
         if not featurizer.normalize:
-            raise ValueError("The aesthetic MLP expects L2-normalized embeddings; build the featurizer with normalize=True.")
+            raise ValueError(
+                "The aesthetic MLP expects L2-normalized embeddings; build the featurizer with normalize=True."
+            )
         self.featurizer = featurizer
         self.mlp = mlp.eval().requires_grad_(False).to(next(featurizer.model.parameters()).device)
 
     @classmethod
-    def from_pretrained(cls, clip_model: str | os.PathLike = DEFAULT_CLIP, mlp_path: str | os.PathLike | None = None,
-                        clip=None) -> "AestheticReward":
+    def from_pretrained(
+        cls, clip_model: str | os.PathLike = DEFAULT_CLIP, mlp_path: str | os.PathLike | None = None, clip=None
+    ) -> AestheticReward:
         """Loads CLIP and the LAION MLP (``mlp_path``: a local ``.pth``/``.safetensors`` file).
 
         Args:
@@ -131,13 +137,19 @@ class CLIPSimilarityReward(nn.Module):
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
             device = next(self.model.parameters()).device
-            max_length = min(getattr(self.tokenizer, "model_max_length", 77) or 77,
-                             self.model.config.text_config.max_position_embeddings)
-            tokens = self.tokenizer(missing, padding="max_length", truncation=True, max_length=max_length,
-                                    return_tensors="pt")
+            max_length = min(
+                getattr(self.tokenizer, "model_max_length", 77) or 77,
+                self.model.config.text_config.max_position_embeddings,
+            )
+            tokens = self.tokenizer(
+                missing, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+            )
             with torch.no_grad():
-                features = _tensor(self.model.get_text_features(input_ids=tokens.input_ids.to(device),
-                                                                attention_mask=tokens.attention_mask.to(device))).float()
+                features = _tensor(
+                    self.model.get_text_features(
+                        input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device)
+                    )
+                ).float()
             features = features / features.norm(dim=-1, keepdim=True)
             self._text_cache.update(zip(missing, features))
         return torch.stack([self._text_cache[p] for p in prompts])
@@ -149,15 +161,23 @@ class CLIPSimilarityReward(nn.Module):
         return self.scale * (self.featurizer(images) * self.text_embeddings(list(prompts))).sum(-1)
 
 
-def clip_score(clip_model: str | os.PathLike = DEFAULT_CLIP, tokenizer: str | os.PathLike | None = None, clip=None) -> CLIPSimilarityReward:
+def clip_score(
+    clip_model: str | os.PathLike = DEFAULT_CLIP, tokenizer: str | os.PathLike | None = None, clip=None
+) -> CLIPSimilarityReward:
     """CLIPScore: the cosine similarity of CLIP image and prompt embeddings (ViT-L/14 by default)."""
     model = clip if clip is not None else load_clip(clip_model, "CLIP model", "the reward's clip_model")
     return CLIPSimilarityReward(model, load_tokenizer(tokenizer or clip_model), scale=1.0, name="clipscore")
 
 
-def pick_score(model: str | os.PathLike = "yuvalkirstain/PickScore_v1",
-               processor: str | os.PathLike = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K") -> CLIPSimilarityReward:
+def pick_score(
+    model: str | os.PathLike = "yuvalkirstain/PickScore_v1",
+    processor: str | os.PathLike = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+) -> CLIPSimilarityReward:
     """PickScore: ``exp(logit_scale) · cos`` of the PickScore CLIP-H model."""
     clip = load_clip(model, "PickScore model", "the reward's model path")
-    return CLIPSimilarityReward(clip, load_tokenizer(processor, "PickScore processor", "the reward's processor path"),
-                                scale="logit_scale", name="pickscore")
+    return CLIPSimilarityReward(
+        clip,
+        load_tokenizer(processor, "PickScore processor", "the reward's processor path"),
+        scale="logit_scale",
+        name="pickscore",
+    )

@@ -8,7 +8,7 @@ score 0–150.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

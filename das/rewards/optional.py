@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -47,7 +47,9 @@ class ImageRewardScore(nn.Module):
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = "ImageReward-v1.0", device: str = "cpu") -> "ImageRewardScore":
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike = "ImageReward-v1.0", device: str = "cpu"
+    ) -> ImageRewardScore:
         """Loads via ``ImageReward.load`` (a name or a local checkpoint path)."""
         from das.adapters.loading import WeightsNotAvailableError, missing_weights_message
 
@@ -55,12 +57,16 @@ class ImageRewardScore(nn.Module):
         try:
             return cls(rm.load(str(name_or_path), device=device))
         except (OSError, RuntimeError) as error:
-            raise WeightsNotAvailableError(missing_weights_message("ImageReward model", name_or_path, "the reward's model path")) from error
+            raise WeightsNotAvailableError(
+                missing_weights_message("ImageReward model", name_or_path, "the reward's model path")
+            ) from error
 
     def _tokens(self, prompts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
-            tok = self.model.blip.tokenizer(missing, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
+            tok = self.model.blip.tokenizer(
+                missing, padding="max_length", truncation=True, max_length=35, return_tensors="pt"
+            )
             for i, p in enumerate(missing):
                 self._text_cache[p] = (tok.input_ids[i], tok.attention_mask[i])
         ids = torch.stack([self._text_cache[p][0] for p in prompts]).to(device)
@@ -76,8 +82,9 @@ class ImageRewardScore(nn.Module):
         embeds = self.model.blip.visual_encoder(pixels)
         atts = torch.ones(embeds.shape[:-1], dtype=torch.long, device=embeds.device)
         ids, mask = self._tokens(list(prompts), embeds.device)
-        out = self.model.blip.text_encoder(ids, attention_mask=mask, encoder_hidden_states=embeds,
-                                           encoder_attention_mask=atts, return_dict=True)
+        out = self.model.blip.text_encoder(
+            ids, attention_mask=mask, encoder_hidden_states=embeds, encoder_attention_mask=atts, return_dict=True
+        )
         score = self.model.mlp(out.last_hidden_state[:, 0, :]).squeeze(-1)
         return ((score - self.model.mean) / self.model.std).float()
 
@@ -99,7 +106,7 @@ class HPSv2Score(nn.Module):
         self._text_cache: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def from_pretrained(cls, checkpoint: str | os.PathLike | None = None, device: str = "cpu") -> "HPSv2Score":
+    def from_pretrained(cls, checkpoint: str | os.PathLike | None = None, device: str = "cpu") -> HPSv2Score:
         """Loads OpenCLIP ViT-H-14 and the HPSv2 checkpoint (a local ``HPS_v2_compressed.pt``, or the hub's copy)."""
         from das.adapters.loading import WeightsNotAvailableError, load_pretrained, missing_weights_message
 
@@ -108,10 +115,17 @@ class HPSv2Score(nn.Module):
         if checkpoint is None:
             from huggingface_hub import hf_hub_download
 
-            checkpoint = load_pretrained(lambda repo, **kw: hf_hub_download(repo, **kw), "xswu/HPSv2", "HPSv2 checkpoint",
-                                         "the reward's checkpoint path", filename="HPS_v2_compressed.pt")
+            checkpoint = load_pretrained(
+                lambda repo, **kw: hf_hub_download(repo, **kw),
+                "xswu/HPSv2",
+                "HPSv2 checkpoint",
+                "the reward's checkpoint path",
+                filename="HPS_v2_compressed.pt",
+            )
         if not os.path.isfile(str(checkpoint)):
-            raise WeightsNotAvailableError(missing_weights_message("HPSv2 checkpoint", checkpoint, "the reward's checkpoint path"))
+            raise WeightsNotAvailableError(
+                missing_weights_message("HPSv2 checkpoint", checkpoint, "the reward's checkpoint path")
+            )
         model = open_clip.create_model("ViT-H-14", pretrained=None, device=device)
         state = torch.load(str(checkpoint), map_location=device, weights_only=True)
         model.load_state_dict(state.get("state_dict", state))

@@ -16,7 +16,8 @@ hpsv2       HPSv2                                          —            extra 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from das.rewards.base import Reward, WeightedSum
 
@@ -42,7 +43,9 @@ def _colorfulness(scale: float = 1.0) -> Reward:
     return ColorfulnessReward(scale)
 
 
-def _pickscore(model: str = "yuvalkirstain/PickScore_v1", processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K") -> Reward:
+def _pickscore(
+    model: str = "yuvalkirstain/PickScore_v1", processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+) -> Reward:
     from das.rewards.clip_rewards import pick_score
 
     return pick_score(model, processor)
@@ -54,8 +57,13 @@ def _clipscore(clip_model: str = "openai/clip-vit-large-patch14", tokenizer: str
     return clip_score(clip_model, tokenizer, **kw)
 
 
-def _multi(weight: float = 0.5, clip_model: str = "openai/clip-vit-large-patch14", mlp_path: str | None = None,
-           tokenizer: str | None = None, clip_scale: float = 20.0) -> Reward:
+def _multi(
+    weight: float = 0.5,
+    clip_model: str = "openai/clip-vit-large-patch14",
+    mlp_path: str | None = None,
+    tokenizer: str | None = None,
+    clip_scale: float = 20.0,
+) -> Reward:
     """The paper's ``w·aesthetic + (1 − w)·20·CLIPScore``, sharing one CLIP model."""
     from das.clip import load_clip
     from das.rewards.clip_rewards import AestheticReward, clip_score
@@ -64,7 +72,9 @@ def _multi(weight: float = 0.5, clip_model: str = "openai/clip-vit-large-patch14
         raise ValueError(f"The multi reward's weight must lie in [0, 1], got {weight}.")
     clip = load_clip(clip_model)
     aesthetic = AestheticReward.from_pretrained(clip_model, mlp_path, clip=clip)
-    return WeightedSum([aesthetic, clip_score(clip_model, tokenizer, clip=clip)], [weight, (1.0 - weight) * clip_scale])
+    return WeightedSum(
+        [aesthetic, clip_score(clip_model, tokenizer, clip=clip)], [weight, (1.0 - weight) * clip_scale]
+    )
 
 
 def _imagereward(model: str = "ImageReward-v1.0", device: str = "cpu") -> Reward:

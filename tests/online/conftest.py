@@ -1,16 +1,11 @@
 """A tiny online-loop setup: a random pixel model of the real classes, a few rows per round."""
 
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from online_helpers import LOGGING_ORACLE, small_config  # noqa: E402
-from tiny_components import save_pixel_model  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.online.online_helpers import LOGGING_ORACLE, small_config
+from tests.tiny_components import save_pixel_model
 
 
 @pytest.fixture(scope="session")

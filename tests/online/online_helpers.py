@@ -1,10 +1,9 @@
-"""Helpers the online tests share (a module, not conftest, so that its name is unique on sys.path)."""
+"""Helpers the online tests share (a module, not conftest, so that tests import them by name)."""
 
 from pathlib import Path
 
 from config.online_base import online_config
-
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO_ROOT as REPO
 
 LOGGING_ORACLE = """
 import hashlib, sys

@@ -13,9 +13,8 @@ import socket
 import subprocess
 import sys
 
-from online_helpers import LOGGING_ORACLE, REPO, loop_argv
-
 from online.storage import AnswerJournal, complete_rounds, load_dataset, round_dir
+from tests.online.online_helpers import LOGGING_ORACLE, REPO, loop_argv
 
 DRIVER = """
 import json, os, sys

@@ -16,7 +16,8 @@ FIGURES = ("reward_vs_queries", "diversity", "sampler", "overoptimization", "cal
 def three_runs(tiny_model, tmp_path_factory):
     """UCB with seeds 0 and 1, and greedy seed 0 under a folder name that says UCB."""
     from accelerate import Accelerator
-    from online_helpers import small_config
+
+    from tests.online.online_helpers import small_config
 
     out = tmp_path_factory.mktemp("analysis_runs")
     runs = []
@@ -39,7 +40,10 @@ def test_the_report_has_every_figure_table_and_embeds_its_images(three_runs, tmp
     for name in FIGURES:
         assert written[name].is_file() and written[name].stat().st_size > 1000, name
     # one grid per (oracle, method), of its lowest seed
-    assert sorted(name for name in written if name.startswith("grid_")) == ["grid_jpeg-Greedy-seed0", "grid_jpeg-UCB-seed0"]
+    assert sorted(name for name in written if name.startswith("grid_")) == [
+        "grid_jpeg-Greedy-seed0",
+        "grid_jpeg-UCB-seed0",
+    ]
     html = written["report"].read_text()
     assert html.count("data:image/png;base64,") == len([p for p in written.values() if p.suffix == ".png"])
     assert not re.search(r"src=['\"](?!data:)", html)  # nothing it would have to fetch: it opens offline
@@ -99,5 +103,8 @@ def test_a_method_name_comes_from_the_config_or_its_surrogate_and_guidance():
     assert method({"surrogate": {"kind": "bootstrap"}, "smc": {"guidance": "thompson"}}) == "Bootstrap (thompson)"
     assert method({"surrogate": {"kind": "greedy"}, "smc": {"guidance": "none"}}) == "Pretrained"
     assert method({"surrogate": {"kind": "greedy"}, "smc": {"guidance": "oracle"}}) == "Ceiling"
-    assert method({"method": "Non-adaptive", "surrogate": {"kind": "greedy"}, "smc": {"guidance": "mean"}}) == "Non-adaptive"
+    assert (
+        method({"method": "Non-adaptive", "surrogate": {"kind": "greedy"}, "smc": {"guidance": "mean"}})
+        == "Non-adaptive"
+    )
     assert method({"method": "  ", "surrogate": {"kind": "gp"}}) == "GP"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from online_helpers import REPO, loop_argv
 
 from online.online_main_smc import main
+from tests.online.online_helpers import REPO, loop_argv
 
 SENTINEL = "pickle_payload_ran"
 
@@ -48,7 +48,7 @@ def finished_run(tiny_model, tmp_path_factory):
     """A complete 2-round run (and its oracle log) made once; cases copy it."""
     root = tmp_path_factory.mktemp("finished")
     script = root / "oracle.py"
-    from online_helpers import LOGGING_ORACLE
+    from tests.online.online_helpers import LOGGING_ORACLE
 
     script.write_text(LOGGING_ORACLE)
     import sys

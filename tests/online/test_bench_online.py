@@ -27,7 +27,9 @@ def test_every_method_spends_the_same_query_budget(rounds):
     budgets = {}
     for method in METHODS:
         argv = run_argv(method, "rare", 0, args)
-        n, initial, per_round = (int(flag(argv, f"loop.{f}")) for f in ("num_rounds", "initial_queries", "queries_per_round"))
+        n, initial, per_round = (
+            int(flag(argv, f"loop.{f}")) for f in ("num_rounds", "initial_queries", "queries_per_round")
+        )
         budgets[method] = initial + (n - 1) * per_round
     assert set(budgets.values()) == {36 + (rounds - 1) * 12}
     non_adaptive = run_argv("non-adaptive", "rare", 0, args)
@@ -49,7 +51,13 @@ def fake_run(method: str, seed: int, final: float) -> Run:
 
 
 def test_the_summary_gives_gain_fractions_and_leads_in_standard_errors():
-    finals = {"Pretrained": [0.2, 0.2], "Ceiling": [0.6, 0.6], "UCB": [0.5, 0.4], "Greedy": [0.3, 0.3], "Non-adaptive": [0.1, 0.3]}
+    finals = {
+        "Pretrained": [0.2, 0.2],
+        "Ceiling": [0.6, 0.6],
+        "UCB": [0.5, 0.4],
+        "Greedy": [0.3, 0.3],
+        "Non-adaptive": [0.1, 0.3],
+    }
     runs = [fake_run(method, seed, value) for method, values in finals.items() for seed, value in enumerate(values)]
     summary, comparisons = summarize(runs, ["ucb", "greedy", "non-adaptive", "pretrained", "ceiling"])
     rows = {row["method"]: row for row in summary}

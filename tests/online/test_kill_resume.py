@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 
 import pytest
-from online_helpers import LOGGING_ORACLE, REPO, loop_argv
 from safetensors import safe_open
 
 from online.storage import complete_rounds
+from tests.online.online_helpers import LOGGING_ORACLE, REPO, loop_argv
 
 ROUNDS = 3
 FULL_CHAIN = ("sampled:1", "shard:1", "checkpoint:1", "query:2")
@@ -84,7 +84,7 @@ class Run:
     def __init__(self, process, output: Path):
         self.process, self.output_path = process, output
 
-    def wait(self, timeout: float = 300) -> "Run":
+    def wait(self, timeout: float = 300) -> Run:
         self.process.join(timeout)
         assert self.process.exitcode is not None, "the loop did not finish in time"
         return self

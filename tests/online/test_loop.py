@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -14,8 +13,7 @@ from online.evaluate import run_evaluation
 from online.loop import run_training
 from online.storage import complete_rounds, load_dataset
 from surrogate import load_surrogate
-
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO_ROOT as REPO
 
 
 def test_three_rounds_write_everything_a_later_run_needs(make_config, accelerator):
@@ -42,7 +40,9 @@ def test_three_rounds_write_everything_a_later_run_needs(make_config, accelerato
         assert all(0 <= calibration[f"coverage_{p}"] <= 1 for p in (50, 80, 95))
     for k in range(3):
         folder = run_dir / f"round_{k:04d}"
-        assert {"COMPLETE", "surrogate.safetensors", "config.json", "rng.json", "metrics.json"} <= {p.name for p in folder.iterdir()}
+        assert {"COMPLETE", "surrogate.safetensors", "config.json", "rng.json", "metrics.json"} <= {
+            p.name for p in folder.iterdir()
+        }
         surrogate = load_surrogate(folder / "surrogate.safetensors", expected_kind="ucb", expected_input_dim=128)
         assert surrogate.n_data == 6 + 4 * k
     assert (run_dir / "reward_vs_queries.png").stat().st_size > 0
@@ -131,22 +131,39 @@ def test_sigkill_mid_query_loses_no_paid_answer(tiny_model, tmp_path):
     kill_flag.write_text("8")  # round 0 asks 6 items; die on the 2nd item of round 1
     command = [sys.executable, str(script), str(log), str(kill_flag)]
     base = [
-        sys.executable, "online/online_main_smc.py", "--config", "config/UCB_smc.py:tiny_jpeg",
-        f"--config.model.path={tiny_model}", "--config.model.num_steps=2", f"--config.output_dir={tmp_path / 'runs'}",
-        "--config.run_name=killed", "--config.progress=False", "--config.device=cpu", "--config.smc.num_particles=2",
-        "--config.loop.initial_queries=6", "--config.loop.queries_per_round=4", "--config.loop.num_rounds=3",
-        "--config.oracle.kind=external", f"--config.oracle.command={tuple(command)!r}", "--config.oracle.batch_size=1",
-        "--config.oracle.noise_std=0.0", "--config.surrogate.kwargs.max_epochs=10",
+        sys.executable,
+        "online/online_main_smc.py",
+        "--config",
+        "config/UCB_smc.py:tiny_jpeg",
+        f"--config.model.path={tiny_model}",
+        "--config.model.num_steps=2",
+        f"--config.output_dir={tmp_path / 'runs'}",
+        "--config.run_name=killed",
+        "--config.progress=False",
+        "--config.device=cpu",
+        "--config.smc.num_particles=2",
+        "--config.loop.initial_queries=6",
+        "--config.loop.queries_per_round=4",
+        "--config.loop.num_rounds=3",
+        "--config.oracle.kind=external",
+        f"--config.oracle.command={tuple(command)!r}",
+        "--config.oracle.batch_size=1",
+        "--config.oracle.noise_std=0.0",
+        "--config.surrogate.kwargs.max_epochs=10",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     first = subprocess.run(base, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     run_dir = tmp_path / "runs" / "killed"
     assert complete_rounds(run_dir) == [0]
-    answered_before = [json.loads(line) for line in (run_dir / "round_0001" / "answers.jsonl").read_text().splitlines()]
+    answered_before = [
+        json.loads(line) for line in (run_dir / "round_0001" / "answers.jsonl").read_text().splitlines()
+    ]
     assert [row["index"] for row in answered_before] == [0]
 
-    resumed = subprocess.run(base + [f"--config.resume_from={run_dir}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        base + [f"--config.resume_from={run_dir}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert complete_rounds(run_dir) == [0, 1, 2]
     asked = log.read_text().splitlines()
@@ -159,11 +176,25 @@ def test_sigkill_mid_query_loses_no_paid_answer(tiny_model, tmp_path):
 def test_two_processes_split_prompts_and_write_once(tiny_model, tmp_path):
     out = tmp_path / "runs"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "online/online_main_smc.py",
-        "--config", "config/UCB_smc.py:tiny_jpeg", f"--config.model.path={tiny_model}", "--config.model.num_steps=2",
-        f"--config.output_dir={out}", "--config.run_name=ddp", "--config.progress=False", "--config.device=cpu",
-        "--config.smc.num_particles=2", "--config.loop.initial_queries=5", "--config.loop.queries_per_round=3",
-        "--config.loop.num_rounds=2", "--config.surrogate.kwargs.max_epochs=10",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "online/online_main_smc.py",
+        "--config",
+        "config/UCB_smc.py:tiny_jpeg",
+        f"--config.model.path={tiny_model}",
+        "--config.model.num_steps=2",
+        f"--config.output_dir={out}",
+        "--config.run_name=ddp",
+        "--config.progress=False",
+        "--config.device=cpu",
+        "--config.smc.num_particles=2",
+        "--config.loop.initial_queries=5",
+        "--config.loop.queries_per_round=3",
+        "--config.loop.num_rounds=2",
+        "--config.surrogate.kwargs.max_epochs=10",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
@@ -175,7 +206,9 @@ def test_two_processes_split_prompts_and_write_once(tiny_model, tmp_path):
     assert done.stdout.count("Run directory:") == 1  # the summary is printed by the main process only
 
 
-def test_thompson_guidance_runs_a_round_of_the_embedded_world_with_one_draw_per_call(make_config, accelerator, monkeypatch):
+def test_thompson_guidance_runs_a_round_of_the_embedded_world_with_one_draw_per_call(
+    make_config, accelerator, monkeypatch
+):
     from config.online_base import WORLD_MODEL
     from surrogate import BootstrapEnsembleSurrogate
 
@@ -199,7 +232,12 @@ def test_thompson_guidance_runs_a_round_of_the_embedded_world_with_one_draw_per_
     first = list(heads)
     heads.clear()
     again = make_config(kind="bootstrap")
-    again.model.path, again.smc.guidance, again.smc.prompts_per_call, again.loop.num_rounds = WORLD_MODEL, "thompson", 1, 2
+    again.model.path, again.smc.guidance, again.smc.prompts_per_call, again.loop.num_rounds = (
+        WORLD_MODEL,
+        "thompson",
+        1,
+        2,
+    )
     again.run_name = "again"
     run_training(again, accelerator)
     assert heads == first  # the draws are seeded from (seed, round, rank, call): a resume draws the same

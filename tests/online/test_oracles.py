@@ -42,7 +42,9 @@ def test_a_hanging_oracle_times_out_and_the_run_goes_on():
 
     rows, keep = _collect()
     start = time.perf_counter()
-    query_with_retries(slow, torch.zeros(2, 3, 4, 4), ["a", "b"], [0, 1], QueryPolicy(max_retries=1, timeout_s=0.2), keep)
+    query_with_retries(
+        slow, torch.zeros(2, 3, 4, 4), ["a", "b"], [0, 1], QueryPolicy(max_retries=1, timeout_s=0.2), keep
+    )
     assert time.perf_counter() - start < 3
     assert [row["status"] for row in rows] == ["failed", "failed"] and "timed out" in rows[0]["error"]
 
@@ -55,7 +57,14 @@ def test_answers_become_durable_per_call():
         seen.append([a["index"] for a in answers])
         keep(answers)
 
-    query_with_retries(lambda im, p: torch.ones(len(p)), torch.zeros(5, 3, 4, 4), list("abcde"), range(5), QueryPolicy(batch_size=2), record)
+    query_with_retries(
+        lambda im, p: torch.ones(len(p)),
+        torch.zeros(5, 3, 4, 4),
+        list("abcde"),
+        range(5),
+        QueryPolicy(batch_size=2),
+        record,
+    )
     assert seen == [[0, 1], [2, 3], [4]]
 
 

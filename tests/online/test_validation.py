@@ -2,13 +2,11 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from online.validation import ConfigError, validate
-
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO_ROOT as REPO
 
 
 @pytest.mark.parametrize(
@@ -76,8 +74,17 @@ def test_evaluate_needs_a_compatible_checkpoint(make_config, tmp_path):
 
 def test_the_entry_point_prints_one_line_and_exits_2():
     done = subprocess.run(
-        [sys.executable, "online/online_main_smc.py", "--config", "config/UCB_smc.py:tiny_jpeg", "--config.smc.num_particles=0"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "online/online_main_smc.py",
+            "--config",
+            "config/UCB_smc.py:tiny_jpeg",
+            "--config.smc.num_particles=0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from surrogate_helpers import small_kwargs, toy_data
 
 from surrogate import make_surrogate
+from tests.surrogate.surrogate_helpers import small_kwargs, toy_data
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,9 @@ D = 6
 SMALL_MLP = dict(hidden=(32, 16, 8), dropout=0.0, max_epochs=30, patience=5, batch_size=32)
 
 
-def toy_data(n: int = 80, d: int = D, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def toy_data(
+    n: int = 80, d: int = D, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=dtype)
     y = torch.sin(x[:, 0]) + 0.5 * x[:, 1] ** 2 + 0.05 * torch.randn(n, generator=g, dtype=dtype)

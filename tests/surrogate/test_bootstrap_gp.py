@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from surrogate_helpers import SMALL_MLP, D, small_kwargs, toy_data
 
 from surrogate import BootstrapEnsembleSurrogate, GPSurrogate, make_surrogate
+from tests.surrogate.surrogate_helpers import SMALL_MLP, D, small_kwargs, toy_data
 
 
 def _loop_over_heads(model: BootstrapEnsembleSurrogate, x: torch.Tensor) -> torch.Tensor:

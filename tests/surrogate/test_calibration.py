@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from surrogate_helpers import SMALL_MLP, D, toy_data
 
 import surrogate.ucb as ucb_module
 from surrogate import (
@@ -31,6 +30,7 @@ from surrogate.calibration import (
     spearman_correlation,
 )
 from surrogate.checkpoint import save_checkpoint
+from tests.surrogate.surrogate_helpers import SMALL_MLP, D, toy_data
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,7 +9,6 @@ import struct
 
 import pytest
 import torch
-from surrogate_helpers import D, toy_data
 
 from surrogate import (
     SURROGATES,
@@ -19,6 +18,7 @@ from surrogate import (
     make_surrogate,
     read_header,
 )
+from tests.surrogate.surrogate_helpers import D, toy_data
 
 KINDS = ("ucb", "greedy", "bootstrap", "gp")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from surrogate_helpers import SMALL_MLP, D, toy_data
 
 from surrogate import GreedyMLPSurrogate, MLPUCBSurrogate, UCBBonus
 from surrogate.mlp import BatchedMLP, fit_batched_mlp
+from tests.surrogate.surrogate_helpers import SMALL_MLP, D, toy_data
 
 
 def _phi(n: int, h: int = 5, seed: int = 0) -> torch.Tensor:
@@ -103,7 +103,18 @@ def test_early_stopping_restores_a_copy_of_the_best_epoch():
     x, y = toy_data(n=60)
     net = BatchedMLP(D, (64, 8), num_heads=1, generator=torch.Generator().manual_seed(0))
     train, val = torch.arange(0, 45).unsqueeze(0), torch.arange(45, 60)
-    info = fit_batched_mlp(net, x, y, train, val, generator=torch.Generator().manual_seed(1), lr=1e-2, max_epochs=200, patience=5, batch_size=16)
+    info = fit_batched_mlp(
+        net,
+        x,
+        y,
+        train,
+        val,
+        generator=torch.Generator().manual_seed(1),
+        lr=1e-2,
+        max_epochs=200,
+        patience=5,
+        batch_size=16,
+    )
     assert info["epochs"] < 200 and info["epochs"] >= info["best_epoch"][0] + 5
     with torch.no_grad():
         val_mse = ((net(x[val])[0] - y[val]) ** 2).mean().item()

@@ -17,16 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from surrogate_helpers import (
-    Mutation,
-    assert_identical,
-    craft_checkpoint,
-    entry_set,
-    header_change,
-    outputs,
-    tensor_added,
-    tensor_change,
-)
 
 import surrogate.checkpoint as checkpoint_module
 from surrogate import (
@@ -44,6 +34,16 @@ from surrogate.hyperparameters import (
     HYPERPARAMETER_SPECS,
     MAX_ELEMENTS,
     hyperparameter_names,
+)
+from tests.surrogate.surrogate_helpers import (
+    Mutation,
+    assert_identical,
+    craft_checkpoint,
+    entry_set,
+    header_change,
+    outputs,
+    tensor_added,
+    tensor_change,
 )
 
 D = 8
@@ -139,7 +139,13 @@ BAD_CASES = [
         "header",
         r"hyperparameters\.beta must be a finite number >= 0, got inf\.",
     ),
-    ("greedy-beta", "greedy", header_change(beta=0.5), "header", r"hyperparameters\.beta must be 0 for the 'greedy' surrogate"),
+    (
+        "greedy-beta",
+        "greedy",
+        header_change(beta=0.5),
+        "header",
+        r"hyperparameters\.beta must be 0 for the 'greedy' surrogate",
+    ),
     (
         "huge-max-points",
         "gp",
@@ -238,7 +244,13 @@ BAD_CASES = [
         "values",
         r"holds non-finite values in tensor 'bonus\.gram'",
     ),
-    ("nan-gp-target", "gp", tensor_change("train_y", entry_set(5, math.nan)), "values", r"non-finite values in tensor 'train_y'"),
+    (
+        "nan-gp-target",
+        "gp",
+        tensor_change("train_y", entry_set(5, math.nan)),
+        "values",
+        r"non-finite values in tensor 'train_y'",
+    ),
     (
         "zero-std",
         "ucb",

@@ -4,9 +4,9 @@ import os
 import pytest
 import torch
 
-from das.world import PROMPTS
-from das.world.align import main as align
-from das.world.train import main as train
+from world import PROMPTS
+from world.align import main as align
+from world.train import main as train
 
 
 @pytest.fixture(scope="module")
@@ -18,15 +18,35 @@ def tiny_world(tmp_path_factory):
 
 def test_align_writes_a_loadable_model_folder_with_its_record(tiny_world, tmp_path):
     out = str(tmp_path / "aligned")
-    args = ["--init", tiny_world, "--out", out, "--num-per-prompt", "1", "--particles", "2", "--das-steps", "2",
-            "--steps", "2", "--batch-size", "4", "--warmup", "1", "--das-batch", "9", "--eval-per-prompt", "2"]
+    args = [
+        "--init",
+        tiny_world,
+        "--out",
+        out,
+        "--num-per-prompt",
+        "1",
+        "--particles",
+        "2",
+        "--das-steps",
+        "2",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--warmup",
+        "1",
+        "--das-batch",
+        "9",
+        "--eval-per-prompt",
+        "2",
+    ]
     assert align(args) == 0
     for sub in ("unet", "scheduler", "text_encoder", "tokenizer"):
         assert os.path.isdir(os.path.join(out, sub)), sub
     with open(os.path.join(out, "training_info.json")) as handle:
         info = json.load(handle)
     assert info["alpha"] == 5.0 and info["oracle"] == "colorfulness" and info["steps"] == 2
-    assert info["data"]["num_images"] == len(PROMPTS) and info["command"].startswith("python -m das.world.align")
+    assert info["data"]["num_images"] == len(PROMPTS) and info["command"].startswith("python -m world.align")
     assert set(info["evaluation"]) >= {"pretrained", "aligned"}
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 

@@ -7,14 +7,16 @@ import numpy as np
 import pytest
 import torch
 
+from das.ancestral import sample_images
 from das.smc import DASSampler
-from das.world import DEFAULT_MODEL_PATH, ORACLE_NOISE_STD, PROMPTS
-from das.world.classify import SceneClassifier
-from das.world.oracles import jpeg_reward, oracle_values
-from das.world.sampling import sample_images
+from world import DEFAULT_MODEL_PATH, ORACLE_NOISE_STD, PROMPTS
+from world.classify import SceneClassifier
+from world.oracles import jpeg_reward, oracle_values
 
-pytestmark = pytest.mark.skipif(not os.path.isdir(os.path.join(DEFAULT_MODEL_PATH, "unet")),
-                                reason="the shipped world model is missing (train it with python -m das.world.train)")
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(DEFAULT_MODEL_PATH, "unet")),
+    reason="the shipped world model is missing (train it with python -m world.train)",
+)
 
 MIN_ACCURACY = 0.8
 
@@ -28,7 +30,7 @@ def adapter():
 
 @pytest.fixture(scope="module")
 def classifier():
-    return SceneClassifier.fit()  # the classifier das.world.pictures reports accuracy with
+    return SceneClassifier.fit()  # the classifier world.pictures reports accuracy with
 
 
 # The acceptance measurement: 64 per prompt (576 images, seed 1; about 4 minutes on one
@@ -94,5 +96,7 @@ def test_das_runs_on_the_shipped_model_with_a_black_box_oracle(adapter):
     from das.adapters.pixel import PixelUNetAdapter
 
     small = PixelUNetAdapter.from_pretrained(DEFAULT_MODEL_PATH, num_steps=4, guidance_scale=3.0)
-    result = DASSampler(small, jpeg_reward(), kl_coeff=0.1, num_particles=2).sample(list(PROMPTS[:2]), torch.Generator().manual_seed(0))
+    result = DASSampler(small, jpeg_reward(), kl_coeff=0.1, num_particles=2).sample(
+        list(PROMPTS[:2]), torch.Generator().manual_seed(0)
+    )
     assert result.images.shape == (2, 2, 3, 32, 32) and torch.isfinite(result.rewards).all()

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from das.world.oracles import (
+from world.oracles import (
     RARE_DECOY,
     RARE_DECOY_HEIGHT,
     RARE_DECOY_WIDTH,

@@ -6,9 +6,9 @@ from transformers import CLIPTokenizer
 from das.features import Featurizer
 from das.rewards.base import Reward
 from das.rewards.colorfulness import ColorfulnessReward, colorfulness
-from das.world import PROMPTS, WorldFeaturizer, make_dataset, prompt_label, render_scene
-from das.world.classify import SceneClassifier
-from das.world.tokenizer import save_tokenizer
+from world import PROMPTS, WorldFeaturizer, make_dataset, prompt_label, render_scene
+from world.classify import SceneClassifier
+from world.tokenizer import save_tokenizer
 
 
 def test_world_has_at_least_eight_distinct_prompts():
@@ -49,7 +49,9 @@ def test_colorfulness_matches_the_formula_and_is_differentiable():
     x = torch.rand(3, 3, 8, 8, generator=gen)
     r, g, b = (x * 255).double().unbind(1)
     rg, yb = (r - g).flatten(1), (0.5 * (r + g) - b).flatten(1)
-    ref = (rg.std(1, unbiased=False) ** 2 + yb.std(1, unbiased=False) ** 2).sqrt() + 0.3 * (rg.mean(1) ** 2 + yb.mean(1) ** 2).sqrt()
+    ref = (rg.std(1, unbiased=False) ** 2 + yb.std(1, unbiased=False) ** 2).sqrt() + 0.3 * (
+        rg.mean(1) ** 2 + yb.mean(1) ** 2
+    ).sqrt()
     assert torch.allclose(colorfulness(x).double(), ref, rtol=1e-4)
     grey = torch.full((1, 3, 8, 8), 0.5, requires_grad=True)
     reward = ColorfulnessReward()

@@ -3,14 +3,16 @@ import os
 
 import torch
 
-from das.world import PROMPTS
-from das.world.sampling import sample_images
-from das.world.train import main
+from das.ancestral import sample_images
+from world import PROMPTS
+from world.train import main
 
 
 def test_training_script_runs_and_saves_a_loadable_model(tmp_path):
     out = str(tmp_path / "tiny_world")
-    assert main(["--out", out, "--steps", "2", "--tiny", "--batch-size", "4", "--save-every", "1", "--warmup", "1"]) == 0
+    assert (
+        main(["--out", out, "--steps", "2", "--tiny", "--batch-size", "4", "--save-every", "1", "--warmup", "1"]) == 0
+    )
     for sub in ("unet", "scheduler", "text_encoder", "tokenizer"):
         assert os.path.isdir(os.path.join(out, sub)), sub
     info = json.load(open(os.path.join(out, "training_info.json")))
@@ -25,7 +27,7 @@ def test_training_script_runs_and_saves_a_loadable_model(tmp_path):
 
 
 def test_min_snr_weights_follow_their_closed_form():
-    from das.world.train import min_snr_weights
+    from world.train import min_snr_weights
 
     abar = torch.tensor([0.999, 0.9, 5.0 / 6.0, 0.5, 0.01])  # SNR 999, 9, 5, 1, 1/99
     w = min_snr_weights(abar, gamma=5.0)
@@ -39,7 +41,7 @@ def test_the_trainer_never_replaces_a_folder_it_did_not_save(tmp_path):
 
     import pytest
 
-    from das.world.train import PIPELINE_CLASS, check_output_folder
+    from world.train import PIPELINE_CLASS, check_output_folder
 
     check_output_folder(str(tmp_path / "new"))  # absent: fine
     user = tmp_path / "mine"

@@ -1,0 +1,257 @@
+"""The SMC core against exact answers, plus its contracts (chunking, selection, errors)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from das.rewards import FunctionReward
+from das.smc import DASSampler
+from das.toy import GaussianMixture, QuadraticReward, emd, nine_gaussians, paper_toy_reward, tilt_quadratic
+from das.toy.adapter import ToyAdapter
+
+
+def _gaussian_adapter(num_steps=40, mean=1.0, var=0.5):
+    prior = GaussianMixture(
+        torch.tensor([[mean]], dtype=torch.float64),
+        torch.tensor([[var]], dtype=torch.float64),
+        torch.zeros(1, dtype=torch.float64),
+    )
+    return ToyAdapter(prior, num_steps=num_steps, eta=1.0, dtype=torch.float64)
+
+
+def _chain_marginal(adapter):
+    """Exact law of the chain's output: the transitions are affine-Gaussian for a Gaussian prior."""
+    m, v = 0.0, 1.0
+    probe = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    for step in range(adapter.num_steps):
+        t = adapter.transition(probe, step, {})
+        slope, offset = float(t.mean[1] - t.mean[0]), float(t.mean[0])
+        m, v = slope * m + offset, slope**2 * v + float(t.std) ** 2
+    return m, v
+
+
+def _tilted_gaussian(m, v, precision, center, alpha):
+    """Mean, variance and log E[exp(r/α)] of N(m, v) tilted by r = −½ p (x − c)²."""
+    q = precision / alpha
+    return (
+        (m + q * v * center) / (1 + q * v),
+        v / (1 + q * v),
+        -0.5 * math.log(1 + q * v) - q * (m - center) ** 2 / (2 * (1 + q * v)),
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(tempering="exponential", tempering_gamma=0.05),
+        dict(tempering="adaptive", ess_threshold=0.5),
+        dict(tempering="none", ess_threshold=1.0, resampling="systematic"),  # resamples every step
+        dict(tempering="exponential", tempering_gamma=0.05, use_gradient=False),  # gradient-free mode
+    ],
+    ids=["exponential", "adaptive", "always-resample", "gradient-free"],
+)
+def test_gaussian_prior_quadratic_reward_matches_closed_form(options):
+    adapter = _gaussian_adapter()
+    precision, center, alpha = 2.0, 2.5, 0.8
+    reward = QuadraticReward([precision], [center])
+    m, v = _chain_marginal(adapter)
+    target_mean, target_var, target_log_z = _tilted_gaussian(m, v, precision, center, alpha)
+
+    sampler = DASSampler(adapter, reward, kl_coeff=alpha, num_particles=1500, selection="all", **options)
+    result = sampler.sample(["a", "b", "c", "d"], torch.Generator().manual_seed(0))
+    w, x = result.weights.double(), result.samples[..., 0]
+    mean = (w * x).sum(-1)
+    var = (w * (x - mean.unsqueeze(-1)) ** 2).sum(-1)
+    ess = float(result.ess[-1].min())
+    assert ess > 100
+    # Monte-Carlo error of a weighted mean over 4 prompts, with a generous margin for the
+    # correlation that resampling introduces.
+    mean_tol = 5 * math.sqrt(target_var / ess / 4) * 3
+    assert abs(float(mean.mean()) - target_mean) < mean_tol
+    assert abs(float(var.mean()) / target_var - 1) < 0.1
+    assert abs(float(result.log_normalizer.double().mean()) - target_log_z) < 0.05
+    assert torch.allclose(result.weights.sum(-1), torch.ones(4, dtype=result.weights.dtype), atol=1e-5)
+
+
+def test_nine_gaussians_emd_matches_the_paper_and_the_floor():
+    """DAS with 100 particles and 100 steps: EMD to the exact target ≤ 0.82 and ≤ 1.5× the floor.
+
+    Each of 500 independent SMC runs (batched as 500 "prompts") returns one particle drawn by
+    weight, giving 500 samples; the floor is the EMD between two independent 500-sample
+    draws of the exact target. Both are averaged over several target draws to tame the
+    noise of a 500-point EMD.
+    """
+    prior, reward, alpha = nine_gaussians(), paper_toy_reward(), 1.0
+    target, _ = tilt_quadratic(prior, reward, alpha)
+    adapter = ToyAdapter(prior, num_steps=100, eta=1.0)
+    sampler = DASSampler(adapter, reward, kl_coeff=alpha, num_particles=100, selection="sample")
+    generator = torch.Generator().manual_seed(0)
+    samples = sampler.sample([""] * 500, generator).selected
+    das = np.mean([emd(samples, target.sample(500, generator)) for _ in range(4)])
+    floor = np.mean([emd(target.sample(500, generator), target.sample(500, generator)) for _ in range(4)])
+    assert das <= 0.82
+    assert das <= 1.5 * floor, (das, floor)
+
+
+def test_chunking_does_not_change_the_result():
+    adapter = ToyAdapter(nine_gaussians(), num_steps=8)
+    reward = paper_toy_reward()
+    results = [
+        DASSampler(adapter, reward, kl_coeff=1.0, num_particles=5, max_chunk_rows=chunk).sample(
+            ["x", "y", "z"], torch.Generator().manual_seed(4)
+        )
+        for chunk in (None, 4)
+    ]
+    assert torch.allclose(results[0].samples, results[1].samples, atol=1e-5)
+    assert torch.allclose(results[0].log_weights, results[1].log_weights, atol=1e-4)
+
+
+def test_result_shapes_traces_and_selections():
+    adapter = ToyAdapter(nine_gaussians(), num_steps=6)
+    reward = paper_toy_reward()
+    b, k, t = 3, 5, 6
+    for selection in ("max_weight", "sample", "all"):
+        result = DASSampler(adapter, reward, kl_coeff=1.0, num_particles=k, selection=selection).sample(
+            ["p"] * b, torch.Generator().manual_seed(0)
+        )
+        assert result.samples.shape == (b, k, 2) and result.images.shape == (b, k, 2)
+        assert result.rewards.shape == result.log_weights.shape == (b, k)
+        assert result.ess.shape == (t + 1, b) and result.lam.shape == (t + 1, b)
+        assert result.resampled.shape == (t, b) and result.reward_trace.shape == (t + 1, b)
+        assert torch.all(result.lam[-1] == 1.0)
+        assert torch.allclose(result.rewards, reward(result.samples.reshape(-1, 2)).view(b, k))
+        if selection == "all":
+            assert result.selected.shape == (b, k, 2)
+        else:
+            assert result.selected.shape == (b, 2)
+            assert torch.equal(result.selected, result.images[torch.arange(b), result.selected_index])
+        if selection == "max_weight":
+            assert torch.equal(result.selected_index, result.log_weights.argmax(-1))
+
+
+def test_gradient_free_mode_never_asks_for_gradients():
+    calls = []
+
+    def score(x):
+        calls.append(torch.is_grad_enabled() and x.requires_grad)
+        return -(x**2).sum(-1)
+
+    reward = FunctionReward(score, differentiable=False)
+    adapter = ToyAdapter(nine_gaussians(), num_steps=5)
+    DASSampler(adapter, reward, kl_coeff=1.0, num_particles=3).sample(["a", "b"], torch.Generator().manual_seed(0))
+    assert calls and not any(calls)
+
+
+def test_non_finite_rewards_fall_back_to_uniform_weights():
+    reward = FunctionReward(lambda x: torch.full((x.shape[0],), float("nan")), differentiable=False)
+    adapter = ToyAdapter(nine_gaussians(), num_steps=4)
+    result = DASSampler(adapter, reward, kl_coeff=1.0, num_particles=3).sample(
+        ["a", "b"], torch.Generator().manual_seed(0)
+    )
+    assert torch.all(result.degenerate_steps > 0)
+    assert torch.allclose(result.weights, torch.full((2, 3), 1 / 3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(kl_coeff=0.0), "kl_coeff"),
+        (dict(num_particles=0), "num_particles"),
+        (dict(ess_threshold=1.5), "ess_threshold"),
+        (dict(resampling="nope"), "ssp"),
+        (dict(tempering="nope"), "exponential"),
+        (dict(selection="best"), "max_weight"),
+        (dict(max_chunk_rows=0), "max_chunk_rows"),
+    ],
+)
+def test_bad_arguments_fail_with_a_clear_message(kwargs, message):
+    options = dict(kl_coeff=1.0)
+    options.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        DASSampler(ToyAdapter(nine_gaussians(), num_steps=2), paper_toy_reward(), **options)
+
+
+def test_use_gradient_needs_a_differentiable_reward():
+    reward = FunctionReward(lambda x: x.sum(-1), differentiable=False)
+    with pytest.raises(ValueError, match="differentiable"):
+        DASSampler(ToyAdapter(nine_gaussians(), num_steps=2), reward, kl_coeff=1.0, use_gradient=True)
+
+
+# ---------------------------------------------------------------- a separate base proposal
+
+
+def _other_gaussian_adapter(mean, var, eta=1.0, num_steps=40):
+    prior = GaussianMixture(
+        torch.tensor([[mean]], dtype=torch.float64),
+        torch.tensor([[var]], dtype=torch.float64),
+        torch.zeros(1, dtype=torch.float64),
+    )
+    return ToyAdapter(prior, num_steps=num_steps, eta=eta, dtype=torch.float64)
+
+
+def test_proposal_adapter_equal_to_the_adapter_reproduces_the_default_bit_for_bit():
+    from das.adapters.realigned import RealignedAdapter
+
+    adapter = ToyAdapter(nine_gaussians(), num_steps=12)
+    other = ToyAdapter(tilt_quadratic(nine_gaussians(), paper_toy_reward(), 1.0)[0], num_steps=12)
+    for use_gradient in (True, False):
+        options = {"kl_coeff": 0.7, "num_particles": 6, "use_gradient": use_gradient, "ess_threshold": 0.8}
+        expected = DASSampler(adapter, paper_toy_reward(), **options).sample(
+            ["a", "b"], torch.Generator().manual_seed(3)
+        )
+        # the adapter itself, and a distinct adapter with the same transitions (λ = 0 runs the reference only)
+        for proposal in (adapter, RealignedAdapter(adapter, other, 0.0)):
+            result = DASSampler(adapter, paper_toy_reward(), proposal_adapter=proposal, **options).sample(
+                ["a", "b"], torch.Generator().manual_seed(3)
+            )
+            for field in ("samples", "log_weights", "log_normalizer", "ess", "resampled", "reward_trace", "selected"):
+                assert torch.equal(getattr(result, field), getattr(expected, field)), (use_gradient, field)
+
+
+@pytest.mark.parametrize("case", ["realigned-towards-a-shifted-gaussian", "wider-proposal-of-another-gaussian"])
+def test_a_wrong_proposal_adapter_still_gives_the_closed_form(case):
+    """The target stays the adapter's chain tilted by exp(r/α); the weights correct the proposal exactly.
+
+    Uncorrected, the realigned proposal (λ = 0.5 towards N(0, 0.5), with N(1, 0.5) as the
+    reference) would give log Z ≈ −2.6 instead of −1.76. The second case draws from a chain
+    with other means and larger stds (η = 1 against the adapter's η = 0.6), which exercises
+    the ``Σ log(σ'/σ)`` term.
+    """
+    from das.adapters.realigned import RealignedAdapter
+
+    if case == "realigned-towards-a-shifted-gaussian":
+        adapter = _gaussian_adapter()
+        proposal = RealignedAdapter(adapter, _other_gaussian_adapter(0.0, 0.5), 0.5)
+    else:
+        adapter = _other_gaussian_adapter(1.0, 0.5, eta=0.6)
+        proposal = _other_gaussian_adapter(0.5, 0.5, eta=1.0)
+    precision, center, alpha = 2.0, 2.5, 0.8
+    m, v = _chain_marginal(adapter)
+    target_mean, target_var, target_log_z = _tilted_gaussian(m, v, precision, center, alpha)
+    sampler = DASSampler(
+        adapter,
+        QuadraticReward([precision], [center]),
+        kl_coeff=alpha,
+        num_particles=1500,
+        selection="all",
+        tempering="exponential",
+        tempering_gamma=0.05,
+        proposal_adapter=proposal,
+    )
+    result = sampler.sample(["a", "b", "c", "d"], torch.Generator().manual_seed(0))
+    w, x = result.weights.double(), result.samples[..., 0]
+    mean = (w * x).sum(-1)
+    var = (w * (x - mean.unsqueeze(-1)) ** 2).sum(-1)
+    assert abs(float(mean.mean()) - target_mean) < 5 * math.sqrt(target_var / 1500 / 4) * 3
+    assert abs(float(var.mean()) / target_var - 1) < 0.1
+    assert abs(float(result.log_normalizer.double().mean()) - target_log_z) < 0.05
+
+
+def test_proposal_adapter_must_run_the_same_chain():
+    adapter = ToyAdapter(nine_gaussians(), num_steps=10)
+    one_d = GaussianMixture(torch.zeros(1, 1), torch.ones(1, 1), torch.zeros(1))
+    for proposal in (ToyAdapter(nine_gaussians(), num_steps=12), ToyAdapter(one_d, num_steps=10)):
+        with pytest.raises(ValueError, match="proposal_adapter must run the adapter's chain"):
+            DASSampler(adapter, paper_toy_reward(), kl_coeff=1.0, proposal_adapter=proposal)
