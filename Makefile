@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo toy-demo test install bench clean
+.PHONY: demo toy-demo test lint format install bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ toy-demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Style and lint checks that CI runs before the tests (settings in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Rewrites the code in the project's format.
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

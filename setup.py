@@ -52,7 +52,15 @@ setup(
         "human": ["starlette>=0.27", "uvicorn>=0.23"],
         # The suite also tests the rating page in headless Chromium (Debian's chromium and
         # chromium-driver, driven by selenium) and the tensorboard tracker.
-        "test": ["pytest>=7", "starlette>=0.27", "uvicorn>=0.23", "selenium>=4.11", "tensorboard>=2.12"],
+        # `make lint` runs ruff, pinned so that formatting does not drift between versions.
+        "test": [
+            "pytest>=7",
+            "starlette>=0.27",
+            "uvicorn>=0.23",
+            "selenium>=4.11",
+            "tensorboard>=2.12",
+            "ruff==0.17.6",
+        ],
         # Heavy optional scorers, imported only when the reward is chosen.
         "imagereward": ["image-reward>=1.5"],
         "hpsv2": ["hpsv2>=1.2", "open_clip_torch>=2.20"],

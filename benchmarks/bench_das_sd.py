@@ -1,110 +1,135 @@
-"""DAS overhead on tiny Stable Diffusion components: ``python -m benchmarks.bench_das_sd``.
+"""DAS against its autograd floor on SD-proportioned tiny components: ``python -m benchmarks.bench_das_sd``.
 
-B = 4 prompts × K = 4 particles, 20 steps, a differentiable reward (mean brightness through
-the VAE decode). Reports DAS time over the "floor" — 20 × (one batched guided UNet forward
-+ decode + reward forward + backward), measured in the same run — and DAS time over plain
-pipeline sampling of the same B·K images. Writes ``benchmarks/results/das_sd.json``.
+The components are random Stable Diffusion parts closer to SD's proportions than the tests'
+(``tests.tiny_components.tiny_sd_pipeline(proportioned=True)``: UNet channels (32, 64) with
+2 layers per block, cross-attention 32, latents 4×32×32, VAE channels (32, 64), 64×64
+images). 20 DDIM steps, CFG 5, one differentiable reward (the decoded image's mean
+brightness), 2 threads by default. For each (prompts × particles) row it times, interleaved
+so that load changes on a shared machine hit all alike:
+
+* ``das``: ``DASSampler.sample`` (K particles per prompt, all prompts in one call);
+* ``floor``: 20 × (guided UNet forward at every particle + x̂0 + decode + reward + backward),
+  the autograd work any gradient-guided sampler must do;
+* ``plain``: the diffusers pipeline sampling the same number of images without a reward.
+
+and reports medians. Writes ``benchmarks/results/das_sd.json`` (a ``rows`` list).
 """
 
 from __future__ import annotations
 
-import json
+import argparse
+import statistics
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
-from das import DASSampler
-from das.adapters.stable_diffusion import StableDiffusionAdapter
-from das.rewards import FunctionReward
-from tests.tiny_components import tiny_sd_pipeline
+from benchmarks.common import write_result
 
-B, K, STEPS, REPEATS = 4, 4, 20, 2
-PROMPTS = ["a cat", "a dog", "a horse", "a zebra"]
+STEPS, GUIDANCE = 20, 5.0
+PROMPTS = ["a cat", "a dog", "a horse", "a zebra", "a red car", "a blue boat", "a green tree", "a yellow house"]
+BLOCK_OUT_CHANNELS = (32, 64)
 
 
-def interleaved_best(fns: dict, repeats=REPEATS) -> dict:
-    """Min time of each function, runs interleaved so that load changes on a shared machine hit all alike."""
-    for fn in fns.values():
-        fn()  # warm-up
+def brightness(images: torch.Tensor, prompts=None) -> torch.Tensor:
+    return images.mean(dim=(1, 2, 3))
+
+
+def _timed_functions(pipe, adapter, sampler, prompts: list[str], particles: int) -> dict:
+    """The three functions a row times, closed over one set of inputs."""
+    rows = len(prompts) * particles
+    cond = {k: v.repeat_interleave(particles, 0) for k, v in adapter.encode_prompts(prompts).items()}
+    x_start = adapter.initial_noise(rows, torch.Generator().manual_seed(0))
+    alphas = pipe.scheduler.alphas_cumprod
+
+    def das():
+        sampler.sample(prompts, torch.Generator().manual_seed(0))
+
+    def floor():
+        for step in range(STEPS):
+            x = x_start.detach().requires_grad_(True)
+            eps = adapter.model_output(x, step, cond)
+            a = alphas[int(adapter.scheduler.timesteps[step])]
+            x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+            reward = brightness(adapter.decode(x0))
+            torch.autograd.grad(reward.sum(), x)
+
+    def plain():
+        with torch.no_grad():
+            pipe(
+                prompt=prompts,
+                num_images_per_prompt=particles,
+                num_inference_steps=STEPS,
+                guidance_scale=GUIDANCE,
+                eta=1.0,
+                generator=torch.Generator().manual_seed(0),
+                output_type="pt",
+            )
+
+    return {"das": das, "floor": floor, "plain": plain}
+
+
+def interleaved_medians(fns: dict, repeats: int, warm_up: bool) -> dict:
+    """Median seconds of each function over `repeats` interleaved rounds (after one warm-up round if asked)."""
+    if warm_up:
+        for fn in fns.values():
+            fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: min(t) for name, t in times.items()}
+    return {name: {"median": statistics.median(t), "all": t} for name, t in times.items()}
 
 
-def main() -> None:
-    pipe = tiny_sd_pipeline()
-    adapter = StableDiffusionAdapter(pipe, num_steps=STEPS, guidance_scale=5.0)
-    reward = FunctionReward(lambda images: images.mean(dim=(1, 2, 3)), differentiable=True, name="brightness")
-    sampler = DASSampler(adapter, reward, kl_coeff=0.005, num_particles=K)
+def measure_row(num_prompts: int, particles: int, repeats: int, warm_up: bool) -> dict:
+    from das import DASSampler
+    from das.adapters.stable_diffusion import StableDiffusionAdapter
+    from das.rewards import FunctionReward
+    from tests.tiny_components import tiny_sd_pipeline
 
-    def das():
-        sampler.sample(PROMPTS, torch.Generator().manual_seed(0))
-
-    cond = {k: v.repeat_interleave(K, 0) for k, v in adapter.encode_prompts(PROMPTS).items()}
-    x0 = adapter.initial_noise(B * K, torch.Generator().manual_seed(0))
-    prompts = [p for p in PROMPTS for _ in range(K)]
-
-    def floor():
-        for step in range(STEPS):
-            x = x0.detach().requires_grad_(True)
-            out = adapter.model_output(x, step, cond)
-            r = reward(adapter.decode(out), prompts)
-            torch.autograd.grad(r.sum(), x)
-
-    def plain():
-        with torch.no_grad():
-            pipe(
-                prompt=PROMPTS,
-                num_images_per_prompt=K,
-                num_inference_steps=STEPS,
-                guidance_scale=5.0,
-                eta=1.0,
-                generator=torch.Generator().manual_seed(0),
-                output_type="pt",
-            )
-
+    pipe = tiny_sd_pipeline(proportioned=True)
     pipe.set_progress_bar_config(disable=True)
-    from diffusers import DDIMScheduler
-
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    timed = interleaved_best({"das": das, "floor": floor, "plain": plain})
-    das_time, floor_time, plain_time = timed["das"], timed["floor"], timed["plain"]
-
-    result = {
-        "benchmark": "das_sd",
-        "setup": {
-            "prompts": B,
-            "particles": K,
-            "steps": STEPS,
-            "components": "tiny random SD (tests/tiny_components.py)",
-            "latent": list(adapter.latent_shape),
-            "guidance_scale": 5.0,
-            "repeats": REPEATS,
-            "statistic": "min, interleaved runs",
-        },
-        "das_seconds": das_time,
-        "floor_seconds": floor_time,
-        "plain_pipeline_seconds": plain_time,
-        "das_over_floor": das_time / floor_time,
-        "das_over_floor_target": 1.15,
-        "das_over_plain_pipeline": das_time / plain_time,
-        "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    adapter = StableDiffusionAdapter(pipe, num_steps=STEPS, guidance_scale=GUIDANCE)
+    reward = FunctionReward(brightness, differentiable=True, name="brightness")
+    sampler = DASSampler(adapter, reward, kl_coeff=0.005, num_particles=particles)
+    prompts = PROMPTS[:num_prompts]
+    timed = interleaved_medians(_timed_functions(pipe, adapter, sampler, prompts, particles), repeats, warm_up)
+    das, floor, plain = (timed[name]["median"] for name in ("das", "floor", "plain"))
+    return {
+        "prompts": num_prompts,
+        "particles": particles,
+        "block_out_channels": list(BLOCK_OUT_CHANNELS),
+        "latent": list(adapter.latent_shape),
+        "das_seconds": das,
+        "floor_seconds": floor,
+        "plain_seconds": plain,
+        "das_over_floor": das / floor,
+        "das_over_plain": das / plain,
+        "seconds_each_run": {name: timed[name]["all"] for name in timed},
     }
-    out = Path(__file__).resolve().parent / "results" / "das_sd.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
-    print(json.dumps(result, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timed runs per row (default 3)")
+    p.add_argument("--rows", nargs="+", default=["1x4", "8x4"], help="prompts x particles per row (default 1x4 8x4)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for index, text in enumerate(args.rows):
+        num_prompts, particles = (int(v) for v in text.lower().split("x"))
+        row = measure_row(num_prompts, particles, args.repeats, warm_up=index == 0)
+        print(
+            f"{num_prompts} x {particles}: das {row['das_seconds']:.2f} s, floor {row['floor_seconds']:.2f} s, "
+            f"plain {row['plain_seconds']:.2f} s -> das/floor {row['das_over_floor']:.3f}, "
+            f"das/plain {row['das_over_plain']:.2f}"
+        )
+        rows.append(row)
+    settings = {"steps": STEPS, "guidance_scale": GUIDANCE, "repeats": args.repeats, "statistic": "median"}
+    path = write_result("das_sd", {"benchmark": "das_sd", "settings": settings, "rows": rows, "target": 1.03})
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

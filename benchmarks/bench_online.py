@@ -199,7 +199,7 @@ def summarize(runs, methods: list[str]) -> tuple[list[dict], list[dict]]:
     return summary, comparisons
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -226,20 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run nothing: re-read the runs, rewrite the summary and report, keep the timings of online.json",
     )
-    args = p.parse_args(argv)
-    if args.rounds < 2 or args.seeds < 1 or args.workers < 1 or args.threads < 1:
-        p.error("--rounds must be at least 2, and --seeds, --workers, --threads at least 1")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return p
 
-    out = Path(args.out) / "online.json"
-    previous = json.loads(out.read_text()) if args.summarize_only and out.is_file() else None
-    if args.summarize_only and previous is None:
-        p.error(f"--summarize-only needs an earlier {out}")
-    started = time.perf_counter()
-    results = [] if args.summarize_only else run_all(args)
-    wall = time.perf_counter() - started
-    failed = [r["run"] for r in results if r["status"]]
 
+def _summary_payload(args, results: list[dict], wall: float, previous: dict | None) -> dict:
+    """Reads the runs back, writes the report, and returns online.json's content."""
     from benchmarks.common import machine
     from online.analysis import load_run, write_report
 
@@ -251,42 +242,63 @@ def main(argv: list[str] | None = None) -> int:
     written = write_report(run_dirs, report_dir, "Online loop on the embedded world: methods × oracles × seeds")
     runs = [run for run in (load_run(d, details=False) for d in run_dirs) if run is not None]
     summary, comparisons = summarize(runs, args.methods)
-    overhead = _round_overhead(runs)
+    report = written["report"]
     payload = {
         "machine": {**machine(), "threads": args.threads, "workers": args.workers},
         "settings": {k: v for k, v in vars(args).items() if k not in ("runs", "out", "summarize_only")},
         "wall_seconds": wall,
         "run_seconds": sum(r["seconds"] for r in results),
         "reused_runs": sum(1 for r in results if r["reused"]),
-        "failed_runs": failed,
+        "failed_runs": [r["run"] for r in results if r["status"]],
         "summary": summary,
         "comparisons": comparisons,
-        "round_overhead_fraction": overhead,
-        "report": str(written["report"].relative_to(REPO))
-        if written["report"].is_relative_to(REPO)
-        else str(written["report"]),
+        "round_overhead_fraction": _round_overhead(runs),
+        "report": str(report.relative_to(REPO)) if report.is_relative_to(REPO) else str(report),
+        "runs_read": len(runs),
     }
     if previous is not None:  # the runs' timings come from the invocation that ran them
         keep = ("machine", "settings", "wall_seconds", "run_seconds", "reused_runs", "failed_runs")
         payload.update({key: previous[key] for key in keep if key in previous})
         payload["summarized_again"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return payload
+
+
+def _print_summary(payload: dict, results: list[dict], out: Path, summarize_only: bool) -> None:
+    for row in payload["summary"]:
+        print(
+            f"{row['oracle']:>12} {row['method']:>12}  "
+            f"final {row['final_true_reward_mean']:.4f} ± {row['final_true_reward_se']:.4f}"
+            f"  gain/ceiling {row['gain_fraction_of_ceiling']:.2f}"
+        )
+    for entry in payload["comparisons"]:
+        print(json.dumps(entry, default=float))
+    if summarize_only:
+        print(f"summary rewritten from {payload['runs_read']} runs -> {out}")
+    else:
+        failed, minutes = len(payload["failed_runs"]), payload["wall_seconds"] / 60
+        print(f"{len(results)} runs in {minutes:.1f} min ({payload['reused_runs']} reused, {failed} failed) -> {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.rounds < 2 or args.seeds < 1 or args.workers < 1 or args.threads < 1:
+        p.error("--rounds must be at least 2, and --seeds, --workers, --threads at least 1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+    out = Path(args.out) / "online.json"
+    previous = json.loads(out.read_text()) if args.summarize_only and out.is_file() else None
+    if args.summarize_only and previous is None:
+        p.error(f"--summarize-only needs an earlier {out}")
+    started = time.perf_counter()
+    results = [] if args.summarize_only else run_all(args)
+    payload = _summary_payload(args, results, time.perf_counter() - started, previous)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=float))
     os.replace(tmp, out)
-    for row in summary:
-        print(
-            f"{row['oracle']:>12} {row['method']:>12}  final {row['final_true_reward_mean']:.4f} ± {row['final_true_reward_se']:.4f}"
-            f"  gain/ceiling {row['gain_fraction_of_ceiling']:.2f}"
-        )
-    for entry in comparisons:
-        print(json.dumps(entry, default=float))
-    print(
-        f"{len(results)} runs in {wall / 60:.1f} min ({payload['reused_runs']} reused, {len(failed)} failed) -> {out}"
-        if not args.summarize_only
-        else f"summary rewritten from {len(runs)} runs -> {out}"
-    )
-    return 1 if failed else 0
+    _print_summary(payload, results, out, args.summarize_only)
+    return 1 if payload["failed_runs"] else 0
 
 
 def _round_overhead(runs) -> dict:

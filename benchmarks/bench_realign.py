@@ -247,7 +247,8 @@ def timing() -> dict:
     pixel.update(samples=len(prompts), steps=reference.num_steps, guidance_scale=reference.guidance_scale)
     print(
         f"pixel world: realigned/reference time per sample {pixel['ratio_realigned_over_reference']:.2f} "
-        f"({1000 * pixel['reference_seconds_per_sample']:.0f} ms vs {1000 * pixel['realigned_seconds_per_sample']:.0f} ms)",
+        f"({1000 * pixel['reference_seconds_per_sample']:.0f} ms "
+        f"vs {1000 * pixel['realigned_seconds_per_sample']:.0f} ms)",
         flush=True,
     )
     return {"toy_nine_gaussians": toy, "pixel_world_shapes32": pixel}

@@ -29,7 +29,7 @@ def _model_and_reward_only(sampler: DASSampler, prompts: list[str], generator: t
     rows = [p for p in prompts for _ in range(sampler.num_particles)]
     x = adapter.initial_noise(len(rows), generator)
     for step in range(adapter.num_steps):
-        current = sampler._evaluate(x, step, {}, rows)
+        current = sampler._evaluate(x, step, ({}, None), rows)
         x = current.mean
     sampler._final_reward(x, rows)
 

@@ -350,6 +350,21 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    results = _start_results(args)
+    _run_sections(args, results)
+    results["machine"]["load_average_at_end"] = list(os.getloadavg())
+    _record_targets(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(
+        json.dumps(results, indent=2, default=lambda o: o if not isinstance(o, float) or math.isfinite(o) else None)
+    )
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+
+
+def _start_results(args) -> dict:
+    """The previous results file (sections not run are kept) with this run's machine record."""
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     results: dict = {
         **previous,
@@ -370,6 +385,10 @@ def main() -> None:
     if previous.get("machine") and set(args.sections) != {"fit", "calibration", "gp_scaling", "threads"}:
         results["machine_of_previous_run"] = previous.get("machine_of_previous_run", previous["machine"])
         results["timestamp_of_previous_run"] = previous.get("timestamp_of_previous_run", previous.get("timestamp"))
+    return results
+
+
+def _run_sections(args, results: dict) -> None:
     if "fit" in args.sections:
         bench_fit_and_bonus(4096, 768, results)
     if "calibration" in args.sections:
@@ -379,7 +398,9 @@ def main() -> None:
         bench_gp_scaling(768, args.gp_sizes, results)
     if "threads" in args.sections:
         bench_ucb_threads(4096, 768, results)
-    results["machine"]["load_average_at_end"] = list(os.getloadavg())
+
+
+def _record_targets(results: dict) -> None:
     targets = results.setdefault("targets", {})
     targets["ucb_fit_le_15s"] = results["fit_n4096_d768"]["ucb"]["seconds"] <= 15.0
     if "ucb_fit_n4096_d768_by_threads" in results:
@@ -391,13 +412,6 @@ def main() -> None:
             <= 15.0
         )
     targets["bonus_speedup_ge_50x"] = results["bonus_throughput_1024_queries"]["speedup_bonus_only"] >= 50.0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(
-        json.dumps(results, indent=2, default=lambda o: o if not isinstance(o, float) or math.isfinite(o) else None)
-    )
-    os.replace(tmp, args.out)
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,9 @@
-"""Online loop with the Greedy surrogate (`surrogate.kind = "greedy"`), DAS as the sampler.
+"""Online loop with the Greedy surrogate (``surrogate.kind = "greedy"``), DAS as the sampler.
 
-Run: `accelerate launch online/online_main_smc.py --config config/Greedy_smc.py:<variant>`
-with a variant of `config/online_base.py` (aesthetic, jpeg, evaluate, tiny_jpeg,
-tiny_colorfulness, tiny_multi, tiny_evaluate). Override any field on the command line,
-e.g. `--config.smc.num_particles=8`.
+Run ``accelerate launch online/online_main_smc.py --config config/Greedy_smc.py:<variant>`` with a
+variant of ``config/online_base.py``; override any field, e.g. ``--config.smc.num_particles=8``.
 """
 
-from config.online_base import online_config
+from config.online_base import method_config
 
-
-def get_config(variant: str = "aesthetic"):
-    return online_config("greedy", variant, method="Greedy")
+get_config = method_config("Greedy")

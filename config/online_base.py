@@ -26,11 +26,18 @@ from __future__ import annotations
 
 import ml_collections
 
+from config.sd import AESTHETIC_MLP, WORLD_MODEL
 from config.sd import base as das_config
 
 CLIP_MODEL = "openai/clip-vit-large-patch14"
-AESTHETIC_MLP = "checkpoints/aesthetic/sac+logos+ava1-l14-linearMSE.pth"
-WORLD_MODEL = "checkpoints/pretrained/shapes32"
+
+#: The method files ``config/<method>_smc.py``: each is this table's row, through :func:`method_config`.
+METHODS = {
+    "UCB": "ucb",  # MLP + UCB bonus
+    "Bootstrap": "bootstrap",  # bootstrap ensemble of MLPs
+    "GP": "gp",  # Gaussian process
+    "Greedy": "greedy",  # MLP mean, no optimism
+}
 
 VARIANTS = (
     "aesthetic",
@@ -203,3 +210,14 @@ def online_config(surrogate_kind: str, variant: str, method: str) -> ml_collecti
             c.loop.initial_queries = 8
             c.loop.queries_per_round = 4
     return c
+
+
+def method_config(method: str):
+    """The ``get_config`` of ``config/<method>_smc.py``: :func:`online_config` with the method's surrogate."""
+    kind = METHODS[method]
+
+    def get_config(variant: str = "aesthetic") -> ml_collections.ConfigDict:
+        return online_config(kind, variant, method=method)
+
+    get_config.__doc__ = f"``config/{method}_smc.py:<variant>``: the online loop with the {kind!r} surrogate."
+    return get_config

@@ -1,10 +1,10 @@
 """DAS on Stable Diffusion 1.5: ``python -m das --config config/sd.py:<variant>``.
 
 Variants: aesthetic, pick, clip, multi, jpeg; realign (DeRaDiff, see docs/realign.md);
-world and realign_world (the embedded world's model, runs on a CPU with no download). Reference settings of the DAS paper: K = 4
-particles, 100 DDIM steps, eta = 1, CFG 5, SSP resampling at ESS < 0.5·K, exponential
-tempering γ = 0.008, α per reward (aesthetic 0.005, JPEG 0.1, PickScore 0.0001,
-CLIPScore 0.01). Override any field, e.g. ``--config.smc.num_particles=8``.
+world and realign_world (the embedded world's model, runs on a CPU with no download).
+Reference settings of the DAS paper: K = 4 particles, 100 DDIM steps, eta = 1, CFG 5, SSP
+resampling at ESS < 0.5·K, exponential tempering γ = 0.008, α per reward (aesthetic 0.005,
+JPEG 0.1, PickScore 0.0001, CLIPScore 0.01). Override any field, e.g. ``--config.smc.num_particles=8``.
 """
 
 import ml_collections
@@ -51,6 +51,12 @@ def base(
     config.smc.tempering_gamma = 0.008
     config.smc.selection = "max_weight"
     config.smc.max_chunk_rows = 0  # 0: all B·K rows per forward/backward
+    # the proposal's reward gradient (docs/proposals.md): auto (full if the reward is differentiable, else none)
+    # | full | jacobian_free (at x̂0, mapped back by 1/√ᾱ_t) | none; the weights stay exact for each
+    config.smc.gradient = "auto"
+    config.smc.gradient_every = 1  # take it every m steps, counted back from the last
+    config.smc.gradient_after = 0.0  # take none during this first fraction of the steps
+    config.smc.gradient_reuse = False  # steps without one shift by the last gradient taken (else not at all)
 
     # DeRaDiff realignment (docs/realign.md): mix the model outputs of model.path (the reference)
     # and realign.aligned (a model aligned at strength realign.alpha), ε_λ = (1 − λ)ε_ref + λε_aligned,
@@ -59,12 +65,10 @@ def base(
     config.realign.enabled = False
     config.realign.aligned = ""  # local folder of the aligned model (same family, scheduler and shape as model.path)
     config.realign.lam = 1.0  # λ ≥ 0: 0 the reference, 1 the aligned model, > 1 extrapolates
-    config.realign.alpha = (
-        0.0  # α the aligned model was aligned at (0: read training_info.json's "alpha", else unknown)
-    )
-    config.realign.smc = (
-        False  # False: plain samples of the realigned chain; True: DAS (smc.*) on model.path, realigned proposal
-    )
+    # α the aligned model was aligned at (0: read training_info.json's "alpha", else unknown)
+    config.realign.alpha = 0.0
+    # False: plain samples of the realigned chain; True: DAS (smc.*) on model.path, realigned proposal
+    config.realign.smc = False
     config.realign.sweep = ""  # comma-separated λ grid, e.g. "0,0.5,1,2": writes realign_sweep.{png,json,md} instead
     config.realign.sweep_das = True  # in a sweep, also DAS on model.path at the equivalent α/λ (needs α)
     config.realign.samples_per_prompt = 4  # in a sweep: samples per prompt and λ (diversity is over these)
@@ -75,51 +79,43 @@ def aesthetic() -> ml_collections.ConfigDict:
     return base()
 
 
-def pick() -> ml_collections.ConfigDict:
+HPS_PROMPTS = "config/prompts/hps_style.txt"
+
+
+def _reward_variant(run_name: str, reward: str, kwargs: dict, kl_coeff: float, prompt_file: str = ""):
+    """:func:`base` with another reward, its loading options and its α (and prompts, when given)."""
     config = base()
-    config.run_name = "sd-pickscore"
-    config.prompt_file = "config/prompts/hps_style.txt"
-    config.reward.name = "pickscore"
-    config.reward.kwargs = ml_collections.ConfigDict(
-        {"model": "yuvalkirstain/PickScore_v1", "processor": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}
-    )
-    config.smc.kl_coeff = 0.0001
+    config.run_name = run_name
+    if prompt_file:
+        config.prompt_file = prompt_file
+    config.reward.name = reward
+    config.reward.kwargs = ml_collections.ConfigDict(kwargs)
+    config.smc.kl_coeff = kl_coeff
     return config
+
+
+def pick() -> ml_collections.ConfigDict:
+    kwargs = {"model": "yuvalkirstain/PickScore_v1", "processor": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}
+    return _reward_variant("sd-pickscore", "pickscore", kwargs, 0.0001, HPS_PROMPTS)
 
 
 def clip() -> ml_collections.ConfigDict:
-    config = base()
-    config.run_name = "sd-clipscore"
-    config.prompt_file = "config/prompts/hps_style.txt"
-    config.reward.name = "clipscore"
-    config.reward.kwargs = ml_collections.ConfigDict({"clip_model": "openai/clip-vit-large-patch14", "tokenizer": ""})
-    config.smc.kl_coeff = 0.01
-    return config
+    kwargs = {"clip_model": "openai/clip-vit-large-patch14", "tokenizer": ""}
+    return _reward_variant("sd-clipscore", "clipscore", kwargs, 0.01, HPS_PROMPTS)
 
 
 def multi() -> ml_collections.ConfigDict:
-    config = base()
-    config.run_name = "sd-multi"
-    config.prompt_file = "config/prompts/hps_style.txt"
-    config.reward.name = "multi"
-    config.reward.kwargs = ml_collections.ConfigDict(
-        {"weight": 0.5, "clip_model": "openai/clip-vit-large-patch14", "mlp_path": AESTHETIC_MLP, "tokenizer": ""}
-    )
-    config.smc.kl_coeff = 0.005
-    return config
+    kwargs = {"weight": 0.5, "clip_model": "openai/clip-vit-large-patch14", "mlp_path": AESTHETIC_MLP, "tokenizer": ""}
+    return _reward_variant("sd-multi", "multi", kwargs, 0.005, HPS_PROMPTS)
 
 
 def jpeg() -> ml_collections.ConfigDict:
-    config = base()
-    config.run_name = "sd-jpeg"
-    config.reward.name = "jpeg"
-    config.reward.kwargs = ml_collections.ConfigDict({"quality": 95})
-    config.smc.kl_coeff = 0.1
-    return config
+    return _reward_variant("sd-jpeg", "jpeg", {"quality": 95}, 0.1)
 
 
 def realign() -> ml_collections.ConfigDict:
-    """DeRaDiff on SD 1.5: ``--config.realign.aligned=PATH`` (an SD 1.5 fine-tune aligned at α) and ``--config.realign.lam``."""
+    """DeRaDiff on SD 1.5: ``--config.realign.aligned=PATH`` (an SD 1.5 fine-tune aligned at α) and
+    ``--config.realign.lam``."""
     config = base()
     config.run_name = "sd-realign"
     config.realign.enabled = True
@@ -132,7 +128,8 @@ WORLD_ALIGNED = "checkpoints/aligned/shapes32-colorfulness"
 
 
 def world() -> ml_collections.ConfigDict:
-    """DAS on the embedded world's model towards colourfulness at α = 5 (the world's kl_coeff for it); CPU, no download."""
+    """DAS on the embedded world's model towards colourfulness at α = 5 (the world's kl_coeff for it);
+    CPU, no download."""
     config = base(family="pixel", model_path=WORLD_MODEL)
     config.run_name = "world-colorfulness"
     config.device = "cpu"
@@ -159,18 +156,44 @@ def realign_world() -> ml_collections.ConfigDict:
     return config
 
 
+VARIANTS = {
+    "aesthetic": aesthetic,
+    "pick": pick,
+    "clip": clip,
+    "multi": multi,
+    "jpeg": jpeg,
+    "realign": realign,
+    "world": world,
+    "realign_world": realign_world,
+}
+
+
 def get_config(variant: str = "aesthetic") -> ml_collections.ConfigDict:
     """``config/sd.py:<variant>`` resolves here."""
-    variants = {
-        "aesthetic": aesthetic,
-        "pick": pick,
-        "clip": clip,
-        "multi": multi,
-        "jpeg": jpeg,
-        "realign": realign,
-        "world": world,
-        "realign_world": realign_world,
-    }
-    if variant not in variants:
-        raise ValueError(f"Unknown variant {variant!r} of config/sd.py; choose one of: {', '.join(variants)}.")
-    return variants[variant]()
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown variant {variant!r} of config/sd.py; choose one of: {', '.join(VARIANTS)}.")
+    return VARIANTS[variant]()
+
+
+def family_config(variant: str, family: str, name: str, path: str, **model) -> ml_collections.ConfigDict:
+    """A variant of this file on another latent model family (config/sdxl.py, config/lcm.py).
+
+    Args:
+        variant: a variant of this file but the world ones, which run the embedded world's model.
+        family: ``model.family``; it also replaces ``sd-`` in the run name.
+        name: the family as the refusal of a world variant names it.
+        path: ``model.path``.
+        **model: other ``model.*`` fields of the family (steps, guidance).
+    """
+    if variant in WORLD_VARIANTS:
+        raise ValueError(
+            f"Variant {variant!r} runs the embedded world's model; use config/sd.py:{variant} "
+            f"({name} has no world variant)."
+        )
+    config = get_config(variant)
+    config.model.family = family
+    config.model.path = path
+    for field, value in model.items():
+        config.model[field] = value
+    config.run_name = config.run_name.replace("sd-", f"{family}-", 1)
+    return config

@@ -11,8 +11,11 @@ from __future__ import annotations
 import math
 import re
 
-FAMILIES = ("sd", "sdxl", "lcm", "pixel")
-DTYPES = ("fp32", "fp16", "bf16")
+#: The model dtypes a config may name, with the torch dtype each stands for (the one table:
+#: :func:`das.adapters.common.resolve_dtype` reads it too).
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+#: The dtypes ``smc.autocast`` may name (:data:`das.smc.AUTOCAST_DTYPES`).
+AUTOCAST = ("bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -79,9 +82,11 @@ def check_seed(seed) -> None:
 
 
 def check_model_section(model) -> None:
-    """``config.model``: family, path, dtype, steps, eta, guidance and size."""
-    check_choice(model.family, FAMILIES, "model.family")
-    check_choice(model.dtype, DTYPES, "model.dtype")
+    """``config.model``: family, path, dtype, steps, eta, guidance, size, and the speed flags where present."""
+    from das.factory import ADAPTERS
+
+    ADAPTERS.check(model.family)
+    check_choice(model.dtype, tuple(DTYPES), "model.dtype")
     if not isinstance(model.path, str) or not model.path:
         raise ConfigError("model.path is empty; set it to a hub id or a local model folder.")
     check_number(model.num_steps, "model.num_steps", integer=True, minimum=1, maximum=10_000)
@@ -91,33 +96,66 @@ def check_model_section(model) -> None:
         check_number(model[side], f"model.{side}", integer=True, minimum=0, maximum=16_384)
         if model[side] % 8:
             raise ConfigError(f"model.{side} must be a multiple of 8 (0: the model's own size), got {model[side]}.")
+    for flag in ("channels_last", "compile_unet"):  # opt-in speed options, off where absent
+        if flag in model:
+            check_flag(model[flag], f"model.{flag}")
 
 
 def check_smc_section(smc, num_steps: int) -> None:
-    """``config.smc``: the DAS settings both tools share."""
-    from das.resampling import RESAMPLERS
-    from das.tempering import TEMPERINGS
+    """``config.smc``: the DAS settings both tools share (``selection`` where the tool has it)."""
+    from das.factory import RESAMPLERS, SELECTIONS, TEMPERINGS
 
     check_number(smc.kl_coeff, "smc.kl_coeff (α)", above=0)
     check_number(smc.num_particles, "smc.num_particles", integer=True, minimum=1, maximum=65_536)
     check_number(smc.ess_threshold, "smc.ess_threshold", minimum=0, maximum=1)
-    check_choice(smc.resampling, sorted(RESAMPLERS), "smc.resampling")
-    check_choice(smc.tempering, sorted(TEMPERINGS), "smc.tempering")
+    RESAMPLERS.check(smc.resampling)
+    TEMPERINGS.check(smc.tempering)
     check_number(smc.tempering_gamma, "smc.tempering_gamma", above=0, maximum=1e6)
     check_number(smc.max_chunk_rows, "smc.max_chunk_rows (0: no chunking)", integer=True, minimum=0)
     if "tempering_start" in smc:
         check_number(smc.tempering_start, "smc.tempering_start", integer=True, minimum=0, maximum=num_steps)
+    if "selection" in smc:
+        SELECTIONS.check(smc.selection)
+    if "autocast" in smc:  # opt-in autocast of the model passes ('' off)
+        check_choice(smc.autocast, ("", *AUTOCAST), "smc.autocast")
+    check_proposal_gradient(smc)
+
+
+def check_proposal_gradient(smc) -> None:
+    """``smc.gradient`` and its schedule (:mod:`das.proposals`), where the section has them."""
+    from das.proposals import GRADIENTS
+
+    if "gradient" in smc:
+        check_choice(smc.gradient, ("auto", *GRADIENTS), "smc.gradient")
+    if "gradient_every" in smc:
+        check_number(smc.gradient_every, "smc.gradient_every", integer=True, minimum=1, maximum=100_000)
+    if "gradient_after" in smc:
+        check_number(smc.gradient_after, "smc.gradient_after", minimum=0)
+        if smc.gradient_after >= 1:
+            raise ConfigError(f"smc.gradient_after must be below 1 (a fraction of steps), got {smc.gradient_after}.")
+    if "gradient_reuse" in smc:
+        check_flag(smc.gradient_reuse, "smc.gradient_reuse")
+
+
+def check_shared_sections(config) -> None:
+    """The sections both tools share: ``model``, ``smc`` (against the model's steps), ``seed`` and ``device``."""
+    check_model_section(config.model)
+    check_smc_section(config.smc, config.model.num_steps)
+    check_seed(config.seed)
+    check_device(config.device)
 
 
 __all__ = [
+    "AUTOCAST",
     "DTYPES",
-    "FAMILIES",
     "ConfigError",
     "check_choice",
     "check_device",
     "check_flag",
     "check_model_section",
     "check_number",
+    "check_proposal_gradient",
     "check_seed",
+    "check_shared_sections",
     "check_smc_section",
 ]

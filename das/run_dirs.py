@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ MARKER = "run.json"
 LOCK = ".lock"
 TOOL = "das-toolkit"
 TEMP_SUFFIX = ".tmp"
+DAS_SAMPLE_KIND = "das-sample"  # the marker kind of python -m das outputs
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=@-]*$")
 
 
@@ -68,8 +70,6 @@ def write_marker(path: Path, kind: str) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Writes `data` to `path` atomically: a temporary file in the same folder, fsync, rename."""
-    import tempfile
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
@@ -185,6 +185,93 @@ def check_removable(path: Path, output_dir: Path, kind: str) -> None:
         )
 
 
+class RunPlace:
+    """Where a new run writes, ``<output_dir>/<run_name>``, and whether it may be used as asked.
+
+    Both tools check their run directory with it before anything is built (the online
+    loop's :class:`online.run_directory.RunDirectory` for a new run, ``python -m das``).
+
+    Args:
+        output_dir: the folder the run directory sits directly in, as configured.
+        run_name: the directory's name as configured (checked to be a plain name).
+        kind: the marker kind an existing directory must carry to be overwritten.
+        what: how messages name the directory's user (``"run"``, ``"evaluation"``).
+        example: an ``output_dir`` the message for an empty one suggests.
+        hint: said first when the directory exists (e.g. how to resume it instead).
+        reuse_empty: whether an existing empty directory is used as it is (else it needs
+            ``overwrite`` like any other).
+    """
+
+    def __init__(self, output_dir, run_name, kind: str, *, what="run", example="runs", hint="", reuse_empty=True):
+        self.output_dir_given = str(output_dir)
+        self.output_dir = Path(output_dir)
+        self.run_name = run_name
+        self.path = self.output_dir / str(run_name)
+        self.kind, self.what, self.example, self.hint = kind, what, example, hint
+        self.reuse_empty = reuse_empty
+
+    def check(self, overwrite: bool) -> None:
+        """Raises :class:`RunDirError` unless the directory can be used as asked; creates nothing."""
+        check_run_name(self.run_name, "run_name")  # the name as given: '' or '../x' must not pass
+        if not self.output_dir_given.strip():
+            raise RunDirError(f"output_dir is empty; set --config.output_dir to a folder such as {self.example}.")
+        check_output_dir(self.output_dir)
+        if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
+            raise RunDirError(f"{str(self.path)!r} exists and is not a directory; choose another run_name.")
+        if not self.path.exists() or (self.reuse_empty and not has_content(self.path)):
+            return
+        if not overwrite:
+            raise RunDirError(
+                f"The {self.what} directory {str(self.path)!r} already exists; "
+                f"{self.hint}choose another --config.run_name, or pass --config.overwrite=True."
+            )
+        check_removable(self.path, self.output_dir, self.kind)
+
+
+def has_content(path: Path) -> bool:
+    """Whether `path` holds anything but its lock file."""
+    return any(child.name != LOCK for child in Path(path).iterdir())
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Raises :class:`RunDirError` unless `output_dir` exists as a writable folder or can be created."""
+    probe = Path(output_dir)
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RunDirError(f"output_dir {str(output_dir)!r} cannot be created: {str(probe)!r} is a file, not a folder.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunDirError(
+            f"output_dir {str(output_dir)!r} is not writable ({str(probe)!r} is read-only); choose another folder."
+        )
+
+
+def write_run_directory(run_dir: Path, fill, kind: str) -> None:
+    """Calls ``fill(tmp)`` on a temporary sibling of `run_dir`, marks it as a `kind` run, then swaps it into place.
+
+    An earlier output there (validated before: a `kind` run, with overwrite=True) is
+    renamed aside first and deleted last, so a crash never loses both.
+    """
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".tmp", dir=run_dir.parent))
+    try:
+        fill(tmp)
+        write_marker(tmp, kind)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the temporary folder is ours; the old outputs are untouched
+        raise
+    if run_dir.exists() or run_dir.is_symlink():
+        check_removable(run_dir, run_dir.parent, kind)
+        old = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.old.", suffix=".tmp", dir=run_dir.parent))
+        os.replace(run_dir, old / "run")  # swap first, delete after
+        os.replace(tmp, run_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, run_dir)
+
+
 def empty_run_directory(path: Path, output_dir: Path, kind: str) -> None:
     """Removes everything inside a recognized run directory except its lock file.
 
@@ -201,16 +288,21 @@ def empty_run_directory(path: Path, output_dir: Path, kind: str) -> None:
 
 
 __all__ = [
+    "DAS_SAMPLE_KIND",
     "LOCK",
     "MARKER",
     "DirectoryLock",
     "RunDirError",
+    "RunPlace",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_output_dir",
     "check_removable",
     "check_run_name",
     "clean_temp_files",
     "empty_run_directory",
+    "has_content",
     "read_marker",
+    "write_run_directory",
     "write_marker",
 ]

@@ -1,26 +1,34 @@
 """Tempering schedules: the twist's weight ``λ ∈ [0, 1]`` along the denoising chain.
 
-The SMC core asks a schedule, before each proposal, for the next ``λ`` of every prompt:
-``schedule(info) -> (B,)``. ``info`` (a :class:`TemperingInfo`) carries what the adaptive
-rules need about the current particles. The final step always uses ``λ = 1`` (the exact
-target), whatever the schedule says.
+The SMC core asks a schedule for ``λ_j`` of every prompt, the weight of the twist at the
+particles that have taken ``j`` of the chain's ``n`` transitions: ``λ_0`` at ``x_T``, then
+``λ_{i+1}`` before proposing transition ``i`` (it shifts that proposal and twists its
+result). The call is ``schedule(info) -> (B,)`` with ``j = info.index``; ``info`` (a
+:class:`TemperingInfo`) carries what the adaptive rules need about the current particles.
+The final twist always uses ``λ_n = 1`` (the exact target), whatever the schedule says.
 
-Schedules:
-    * ``none``: ``λ = 1`` from the first step (no tempering).
-    * ``polynomial``: ``λ_i = ((i - s) / (n - s))^p`` after the start step ``s``.
-    * ``exponential``: ``λ_i = min((1 + γ)^(i - s) − 1, 1)`` (the DAS default, γ = 0.008).
-    * ``adaptive``: per prompt, the largest ``λ`` in ``[λ_prev, 1]`` whose importance
-      weights keep ``ESS ≥ threshold · K``; when even ``λ_prev`` is below the target, ``λ``
-      stays at ``λ_prev``. Found by bisection, vectorized over prompts.
-    * ``grad_norm_ratio``: the largest ``λ`` whose guidance shift ``σ_t² λ ‖∇r/α‖`` is at
-      most ``ratio`` times the pretrained step ``‖μ_pre − x_t‖`` (mean over a prompt's
+Every schedule is a :class:`TemperingSchedule`; subclasses register under a name
+(``class MySchedule(TemperingSchedule, name="mine")``) in :data:`TEMPERINGS`, which
+:func:`make_tempering` reads. Any callable ``info -> λ`` works as a schedule too.
+
+Schedules, with ``s`` the start index (``λ_j = 0`` for ``j ≤ s`` except ``none``):
+    * ``none``: ``λ_j = 1`` for every ``j`` (no tempering).
+    * ``polynomial``: ``λ_j = min(max(j − s, 0) / max(n − s, 1), 1)^p``.
+    * ``exponential``: ``λ_j = min((1 + γ)^max(j − s, 0) − 1, 1)`` (the DAS default, γ = 0.008).
+    * ``adaptive``: per prompt, the largest ``λ_j`` in ``[λ_{j-1}, 1]`` whose importance
+      weights keep ``ESS ≥ threshold · K``; when even ``λ_{j-1}`` is below the target, ``λ_j``
+      stays at ``λ_{j-1}``. Found by bisection, vectorized over prompts.
+    * ``grad_norm_ratio``: the largest ``λ_j`` whose guidance shift ``σ_t² λ_j ‖∇r/α‖`` is at
+      most ``ratio`` times the pretrained step ``‖μ_pre − x_t‖`` (each a mean over a prompt's
       particles), never decreasing, capped at 1.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -32,16 +40,18 @@ class TemperingInfo:
     """What a schedule may look at when choosing the next ``λ``.
 
     Attributes:
-        step: index of the transition about to be proposed (0 is the noisiest).
-        num_steps: number of transitions in the chain.
-        lam: current ``λ`` per prompt, `(B,)`.
+        index: ``j``, the index of the ``λ`` asked for: it twists the particles after ``j``
+            of the chain's transitions (0 at ``x_T``; ``i + 1`` when transition ``i`` is about
+            to be proposed).
+        num_steps: ``n``, the number of transitions in the chain.
+        lam: current ``λ_{j-1}`` per prompt, `(B,)` (zeros for ``j = 0``).
         log_weights: current log-weights, `(B, K)`.
         reward_over_alpha: ``r(x̂0(x_t)) / α`` at the current particles, `(B, K)`.
         guidance_norm: ``σ_t² ‖∇ r / α‖`` per particle, `(B, K)`, or None.
         drift_norm: ``‖μ_pre − x_t‖`` per particle, `(B, K)`, or None.
     """
 
-    step: int
+    index: int
     num_steps: int
     lam: torch.Tensor
     log_weights: torch.Tensor
@@ -52,73 +62,107 @@ class TemperingInfo:
 
 Schedule = Callable[[TemperingInfo], torch.Tensor]
 
+TEMPERINGS: dict[str, type[TemperingSchedule]] = {}
+"""Schedule name → class, filled by :class:`TemperingSchedule`'s subclasses."""
+
+
+class TemperingSchedule(ABC):
+    """A tempering schedule: ``schedule(info) -> λ_j``, `(B,)`, each in ``[0, 1]``.
+
+    Subclasses pass ``name=...`` in their class statement to register in :data:`TEMPERINGS`.
+
+    Attributes:
+        name: the registered name.
+        needs_gradient_norms: whether the sampler must fill ``info.guidance_norm`` and
+            ``info.drift_norm`` (work it skips otherwise).
+        sampler_options: which of :class:`~das.smc.DASSampler`'s tempering options
+            (``start``, ``gamma``, ``ess_threshold``) the constructor takes.
+    """
+
+    name: ClassVar[str]
+    needs_gradient_norms: ClassVar[bool] = False
+    sampler_options: ClassVar[tuple[str, ...]] = ("start",)
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name = name
+            TEMPERINGS[name] = cls
+
+    @abstractmethod
+    def __call__(self, info: TemperingInfo) -> torch.Tensor:
+        """``λ_j`` per prompt, `(B,)`, for ``j = info.index``."""
+
 
 def _full(info: TemperingInfo, value: float) -> torch.Tensor:
     return torch.full_like(info.lam, float(value))
 
 
-class NoTempering:
-    """``λ = 1`` at every step."""
+def _positive(value: float, schedule: str, name: str) -> float:
+    """`value` as a float; ``ValueError`` ("<schedule> needs <name> > 0, got ...") unless it is positive."""
+    if value <= 0:
+        raise ValueError(f"{schedule} needs {name} > 0, got {value}.")
+    return float(value)
 
-    needs_gradient_norms = False
+
+class NoTempering(TemperingSchedule, name="none"):
+    """``λ_j = 1`` for every ``j``."""
+
+    sampler_options = ()
 
     def __call__(self, info: TemperingInfo) -> torch.Tensor:
         return _full(info, 1.0)
 
 
-class PolynomialTempering:
-    """``λ_i = ((i + 1 - s) / (n - s))^power`` for steps ``i ≥ s``, 0 before.
+class PolynomialTempering(TemperingSchedule, name="polynomial"):
+    """``λ_j = min(max(j − s, 0) / max(n − s, 1), 1)^p``: 0 up to ``j = s``, 1 from ``j = n``.
 
     Args:
         power: the exponent ``p`` (1 is linear).
-        start: the step ``s`` before which ``λ = 0``.
+        start: the start index ``s``.
     """
 
-    needs_gradient_norms = False
-
     def __init__(self, power: float = 1.0, start: int = 0):
-        if power <= 0:
-            raise ValueError(f"Polynomial tempering needs power > 0, got {power}.")
-        self.power = float(power)
+        self.power = _positive(power, "Polynomial tempering", "power")
         self.start = int(start)
 
     def __call__(self, info: TemperingInfo) -> torch.Tensor:
         span = max(info.num_steps - self.start, 1)
-        progress = min(max(info.step + 1 - self.start, 0) / span, 1.0)
+        progress = min(max(info.index - self.start, 0) / span, 1.0)
         return _full(info, progress**self.power)
 
 
-class ExponentialTempering:
-    """``λ_i = min((1 + γ)^(i + 1 − s) − 1, 1)`` for steps ``i ≥ s``, 0 before (DAS default).
+class ExponentialTempering(TemperingSchedule, name="exponential"):
+    """``λ_j = min((1 + γ)^max(j − s, 0) − 1, 1)``: 0 up to ``j = s`` (DAS default).
 
     Args:
         gamma: growth rate γ (0.008 in the reference).
-        start: the step ``s`` before which ``λ = 0`` (``tempering_start``).
+        start: the start index ``s`` (``tempering_start``).
     """
 
-    needs_gradient_norms = False
+    sampler_options = ("gamma", "start")
 
     def __init__(self, gamma: float = 0.008, start: int = 0):
-        if gamma <= 0:
-            raise ValueError(f"Exponential tempering needs gamma > 0, got {gamma}.")
-        self.gamma = float(gamma)
+        self.gamma = _positive(gamma, "Exponential tempering", "gamma")
         self.start = int(start)
 
     def __call__(self, info: TemperingInfo) -> torch.Tensor:
-        exponent = max(info.step + 1 - self.start, 0)
+        exponent = max(info.index - self.start, 0)
         return _full(info, min((1.0 + self.gamma) ** exponent - 1.0, 1.0))
 
 
-class AdaptiveTempering:
-    """Per prompt, the largest ``λ' ∈ [λ, 1]`` keeping ``ESS(w · exp((λ' − λ) r/α)) ≥ τ K``.
+class AdaptiveTempering(TemperingSchedule, name="adaptive"):
+    """Per prompt, the largest ``λ' ∈ [λ, 1]`` keeping ``ESS(w · exp((λ' − λ) r/α)) ≥ τ K``; 0 for ``j ≤ s``.
+
+    ``λ`` is the current ``λ_{j-1}``; see :func:`solve_adaptive_lambda`.
 
     Args:
         ess_threshold: τ in (0, 1].
         iterations: bisection steps (the bracket shrinks by 2^-iterations).
-        start: the step before which ``λ = 0``.
+        start: the start index ``s``.
     """
 
-    needs_gradient_norms = False
+    sampler_options = ("ess_threshold", "start")
 
     def __init__(self, ess_threshold: float = 0.5, iterations: int = 30, start: int = 0):
         if not 0.0 < ess_threshold <= 1.0:
@@ -128,7 +172,7 @@ class AdaptiveTempering:
         self.start = int(start)
 
     def __call__(self, info: TemperingInfo) -> torch.Tensor:
-        if info.step < self.start:
+        if info.index <= self.start:
             return torch.zeros_like(info.lam)
         return solve_adaptive_lambda(
             info.log_weights, info.reward_over_alpha, info.lam, self.ess_threshold, self.iterations
@@ -173,26 +217,25 @@ def solve_adaptive_lambda(
     return torch.where(ok_at_one, torch.ones_like(lam), lo)
 
 
-class GradNormRatioTempering:
-    """Caps the guidance shift at a fixed ratio of the pretrained step.
+class GradNormRatioTempering(TemperingSchedule, name="grad_norm_ratio"):
+    """Caps the guidance shift at a fixed ratio of the pretrained step; 0 for ``j ≤ s``.
 
-    ``λ' = clamp(ratio · mean_k ‖μ_pre − x_t‖ / mean_k σ_t² ‖∇r/α‖, λ, 1)`` per prompt.
+    ``λ_j = max(min(ratio · mean_k ‖μ_pre − x_t‖ / max(mean_k σ_t² ‖∇r/α‖, 10⁻¹²), 1), λ_{j-1})``
+    per prompt; ``λ_{j-1}`` when the sampler gives no gradient norms (a gradient-free reward).
 
     Args:
         ratio: the allowed size of the reward shift relative to the pretrained step.
-        start: the step before which ``λ = 0``.
+        start: the start index ``s``.
     """
 
     needs_gradient_norms = True
 
     def __init__(self, ratio: float = 0.5, start: int = 0):
-        if ratio <= 0:
-            raise ValueError(f"Gradient-norm-ratio tempering needs ratio > 0, got {ratio}.")
-        self.ratio = float(ratio)
+        self.ratio = _positive(ratio, "Gradient-norm-ratio tempering", "ratio")
         self.start = int(start)
 
     def __call__(self, info: TemperingInfo) -> torch.Tensor:
-        if info.step < self.start:
+        if info.index <= self.start:
             return torch.zeros_like(info.lam)
         if info.guidance_norm is None or info.drift_norm is None:
             return info.lam.clone()
@@ -202,24 +245,27 @@ class GradNormRatioTempering:
         return torch.maximum(cap.clamp(max=1.0), info.lam)
 
 
-TEMPERINGS = {
-    "none": NoTempering,
-    "polynomial": PolynomialTempering,
-    "exponential": ExponentialTempering,
-    "adaptive": AdaptiveTempering,
-    "grad_norm_ratio": GradNormRatioTempering,
-}
+def tempering_class(name: str) -> type[TemperingSchedule]:
+    """The schedule class registered as `name`.
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+    """
+    if name not in TEMPERINGS:
+        raise ValueError(f"Unknown tempering schedule {name!r}; choose one of: {', '.join(sorted(TEMPERINGS))}.")
+    return TEMPERINGS[name]
 
 
-def make_tempering(name: str, **kwargs) -> Schedule:
+def make_tempering(name: str, **kwargs) -> TemperingSchedule:
     """Builds a schedule by name with its keyword arguments.
 
     Raises:
         ValueError: for an unknown name, listing the valid ones.
     """
-    try:
-        cls = TEMPERINGS[name]
-    except KeyError:
-        valid = ", ".join(sorted(TEMPERINGS))
-        raise ValueError(f"Unknown tempering schedule {name!r}; choose one of: {valid}.") from None
-    return cls(**kwargs)
+    return tempering_class(name)(**kwargs)
+
+
+def tempering_from_options(name: str, **options) -> TemperingSchedule:
+    """Builds schedule `name` from the sampler's options, passing it those in its ``sampler_options``."""
+    cls = tempering_class(name)
+    return cls(**{key: value for key, value in options.items() if key in cls.sampler_options})

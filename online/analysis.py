@@ -95,18 +95,20 @@ def load_run(path: Path, details: bool = True) -> Run | None:
         details: also compute the per-round details (surrogate predictions, calibration,
             cross rewards) from the shards and checkpoints.
     """
-    path = Path(path)
+    from online.run_directory import RunFiles
+
+    files = RunFiles(path)
     try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        config = json.loads(files.config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        _warn(f"{path / 'config.json'}: unreadable ({_short(error)}); run left out.")
+        _warn(f"{files.config_path}: unreadable ({_short(error)}); run left out.")
         return None
-    run = Run(path, config, [])
+    run = Run(files.path, config, [])
     try:
-        lines = (path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = files.metrics_lines_path.read_text(encoding="utf-8").splitlines()
         run.rows = [json.loads(line) for line in lines if line.strip()]
     except (OSError, ValueError) as error:
-        run.problems.append(f"{path / 'metrics.jsonl'}: unreadable ({_short(error)}); its curves are left out.")
+        run.problems.append(f"{files.metrics_lines_path}: unreadable ({_short(error)}); its curves are left out.")
     if details:
         run.rounds = [_round_details(run, row["round"]) for row in run.rows]
     for problem in run.problems:
@@ -116,24 +118,26 @@ def load_run(path: Path, details: bool = True) -> Run | None:
 
 def _round_details(run: Run, k: int) -> dict:
     """Surrogate prediction and calibration on round `k`'s answers, and the cross rewards."""
-    from online.storage import data_shard, load_rows, round_dir
+    from online.run_directory import RunFiles
+    from online.storage import decode_images
 
     detail: dict = {"round": k}
-    shard = data_shard(run.path, k)
+    files = RunFiles(run.path)
+    shard = files.round(k).shard_path
     try:
-        rows, _ = load_rows(shard)
+        rows, _ = files.round(k).load_shard()
     except Exception as error:  # noqa: BLE001 - safetensors raises its own types on corrupt files
         run.problems.append(f"{shard}: unreadable ({_short(error)}); round {k} details left out.")
         return detail
     valid = rows["valid"].bool()
     true = rows["true_rewards"].double()[valid]
     observed = rows["rewards"].double()[valid]
-    images = rows["images"][valid].float() / 255.0
+    images = decode_images(rows["images"][valid])
     detail["cross"] = _cross_rewards(images, run.oracle)
     detail["images"] = rows["images"]
     if k == 0 or int(valid.sum()) == 0:
         return detail
-    checkpoint = round_dir(run.path, k - 1) / "surrogate.safetensors"
+    checkpoint = files.round(k - 1).surrogate_path
     try:
         from surrogate import calibration_metrics, load_surrogate
 
@@ -352,15 +356,18 @@ def write_report(run_dirs: Sequence[Path], out: Path, title: str = "Online runs"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = [run for run in (load_run(Path(p)) for p in run_dirs) if run is not None]
-    written: dict[str, Path] = {}
+    written = {name: path for name, path in _figures(runs, out).items() if path is not None}
+    table = summary_rows(runs)
+    written["summary_csv"] = _write_csv(table, out / "summary.csv")
+    written["summary_md"] = _write_markdown(table, out / "summary.md")
+    written["report"] = _write_html(runs, table, written, out / "report.html", title)
+    return written
 
-    def keep(name: str, path: Path | None) -> None:
-        if path is not None:
-            written[name] = path
 
-    keep(
-        "reward_vs_queries",
-        _plot_by_method(
+def _figures(runs: Sequence[Run], out: Path) -> dict[str, Path | None]:
+    """Every figure of the report, by name, in the report's order (None: nothing to draw)."""
+    figures = {
+        "reward_vs_queries": _plot_by_method(
             runs,
             out / "reward_vs_queries.png",
             lambda r: r["true_reward"]["mean"],
@@ -368,56 +375,45 @@ def write_report(run_dirs: Sequence[Path], out: Path, title: str = "Online runs"
             "reward",
             best=lambda r: r["true_reward"]["max"],
         ),
+        "diversity": _plot_by_method(
+            runs, out / "diversity.png", lambda r: r["diversity"], "batch diversity", "diversity"
+        ),
+        "sampler": _plot_by_method(runs, out / "sampler.png", lambda r: r.get("ess_fraction"), "final ESS / K", "ESS"),
+        **_per_round_figures(runs, out),
+    }
+    for members in group(runs).values():  # the lowest seed of each method keeps report.html small
+        run = members[0]
+        figures[f"grid_{run.label}"] = _grid(run, out / f"grid_{run.label}.png")
+    return figures
+
+
+def _per_round_figures(runs: Sequence[Run], out: Path) -> dict[str, Path | None]:
+    """The figures of the per-round details: over-optimization, calibration, cross rewards."""
+    overoptimization = (
+        "surrogate predicted − true reward of the queried batch",
+        lambda d: d["predicted_mean"] - d["true_mean"] if "predicted_mean" in d else None,
     )
-    keep(
-        "diversity",
-        _plot_by_method(runs, out / "diversity.png", lambda r: r["diversity"], "batch diversity", "diversity"),
-    )
-    keep(
-        "sampler",
-        _plot_by_method(runs, out / "sampler.png", lambda r: r.get("ess_fraction"), "final ESS / K", "ESS"),
-    )
-    keep(
-        "overoptimization",
-        _plot_per_round(
+    return {
+        "overoptimization": _plot_per_round(
             runs,
             out / "overoptimization.png",
-            [
-                (
-                    "surrogate predicted − true reward of the queried batch",
-                    lambda d: d["predicted_mean"] - d["true_mean"] if "predicted_mean" in d else None,
-                )
-            ],
+            [overoptimization],
             "over-optimization (previous round's surrogate on this round's batch)",
         ),
-    )
-    keep(
-        "calibration",
-        _plot_per_round(
+        "calibration": _plot_per_round(
             runs,
             out / "calibration.png",
             [("coverage", lambda d: d.get("coverage")), ("Spearman rank correlation", lambda d: d.get("spearman"))],
             "calibration of the previous round's surrogate on this round's answers",
             nominal={"coverage": NOMINAL},
         ),
-    )
-    keep(
-        "cross_reward",
-        _plot_per_round(
+        "cross_reward": _plot_per_round(
             runs,
             out / "cross_reward.png",
             [("oracles not optimized (batch mean)", lambda d: d.get("cross") or None)],
             "cross rewards on the queried images",
         ),
-    )
-    for members in group(runs).values():  # the lowest seed of each method keeps report.html small
-        run = members[0]
-        keep(f"grid_{run.label}", _grid(run, out / f"grid_{run.label}.png"))
-    table = summary_rows(runs)
-    written["summary_csv"] = _write_csv(table, out / "summary.csv")
-    written["summary_md"] = _write_markdown(table, out / "summary.md")
-    written["report"] = _write_html(runs, table, written, out / "report.html", title)
-    return written
+    }
 
 
 COLUMNS = (

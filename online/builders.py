@@ -1,5 +1,11 @@
 """From a config to objects: prompts, featurizer, oracle, surrogate, sampler settings.
 
+The online loop's registries (:data:`SURROGATES`, :data:`ORACLES`, :data:`FEATURIZERS`)
+are :class:`das.factory.Registry` objects like the das-level ones (model families,
+tempering schedules, resamplers, prompt lists) in :mod:`das.factory`, which this module
+builds on. They live here, not in :mod:`das.factory`, because they name objects of
+``surrogate``, ``world`` and ``online`` itself, which ``das`` may not import.
+
 Only entry points and this module read ConfigDicts; everything they build takes plain
 keyword arguments. Heavy imports (diffusers pipelines, CLIP) happen inside the builders,
 after :mod:`online.validation` has accepted the config.
@@ -7,61 +13,100 @@ after :mod:`online.validation` has accepted the config.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from das import factory
+from das.factory import Registry, resolve_path
 from online.oracles import ExternalCommandOracle, Oracle, QueryPolicy, reward_as_oracle
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-WORLD_PROMPTS = ("world:train", "world:eval")
-
-
-def resolve_path(path: str) -> Path:
-    """A path as given, or relative to the repository when it does not exist as given."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+SURROGATES = Registry("surrogate.kind", "surrogate:SURROGATES", sort=True)
+FEATURIZERS = Registry("featurizer.kind")
+ORACLES = Registry("oracle.kind")  # every kind: the black box the loop asks
+ORACLE_REWARDS = Registry("oracle.kind")  # the built-in kinds: a das reward behind the oracle
 
 
 def read_prompts(source: str) -> list[str]:
-    """Prompts from a text file (one per line, ``#`` comments) or the embedded world's list."""
-    if source in WORLD_PROMPTS:
-        from world import PROMPTS
+    """Prompts from a text file (one per line, ``#`` comments) or a named list such as the embedded world's."""
+    return factory.read_prompts(source)
 
-        return list(PROMPTS)
-    from das.cli import read_prompts as read_prompt_file
 
-    return read_prompt_file(str(resolve_path(source)))
+# ----------------------------------------------------------------------------- featurizers
+@FEATURIZERS.register("clip")
+def _clip_featurizer(config):
+    from das.clip import CLIPImageFeaturizer
+
+    return CLIPImageFeaturizer.from_pretrained(config.featurizer.path)
+
+
+@FEATURIZERS.register("world")
+def _world_featurizer(config):
+    from world import WorldFeaturizer
+
+    return WorldFeaturizer()
 
 
 def featurizer_dim(config) -> int:
     """The feature dimension the configured featurizer produces (cheap: builds no model)."""
     if config.featurizer.kind == "world":
-        from world import WorldFeaturizer
-
-        return WorldFeaturizer().dim
+        return FEATURIZERS.build("world", config).dim
     return 768  # CLIP ViT-L/14 image embeddings
 
 
 def build_featurizer(config, device: torch.device):
-    if config.featurizer.kind == "world":
-        from world import WorldFeaturizer
-
-        return WorldFeaturizer().to(device).eval()
-    from das.clip import CLIPImageFeaturizer
-
-    return CLIPImageFeaturizer.from_pretrained(config.featurizer.path).to(device).eval()
+    return FEATURIZERS.build(config.featurizer.kind, config).to(device).eval()
 
 
-def build_oracle(config) -> Oracle:
-    """The black box named by ``config.oracle.kind``."""
-    if config.oracle.kind == "external":
-        return ExternalCommandOracle(list(config.oracle.command), timeout_s=config.oracle.timeout_s)
-    if config.oracle.kind == "human":
-        return build_human_oracle(config)
-    return reward_as_oracle(build_oracle_reward(config))
+# ----------------------------------------------------------------------------- oracles
+@ORACLE_REWARDS.register("aesthetic")
+def _aesthetic_reward(config):
+    from das.rewards import make_reward
+
+    return make_reward(
+        "aesthetic", clip_model=config.oracle.clip_model, mlp_path=str(resolve_path(config.oracle.mlp_path))
+    )
 
 
+@ORACLE_REWARDS.register("jpeg")
+def _jpeg_reward(config):
+    from das.rewards.jpeg import JPEGCompressibility
+
+    return JPEGCompressibility()
+
+
+@ORACLE_REWARDS.register("colorfulness")
+def _colorfulness_reward(config):
+    from das.rewards.colorfulness import ColorfulnessReward
+
+    return ColorfulnessReward()
+
+
+@ORACLE_REWARDS.register("rare")
+def _rare_reward(config):
+    from world.oracles import RareColourReward
+
+    return RareColourReward()
+
+
+@ORACLE_REWARDS.register("multi")
+def _multi_reward(config):
+    from das.rewards import WeightedSum
+
+    names = ("jpeg", "colorfulness")
+    return WeightedSum(
+        [ORACLE_REWARDS.build(name, config) for name in names], [float(config.oracle.weights[n]) for n in names]
+    )
+
+
+for _kind in ORACLE_REWARDS.names():
+    ORACLES.register(_kind)(lambda config: reward_as_oracle(build_oracle_reward(config)))
+
+
+@ORACLES.register("external")
+def _external_oracle(config) -> Oracle:
+    return ExternalCommandOracle(list(config.oracle.command), timeout_s=config.oracle.timeout_s)
+
+
+@ORACLES.register("human")
 def build_human_oracle(config):
     """The local rating page (``oracle.kind="human"``, the ``[human]`` extra) for this run."""
     from online.human import HumanOracle
@@ -76,40 +121,18 @@ def build_human_oracle(config):
     )
 
 
+def build_oracle(config) -> Oracle:
+    """The black box named by ``config.oracle.kind``."""
+    return ORACLES.build(config.oracle.kind, config)
+
+
 def build_oracle_reward(config):
     """The ``das`` reward behind a built-in oracle (every kind but ``external`` and ``human``): the black
     box itself, and the sampler's reward for the ceiling (``smc.guidance="oracle"``)."""
     kind = config.oracle.kind
-    if kind == "multi":
-        from das.rewards import WeightedSum
-
-        names = ("jpeg", "colorfulness")
-        return WeightedSum(
-            [_named_reward(name, config) for name in names], [float(config.oracle.weights[n]) for n in names]
-        )
-    return _named_reward(kind, config)
-
-
-def _named_reward(kind: str, config):
-    if kind == "jpeg":
-        from das.rewards.jpeg import JPEGCompressibility
-
-        return JPEGCompressibility()
-    if kind == "colorfulness":
-        from das.rewards.colorfulness import ColorfulnessReward
-
-        return ColorfulnessReward()
-    if kind == "rare":
-        from world.oracles import RareColourReward
-
-        return RareColourReward()
     if kind in ("external", "human"):
         raise ValueError(f"The {kind} oracle answers queries; it is not a reward the sampler can call.")
-    from das.rewards import make_reward
-
-    return make_reward(
-        "aesthetic", clip_model=config.oracle.clip_model, mlp_path=str(resolve_path(config.oracle.mlp_path))
-    )
+    return ORACLE_REWARDS.build(kind, config)
 
 
 def query_policy(config) -> QueryPolicy:
@@ -120,6 +143,7 @@ def query_policy(config) -> QueryPolicy:
     )
 
 
+# ----------------------------------------------------------------------------- surrogate, sampler, model
 def build_surrogate(config, input_dim: int):
     from surrogate import make_surrogate
 
@@ -131,19 +155,8 @@ def build_surrogate(config, input_dim: int):
 
 
 def sampler_kwargs(config) -> dict:
-    """Keyword arguments of :class:`das.DASSampler` from ``config.smc``."""
-    smc = config.smc
-    return dict(
-        kl_coeff=float(smc.kl_coeff),
-        num_particles=int(smc.num_particles),
-        resampling=smc.resampling,
-        ess_threshold=float(smc.ess_threshold),
-        tempering=smc.tempering,
-        tempering_gamma=float(smc.tempering_gamma),
-        tempering_start=int(smc.tempering_start),
-        max_chunk_rows=int(smc.max_chunk_rows) or None,
-        selection="all",
-    )
+    """Keyword arguments of :class:`das.DASSampler` from ``config.smc``; the loop keeps every particle."""
+    return factory.sampler_kwargs(config.smc, selection="all")
 
 
 def quiet_model_loading(progress: bool) -> None:
@@ -158,11 +171,9 @@ def quiet_model_loading(progress: bool) -> None:
 
 
 def build_adapter(config, device: torch.device):
-    from das.cli import build_adapter as build_from_model_config
-
     quiet_model_loading(config.progress)
     model = config.model
     if model.family == "pixel":
         model = model.copy_and_resolve_references()
         model.path = str(resolve_path(model.path))
-    return build_from_model_config(model, str(device))
+    return factory.build_adapter(model, str(device))

@@ -1,4 +1,9 @@
-"""Evaluate mode: DAS guided by a round's surrogate mean, scored by the true oracle."""
+"""Evaluate mode: DAS guided by a round's surrogate mean, scored by the true oracle.
+
+Stages: open the directory → load the models and the checkpoint → create the directory →
+sample the evaluation prompts → ask the oracle (no label noise) → write images, grid and
+``metrics.json``.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,16 @@ from pathlib import Path
 
 import torch
 
-from das.images import image_grid, save_png, to_uint8
+from das.images import image_grid, to_uint8
 from online import builders
-from online.distributed import gather_to_main, shard
 from online.errors import RunError
 from online.guidance import SurrogateReward
-from online.metrics import diversity, summary
+from online.metrics import evaluation_metrics
 from online.oracles import query_with_retries
 from online.run_directory import RunDirectory
-from online.sampling import merge_batches, sample_batch
-from online.storage import atomic_write_json
+from online.sampling import SamplingSetup, non_finite_rows, sample_prompts
+from online.seeds import stream_seed
 from online.validation import surrogate_path
-
-EVAL_STREAM_SEED = 7_777
 
 
 def run_evaluation(config, accelerator) -> Path:
@@ -33,52 +35,58 @@ def run_evaluation(config, accelerator) -> Path:
 
 
 def _evaluate(config, accelerator, run: RunDirectory) -> Path:
-    from surrogate import load_surrogate
-
     main = accelerator.is_main_process
-    device = accelerator.device
-    out = run.path
-    adapter = builders.build_adapter(config, device)
-    featurizer = builders.build_featurizer(config, device)
+    adapter = builders.build_adapter(config, accelerator.device)
+    featurizer = builders.build_featurizer(config, accelerator.device)
     checkpoint = surrogate_path(Path(config.reward_model_path))
-    surrogate = load_surrogate(
-        checkpoint, expected_kind=config.surrogate.kind, expected_input_dim=featurizer.dim, device=device
-    )
+    surrogate = _load_checkpoint(config, checkpoint, featurizer.dim, accelerator.device)
     if main:
         run.create(config.overwrite, config.to_dict())
-        (out / "images").mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    prompts = builders.read_prompts(config.prompts.eval_file)
-    if config.evaluate.num_prompts:
-        prompts = prompts[: config.evaluate.num_prompts]
-    mine = shard(prompts, accelerator)
-    generator = torch.Generator(device=device).manual_seed(
-        config.seed * 1_000_003 + EVAL_STREAM_SEED + accelerator.process_index
-    )
+    prompts = _evaluation_prompts(config)
     reward = SurrogateReward(featurizer, surrogate, mode="mean")
-    part = (
-        sample_batch(
-            adapter,
-            lambda call: reward,
-            featurizer,
-            mine,
-            config.evaluate.images_per_prompt,
-            builders.sampler_kwargs(config),
-            config.smc.prompts_per_call,
-            generator,
-            progress=config.progress and main,
-        )
-        if mine
-        else None
+    setup = SamplingSetup(
+        adapter,
+        featurizer,
+        builders.sampler_kwargs(config),
+        config.smc.prompts_per_call,
+        progress=config.progress and main,
     )
-    parts = gather_to_main(part, accelerator)
+    seed = stream_seed(config.seed, 0, "evaluate", accelerator.process_index)
+    batch = sample_prompts(setup, lambda call: reward, prompts, config.evaluate.images_per_prompt, seed, accelerator)
     if not main:
-        return out
-    batch = merge_batches([p for p in parts if p is not None])
-    if not (torch.isfinite(batch["images"]).all() and torch.isfinite(batch["features"]).all()):
+        return run.path
+    if bool(non_finite_rows(batch).any()):
         raise RunError(
             "The evaluation batch holds NaN or inf pixels or features; nothing was queried. Check the checkpoint."
         )
+    true = _true_rewards(config, batch)
+    with torch.no_grad():
+        predicted = surrogate.mean(batch["features"].to(accelerator.device)).double().cpu()
+    pixels = to_uint8(batch["images"])
+    grid = image_grid(pixels, columns=config.evaluate.images_per_prompt * min(len(prompts), 8))
+    metrics = evaluation_metrics(batch, true, predicted, checkpoint, config.oracle.kind, run.image_name)
+    run.write_evaluation(pixels, grid, metrics)
+    _print_summary(config, checkpoint, metrics, run.path)
+    return run.path
+
+
+def _load_checkpoint(config, checkpoint: Path, feature_dim: int, device):
+    from surrogate import load_surrogate
+
+    return load_surrogate(
+        checkpoint, expected_kind=config.surrogate.kind, expected_input_dim=feature_dim, device=device
+    )
+
+
+def _evaluation_prompts(config) -> list[str]:
+    """The evaluation prompts (the first ``evaluate.num_prompts`` when set)."""
+    prompts = builders.read_prompts(config.prompts.eval_file)
+    return prompts[: config.evaluate.num_prompts] if config.evaluate.num_prompts else prompts
+
+
+def _true_rewards(config, batch: dict) -> torch.Tensor:
+    """The true oracle's answer for every image `(n,)` float64, NaN where it failed."""
     oracle = builders.build_oracle(config)
     true = torch.full((len(batch["prompts"]),), float("nan"), dtype=torch.float64)
 
@@ -87,37 +95,15 @@ def _evaluate(config, accelerator, run: RunDirectory) -> Path:
             if row["value"] is not None:
                 true[row["index"]] = row["value"]
 
-    query_with_retries(
-        oracle, batch["images"], batch["prompts"], range(len(batch["prompts"])), builders.query_policy(config), keep
-    )
-    with torch.no_grad():
-        predicted = surrogate.mean(batch["features"].to(device)).double().cpu()
-    pixels = to_uint8(batch["images"])
-    for i, image in enumerate(pixels):
-        save_png(image, out / "images" / f"{i:04d}.png")
-    save_png(image_grid(pixels, columns=config.evaluate.images_per_prompt * min(len(prompts), 8)), out / "grid.png")
-    per_prompt: dict[str, list[float]] = {}
-    for prompt, value in zip(batch["prompts"], true.tolist()):
-        per_prompt.setdefault(prompt, []).append(value)
-    metrics = {
-        "checkpoint": str(checkpoint),
-        "oracle": config.oracle.kind,
-        "num_images": len(batch["prompts"]),
-        "failed_queries": int(torch.isnan(true).sum()),
-        "true_reward": summary(true),
-        "surrogate_mean": summary(predicted),
-        "diversity": diversity(batch["features"]),
-        "ess_fraction": float(batch["ess_fraction"].mean()),
-        "per_prompt_mean": {p: sum(v) / len(v) for p, v in per_prompt.items()},
-        "images": [
-            {"file": f"images/{i:04d}.png", "prompt": p, "true_reward": t}
-            for i, (p, t) in enumerate(zip(batch["prompts"], true.tolist()))
-        ],
-    }
-    atomic_write_json(out / "metrics.json", metrics)
+    indices = range(len(batch["prompts"]))
+    query_with_retries(oracle, batch["images"], batch["prompts"], indices, builders.query_policy(config), keep)
+    return true
+
+
+def _print_summary(config, checkpoint: Path, metrics: dict, out: Path) -> None:
+    true = metrics["true_reward"]
     print(
-        f"Evaluation of {checkpoint}: true {config.oracle.kind} reward {metrics['true_reward']['mean']:.4f} ± "
-        f"{metrics['true_reward']['std']:.4f} over {metrics['num_images']} images, diversity {metrics['diversity']:.4f}"
+        f"Evaluation of {checkpoint}: true {config.oracle.kind} reward {true['mean']:.4f} ± {true['std']:.4f} "
+        f"over {metrics['num_images']} images, diversity {metrics['diversity']:.4f}"
     )
     print(f"Wrote {out}/metrics.json, grid.png and images/.")
-    return out

@@ -1,9 +1,10 @@
-"""Per-round metrics: reward statistics, batch diversity, and where they are written."""
+"""Metrics: reward statistics, batch diversity, a training round's and an evaluation's
+records, the end-of-run table and figure."""
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,22 +30,76 @@ def summary(values: torch.Tensor) -> dict[str, float]:
     }
 
 
-def write_metrics_lines(path: Path, rows: list[dict]) -> None:
-    """Rewrites ``metrics.jsonl`` from the complete rounds' metrics (no duplicates on resume)."""
-    from online.storage import atomic_write_bytes
+def round_metrics(
+    k: int,
+    shard_rows: dict,
+    previous_rows: list[dict],
+    batch_stats: dict,
+    calibration: dict | None,
+    fit_info: dict,
+) -> dict:
+    """Round `k`'s record (``metrics.json``, one line of ``metrics.jsonl``), from its dataset
+    shard's rows, the records of the rounds before it, the sampler's statistics of its batch,
+    the previous surrogate's calibration on its answers and the fit's summary."""
+    queries = int(shard_rows["valid"].numel())
+    total = queries + (previous_rows[-1]["queries_total"] if previous_rows else 0)
+    return {
+        "round": k,
+        "queries_round": queries,
+        "queries_total": total,
+        "failed_queries": int((~shard_rows["valid"]).sum()),
+        "true_reward": summary(shard_rows["true_rewards"]),
+        "observed_reward": summary(shard_rows["rewards"]),
+        "diversity": diversity(shard_rows["features"]),
+        "surrogate_prediction_rmse": None if calibration is None else calibration["rmse"],
+        "calibration": calibration,
+        "surrogate_fit": fit_info,
+        **batch_stats,
+    }
 
-    atomic_write_bytes(path, "".join(json.dumps(row) + "\n" for row in rows).encode("utf-8"))
+
+def evaluation_metrics(
+    batch: dict,
+    true: torch.Tensor,
+    predicted: torch.Tensor,
+    checkpoint: Path,
+    oracle: str,
+    image_name: Callable[[int], str],
+) -> dict:
+    """An evaluation's ``metrics.json``: the true rewards `true` `(n,)` (NaN where the oracle
+    failed) and surrogate means `predicted` `(n,)` of `batch`, overall, per prompt and per image
+    (``image_name(i)``: image ``i``'s file)."""
+    values = true.tolist()
+    per_prompt: dict[str, list[float]] = {}
+    for prompt, value in zip(batch["prompts"], values):
+        per_prompt.setdefault(prompt, []).append(value)
+    return {
+        "checkpoint": str(checkpoint),
+        "oracle": oracle,
+        "num_images": len(batch["prompts"]),
+        "failed_queries": int(torch.isnan(true).sum()),
+        "true_reward": summary(true),
+        "surrogate_mean": summary(predicted),
+        "diversity": diversity(batch["features"]),
+        "ess_fraction": float(batch["ess_fraction"].mean()),
+        "per_prompt_mean": {p: sum(v) / len(v) for p, v in per_prompt.items()},
+        "images": [
+            {"file": image_name(i), "prompt": p, "true_reward": t}
+            for i, (p, t) in enumerate(zip(batch["prompts"], values))
+        ],
+    }
 
 
 def print_table(rows: list[dict]) -> None:
     """The per-round table of the true reward printed at the end of a run."""
-    print(
-        f"{'round':>5s} {'queries':>8s} {'true mean':>10s} {'true max':>9s} {'true std':>9s} {'diversity':>9s} {'failed':>6s}"
-    )
+    heads = ("round", "queries", "true mean", "true max", "true std", "diversity", "failed")
+    widths = (5, 8, 10, 9, 9, 9, 6)
+    print(" ".join(f"{head:>{width}s}" for head, width in zip(heads, widths)))
     for row in rows:
+        true = row["true_reward"]
         print(
-            f"{row['round']:>5d} {row['queries_total']:>8d} {row['true_reward']['mean']:>10.4f} "
-            f"{row['true_reward']['max']:>9.4f} {row['true_reward']['std']:>9.4f} {row['diversity']:>9.4f} {row['failed_queries']:>6d}"
+            f"{row['round']:>5d} {row['queries_total']:>8d} {true['mean']:>10.4f} {true['max']:>9.4f} "
+            f"{true['std']:>9.4f} {row['diversity']:>9.4f} {row['failed_queries']:>6d}"
         )
 
 

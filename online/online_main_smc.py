@@ -41,10 +41,12 @@ Main fields (override with --config.<field>=<value>):
                            DAS guided by the true oracle)
   method                   the run's name in comparisons (python -m online.analysis); '' derives it
   surrogate.kwargs.*       e.g. surrogate.kwargs.beta, surrogate.kwargs.hidden
-  oracle.kind (jpeg, colorfulness, rare, multi, aesthetic, external, human), oracle.noise_std, oracle.command (external), oracle.max_retries, oracle.timeout_s
+  oracle.kind              jpeg, colorfulness, rare, multi, aesthetic, external, human
+  oracle.noise_std, oracle.command (external), oracle.max_retries, oracle.timeout_s
   oracle.host, oracle.port human: where the rating page listens (127.0.0.1 and a free port by default; the link
                            with its token is printed when a round waits for ratings; needs the [human] extra)
-  tracker                  '' | tensorboard | wandb: per-round scalars and image grids in <run_dir>/tensorboard or wandb
+  tracker                  '' | tensorboard | wandb: per-round scalars and image grids in
+                           <run_dir>/tensorboard or wandb
   mode=evaluate with reward_model_path=<run_dir>/round_<k>
 
 Examples:

@@ -173,3 +173,40 @@ def query_with_retries(
             if answers:
                 on_answers(answers)
             todo = [i for i in bad if attempts[i] <= policy.max_retries]
+
+
+class NoisyOracle:
+    """An oracle whose answers carry Gaussian label noise, as a rater's or a lab's would.
+
+    The wrapped oracle's value of item ``i`` is kept as ``true_reward``; the answer the loop
+    learns from is ``reward = true_reward + noise_std · ε_i`` (None for a failed item), where
+    ``ε`` is one float64 standard normal vector over the whole batch drawn from a generator
+    seeded with `seed`. Item ``i`` gets the same noise whichever call or attempt answered it,
+    so a resumed batch is answered exactly as an uninterrupted one.
+
+    Args:
+        inner: the black box (any oracle, including an ``item_by_item`` one).
+        noise_std: the label noise std (0 for none).
+        seed: the seed of this batch's noise (the loop's ``stream_seed(seed, k, "noise")``).
+    """
+
+    def __init__(self, inner: Oracle, noise_std: float, seed: int):
+        self.inner, self.noise_std, self.seed = inner, noise_std, seed
+
+    def noise(self, count: int) -> torch.Tensor:
+        """``ε``, `(count,)` float64, for a batch of `count` items."""
+        return torch.randn(count, generator=torch.Generator().manual_seed(self.seed), dtype=torch.float64)
+
+    def ask(self, images: torch.Tensor, prompts: Sequence[str], indices: Sequence[int], policy, on_answers) -> None:
+        """:func:`query_with_retries` on the inner oracle (same arguments), each answer given
+        ``true_reward`` and its noisy ``reward`` before it reaches `on_answers`."""
+        noise = self.noise(images.shape[0])
+
+        def with_noise(answers: list[dict]) -> None:
+            for row in answers:
+                value = row["value"]
+                row["true_reward"] = value
+                row["reward"] = None if value is None else value + self.noise_std * float(noise[row["index"]])
+            on_answers(answers)
+
+        query_with_retries(self.inner, images, prompts, indices, policy, with_noise)

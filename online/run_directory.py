@@ -1,5 +1,26 @@
-"""The run directory of the online loop (or of an evaluation): where it is, whether it may be
-created, overwritten or resumed, its lock, and the check of its files before a resume.
+"""The run directory of the online loop (or of an evaluation): where every file of a run
+lives, whether the directory may be created, overwritten or resumed, its lock, and the
+check of its files before a resume.
+
+Layout of a training run ``<run_dir>``::
+
+    run.json                    the marker: this directory is a run of this tool
+    .lock                       the OS lock a running loop holds
+    config.json                 the resolved config of the run
+    data/round_0003.safetensors the rows a round paid for (:mod:`online.storage` says what is in it)
+    round_0003/batch.safetensors  the sampled batch, written before the oracle is asked
+    round_0003/answers.jsonl      one line per answered item, appended and fsynced
+    round_0003/surrogate.safetensors, config.json, rng.json, metrics.json
+    round_0003/COMPLETE           written last: the round is whole
+    metrics.jsonl               one line per complete round
+    reward_vs_queries.png, report/  the run's figure and its offline analysis
+
+An evaluation directory holds ``run.json``, ``config.json``, ``metrics.json``, ``grid.png``
+and ``images/0000.png``, ....
+
+:class:`RunFiles` (and the :class:`RoundFiles` it hands out) own these paths: nothing else
+builds one. A round's query answers are durable as they arrive (``answers.jsonl``), its
+dataset shard before the surrogate is fitted.
 
 Only this module creates, empties or locks a run directory (through :mod:`das.run_dirs`,
 which refuses to empty anything that is not a run of the same kind). The order of events
@@ -20,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -30,24 +50,195 @@ from das.run_dirs import (
     MARKER,
     DirectoryLock,
     RunDirError,
+    RunPlace,
     atomic_write_text,
-    check_removable,
-    check_run_name,
     clean_temp_files,
     empty_run_directory,
     read_marker,
     write_marker,
 )
-from online.storage import complete_rounds, data_shard, load_rows, round_dir
+from online.storage import (
+    AnswerJournal,
+    atomic_touch,
+    atomic_write_json,
+    atomic_write_json_lines,
+    encode_shard,
+    load_rows,
+    load_stats,
+    save_rows,
+)
 
 TRAIN_KIND = "online-train"
 EVALUATE_KIND = "online-evaluate"
 SHARD_FIELDS = ("features", "rewards", "true_rewards", "valid", "images")
 BATCH_FIELDS = ("images", "features")
+DATA_FOLDER = "data"
+IMAGES_FOLDER = "images"
 
 
-class RunDirectory:
-    """A training run or evaluation directory ``<output_dir>/<run_name>`` (or ``resume_from``).
+class RoundFiles:
+    """The files of round `index` of a training run, and what is read from and written to them.
+
+    Args:
+        run_path: the run directory.
+        index: the round.
+    """
+
+    def __init__(self, run_path: Path, index: int):
+        name = f"round_{index:04d}"
+        self.index = index
+        self.path = run_path / name
+        self.shard_path = run_path / DATA_FOLDER / f"{name}.safetensors"
+        self.batch_path = self.path / "batch.safetensors"
+        self.surrogate_path = self.path / "surrogate.safetensors"
+        self.journal = AnswerJournal(self.path / "answers.jsonl")
+
+    # ------------------------------------------------------------------ staged batch (sampled, being answered)
+    def has_batch(self) -> bool:
+        return self.batch_path.exists()
+
+    def save_batch(self, batch: dict) -> None:
+        """Stages a sampled batch (images, features, prompts) with the sampler's mean ESS
+        fraction and log-normalizer, before the oracle sees any of it."""
+        stats = {
+            "ess_fraction": float(batch["ess_fraction"].mean()),
+            "log_normalizer": float(batch["log_normalizer"].mean()),
+        }
+        tensors = {"images": batch["images"], "features": batch["features"]}
+        save_rows(self.batch_path, tensors, batch["prompts"], self.index, stats)
+
+    def load_batch(self) -> tuple[dict[str, torch.Tensor], list[str]]:
+        return load_rows(self.batch_path)
+
+    def drop_batch(self) -> None:
+        """Removes the staged batch once the shard holds everything in it."""
+        self.batch_path.unlink(missing_ok=True)
+
+    def unanswered(self, count: int) -> list[int]:
+        """The items of a batch of `count` that have no journaled answer yet."""
+        answered = self.journal.read()
+        return [i for i in range(count) if i not in answered]
+
+    # ------------------------------------------------------------------ dataset shard
+    def has_shard(self) -> bool:
+        return self.shard_path.exists()
+
+    def write_shard(self, staged: dict[str, torch.Tensor], prompts: list[str]) -> None:
+        """The staged batch and every journaled answer as the round's dataset shard."""
+        tensors = encode_shard(staged, self.journal.read())
+        save_rows(self.shard_path, tensors, prompts, self.index, load_stats(self.batch_path))
+
+    def load_shard(self) -> tuple[dict[str, torch.Tensor], list[str]]:
+        return load_rows(self.shard_path)
+
+    def shard_stats(self) -> dict:
+        """The sampler's statistics of the batch, as the shard keeps them."""
+        return load_stats(self.shard_path)
+
+    # ------------------------------------------------------------------ checkpoint and records
+    def write_config(self, config_dict: dict) -> None:
+        atomic_write_json(self.path / "config.json", config_dict)
+
+    def write_rng(self, record: dict) -> None:
+        atomic_write_json(self.path / "rng.json", record)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    def write_metrics(self, row: dict) -> None:
+        atomic_write_json(self.metrics_path, row)
+
+    def read_metrics(self) -> dict:
+        return json.loads(self.metrics_path.read_text())
+
+    def mark_complete(self) -> None:
+        """Written last: the round is whole."""
+        atomic_touch(self.path / "COMPLETE")
+
+
+class RunFiles:
+    """Every path of a run directory (see the module docstring); reading needs nothing else.
+
+    Args:
+        path: the run (or evaluation) directory.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.config_path = self.path / "config.json"
+        self.metrics_lines_path = self.path / "metrics.jsonl"
+        self.figure_path = self.path / "reward_vs_queries.png"
+        self.report_path = self.path / "report"
+        self.answers_pattern = self.path / "round_*" / "answers.jsonl"  # for messages
+
+    def round(self, index: int) -> RoundFiles:
+        return RoundFiles(self.path, index)
+
+    def complete_rounds(self) -> list[int]:
+        """Indices of the rounds whose ``COMPLETE`` marker exists, ascending."""
+        rounds = []
+        for path in self.path.glob("round_*/COMPLETE"):
+            try:
+                rounds.append(int(path.parent.name.split("_")[1]))
+            except (IndexError, ValueError):
+                continue
+        return sorted(rounds)
+
+    def write_metrics_lines(self, rows: list[dict]) -> None:
+        """Rewrites ``metrics.jsonl`` from the complete rounds' metrics (no duplicates on resume)."""
+        atomic_write_json_lines(self.metrics_lines_path, rows)
+
+    def load_dataset(self, up_to_round: int | None = None) -> tuple[dict[str, torch.Tensor], list[str], torch.Tensor]:
+        """Concatenates the dataset shards of rounds ``0..up_to_round`` (all when None).
+
+        Returns:
+            tensors (features, rewards, true_rewards, valid, images), prompts, and the round
+            of each row `(n,)`.
+        """
+        parts, prompts, rounds = [], [], []
+        for shard in sorted((self.path / DATA_FOLDER).glob("round_*.safetensors")):
+            index = int(shard.stem.split("_")[1])
+            if up_to_round is not None and index > up_to_round:
+                continue
+            tensors, shard_prompts = load_rows(shard)
+            parts.append(tensors)
+            prompts.extend(shard_prompts)
+            rounds.append(torch.full((len(shard_prompts),), index, dtype=torch.long))
+        if not parts:
+            return {}, [], torch.zeros(0, dtype=torch.long)
+        merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        return merged, prompts, torch.cat(rounds)
+
+    # ------------------------------------------------------------------ evaluation
+    @staticmethod
+    def image_name(index: int) -> str:
+        """An evaluation image's file, relative to the directory."""
+        return f"{IMAGES_FOLDER}/{index:04d}.png"
+
+    def write_evaluation(self, pixels: torch.Tensor, grid, metrics: dict) -> None:
+        """An evaluation's images `(N, 3, H, W)` uint8, their grid, and its ``metrics.json``."""
+        from das.images import save_png
+
+        for i, image in enumerate(pixels):
+            save_png(image, self.path / self.image_name(i))
+        save_png(grid, self.path / "grid.png")
+        atomic_write_json(self.path / "metrics.json", metrics)
+
+
+def complete_rounds(run_dir: Path | str) -> list[int]:
+    """The complete rounds of the run in `run_dir` (:meth:`RunFiles.complete_rounds`)."""
+    return RunFiles(run_dir).complete_rounds()
+
+
+def load_dataset(run_dir: Path | str, up_to_round: int | None = None):
+    """The dataset of the run in `run_dir` (:meth:`RunFiles.load_dataset`)."""
+    return RunFiles(run_dir).load_dataset(up_to_round)
+
+
+class RunDirectory(RunFiles):
+    """A training run or evaluation directory ``<output_dir>/<run_name>`` (or ``resume_from``):
+    its files (:class:`RunFiles`), its lock, and whether it may be created or resumed.
 
     Args:
         path: the directory.
@@ -57,9 +248,9 @@ class RunDirectory:
     """
 
     def __init__(self, path: Path, output_dir: Path | str | None, kind: str, run_name: str | None = None):
+        super().__init__(path)
         self.run_name = run_name
         self.output_dir_given = "" if output_dir is None else str(output_dir)
-        self.path = Path(path)
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.kind = kind
         self._lock = DirectoryLock(self.path, "run" if kind == TRAIN_KIND else "evaluation")
@@ -81,22 +272,9 @@ class RunDirectory:
         if self.resuming:
             self._check_resumable()
             return
-        check_run_name(self.run_name, "run_name")  # the name as given: '' or '../x' must not pass
-        if not self.output_dir_given.strip():
-            raise RunDirError("output_dir is empty; set --config.output_dir to a folder such as runs.")
-        _check_output_dir(self.output_dir)
-        if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
-            raise RunDirError(f"{str(self.path)!r} exists and is not a directory; choose another run_name.")
-        if not self.path.exists() or not _has_content(self.path):
-            return
-        if not overwrite:
-            hint = f"resume it with --config.resume_from={self.path}, " if self.kind == TRAIN_KIND else ""
-            raise RunDirError(
-                f"The {'run' if self.kind == TRAIN_KIND else 'evaluation'} directory {str(self.path)!r} "
-                "already exists; "
-                f"{hint}choose another --config.run_name, or pass --config.overwrite=True."
-            )
-        check_removable(self.path, self.output_dir, self.kind)
+        hint = f"resume it with --config.resume_from={self.path}, " if self.kind == TRAIN_KIND else ""
+        what = "run" if self.kind == TRAIN_KIND else "evaluation"
+        RunPlace(self.output_dir_given, self.run_name, self.kind, what=what, hint=hint).check(overwrite)
 
     def _check_resumable(self) -> None:
         if self.path.is_symlink() or not self.path.is_dir():
@@ -108,7 +286,7 @@ class RunDirectory:
             raise RunDirError(
                 f"Cannot resume from {str(self.path)!r}: it is a {marker.get('kind')!r} directory, not a training run."
             )
-        if not (self.path / "config.json").is_file():
+        if not self.config_path.is_file():
             raise RunDirError(
                 f"Cannot resume from {str(self.path)!r}: it holds no config.json of a run; check --config.resume_from."
             )
@@ -116,7 +294,7 @@ class RunDirectory:
     def stored_config(self) -> dict:
         """The ``config.json`` of a run being resumed (validated as JSON)."""
         self._check_resumable()
-        path = self.path / "config.json"
+        path = self.config_path
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
@@ -162,7 +340,9 @@ class RunDirectory:
         if existed:
             empty_run_directory(self.path, self.output_dir, self.kind)
         write_marker(self.path, self.kind)
-        atomic_write_text(self.path / "config.json", json.dumps(config_dict, indent=2, default=str))
+        atomic_write_text(self.config_path, json.dumps(config_dict, indent=2, default=str))
+        if self.kind == EVALUATE_KIND:
+            (self.path / IMAGES_FOLDER).mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ resume
     def verify_for_resume(self, feature_dim: int) -> list[int]:
@@ -175,47 +355,32 @@ class RunDirectory:
         clean_temp_files(self.path)
         if read_marker(self.path) is None:
             write_marker(self.path, TRAIN_KIND)
-        done = complete_rounds(self.path)
+        done = self.complete_rounds()
         if done != list(range(len(done))):
             raise RunDirError(
                 f"Cannot resume {str(self.path)!r}: its complete rounds {done} are not 0..n-1 in order; "
                 "some round directory is missing."
             )
         for k in done:
-            _verify_rows(data_shard(self.path, k), SHARD_FIELDS, feature_dim)
-            _verify_json(round_dir(self.path, k) / "metrics.json")
+            _verify_rows(self.round(k).shard_path, SHARD_FIELDS, feature_dim)
+            _verify_json(self.round(k).metrics_path)
         if done:
             from surrogate import SurrogateCheckpointError, read_header
 
-            checkpoint = round_dir(self.path, done[-1]) / "surrogate.safetensors"
             try:
-                read_header(checkpoint)
+                read_header(self.round(done[-1]).surrogate_path)
             except SurrogateCheckpointError as error:
                 raise RunDirError(f"Cannot resume: {error}") from None
-        current = done[-1] + 1 if done else 0
-        if data_shard(self.path, current).exists():
-            _verify_rows(data_shard(self.path, current), SHARD_FIELDS, feature_dim)
-        elif (round_dir(self.path, current) / "batch.safetensors").exists():
-            _verify_rows(round_dir(self.path, current) / "batch.safetensors", BATCH_FIELDS, feature_dim)
+        current = self.round(done[-1] + 1 if done else 0)
+        if current.has_shard():
+            _verify_rows(current.shard_path, SHARD_FIELDS, feature_dim)
+        elif current.has_batch():
+            _verify_rows(current.batch_path, BATCH_FIELDS, feature_dim)
         return done
 
 
 def _has_content(path: Path) -> bool:
     return any(child.name != LOCK for child in path.iterdir())
-
-
-def _check_output_dir(output_dir: Path) -> None:
-    probe = output_dir
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise RunDirError(f"output_dir {str(output_dir)!r} cannot be created: {str(probe)!r} is a file, not a folder.")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise RunDirError(
-            f"output_dir {str(output_dir)!r} is not writable ({str(probe)!r} is read-only); choose another folder."
-        )
 
 
 def _short(error: BaseException) -> str:
@@ -252,4 +417,14 @@ def _verify_rows(path: Path, fields: tuple[str, ...], feature_dim: int) -> None:
         )
 
 
-__all__ = ["EVALUATE_KIND", "MARKER", "TRAIN_KIND", "RunDirError", "RunDirectory"]
+__all__ = [
+    "EVALUATE_KIND",
+    "MARKER",
+    "TRAIN_KIND",
+    "RoundFiles",
+    "RunDirError",
+    "RunDirectory",
+    "RunFiles",
+    "complete_rounds",
+    "load_dataset",
+]

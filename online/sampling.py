@@ -1,13 +1,17 @@
-"""One round's batch: DAS samples for a set of prompts, featurized, on this process."""
+"""A batch of DAS samples for a set of prompts, featurized: on this process
+(:func:`sample_batch`), or split across processes and gathered on the main one
+(:func:`sample_prompts`, the one sampling routine of training and evaluation)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from das.smc import DASSampler
+from online.distributed import gather_to_main, shard
 
 
 def sample_batch(
@@ -60,3 +64,61 @@ def merge_batches(parts: list[dict]) -> dict:
     }
     merged["prompts"] = [prompt for p in parts for prompt in p["prompts"]]
     return merged
+
+
+@dataclass
+class SamplingSetup:
+    """What sampling a batch takes besides the prompts, the reward and the seed.
+
+    Attributes:
+        adapter: the denoiser adapter.
+        featurizer: ``images -> (N, D)`` features.
+        sampler_kwargs: keyword arguments of :class:`das.DASSampler`.
+        prompts_per_call: prompts per sampler call.
+        progress: show progress bars.
+    """
+
+    adapter: object
+    featurizer: object
+    sampler_kwargs: dict
+    prompts_per_call: int
+    progress: bool = False
+
+
+def sample_prompts(
+    setup: SamplingSetup,
+    reward_for_call: Callable[[int], object],
+    prompts: list[str],
+    per_prompt: int,
+    seed: int,
+    accelerator,
+) -> dict | None:
+    """Samples `prompts` across the processes, keeping `per_prompt` images of each; the merged
+    batch on the main process, None elsewhere.
+
+    Each process takes its contiguous share of the prompts (:func:`online.distributed.shard`)
+    and samples it with :func:`sample_batch` from a generator on its device seeded with `seed`
+    (a per-rank seed, :func:`online.seeds.stream_seed`).
+    """
+    mine = shard(prompts, accelerator)
+    generator = torch.Generator(device=accelerator.device).manual_seed(seed)
+    part = None
+    if mine:
+        part = sample_batch(
+            setup.adapter,
+            reward_for_call,
+            setup.featurizer,
+            mine,
+            per_prompt,
+            setup.sampler_kwargs,
+            setup.prompts_per_call,
+            generator,
+            progress=setup.progress,
+        )
+    parts = gather_to_main(part, accelerator)
+    return merge_batches([p for p in parts if p is not None]) if parts is not None else None
+
+
+def non_finite_rows(batch: dict) -> torch.Tensor:
+    """`(n,)` bool: the rows of a batch with NaN or inf pixels or features (never shown to an oracle)."""
+    return ~torch.isfinite(batch["images"]).flatten(1).all(1) | ~torch.isfinite(batch["features"]).all(1)

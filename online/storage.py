@@ -1,26 +1,20 @@
-"""The run directory: durable dataset shards, round checkpoints, atomic writes.
+"""The file formats of a run: atomic writes, the answer journal, and the row files
+(staged batches and dataset shards) with their encoding.
 
-Layout of ``<run_dir>``::
+Where each file lives is :mod:`online.run_directory`'s business; this module only says
+what is in a file and how it is written. Every file is written to a temporary name in its
+folder (``.<name>.<random>.tmp``) and renamed, so a reader sees the old content or the new,
+never half of it; the journal is appended and fsynced line by line instead.
 
-    run.json                    the marker: this directory is a run of this tool
-    .lock                       the OS lock a running loop holds
-    config.json                 the resolved config of the run
-    data/round_0003.safetensors the rows a round paid for: features, observed and true
-                                rewards, validity, images (uint8); prompts in the metadata
-    round_0003/batch.safetensors  the sampled batch, written before the oracle is asked
-    round_0003/answers.jsonl      one line per answered item, appended and fsynced
-    round_0003/surrogate.safetensors, config.json, rng.json, metrics.json
-    round_0003/COMPLETE           written last: the round is whole
-    metrics.jsonl               one line per complete round
-
-Every file is written to a temporary name in its folder (``.<name>.<random>.tmp``) and
-renamed, so a reader sees the old content or the new, never half of it. A round's query answers are durable as they
-arrive (``answers.jsonl``), its dataset shard before the surrogate is fitted.
+A dataset shard holds the rows a round paid for: ``features``, observed ``rewards`` and
+``true_rewards`` (NaN where the oracle failed), ``valid``, and ``images`` as uint8; the
+prompts, the round and the sampler's statistics of the batch are in its metadata.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,33 +30,20 @@ def atomic_write_json(path: Path, payload: Any) -> None:
     atomic_write_bytes(path, json.dumps(payload, indent=2, default=str).encode("utf-8"))
 
 
+def atomic_touch(path: Path) -> None:
+    """An empty file (a marker) written atomically."""
+    atomic_write_bytes(path, b"")
+
+
+def atomic_write_json_lines(path: Path, rows: list[dict]) -> None:
+    """One JSON object per line, the whole file rewritten atomically."""
+    atomic_write_bytes(path, "".join(json.dumps(row) + "\n" for row in rows).encode("utf-8"))
+
+
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """safetensors file written atomically."""
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write_bytes(path, save(contiguous, metadata=metadata))
-
-
-def round_dir(run_dir: Path, round_index: int) -> Path:
-    return run_dir / f"round_{round_index:04d}"
-
-
-def data_shard(run_dir: Path, round_index: int) -> Path:
-    return run_dir / "data" / f"round_{round_index:04d}.safetensors"
-
-
-def complete_rounds(run_dir: Path) -> list[int]:
-    """Indices of the rounds whose ``COMPLETE`` marker exists, ascending."""
-    rounds = []
-    for path in run_dir.glob("round_*/COMPLETE"):
-        try:
-            rounds.append(int(path.parent.name.split("_")[1]))
-        except (IndexError, ValueError):
-            continue
-    return sorted(rounds)
-
-
-def mark_complete(run_dir: Path, round_index: int) -> None:
-    atomic_write_bytes(round_dir(run_dir, round_index) / "COMPLETE", b"")
 
 
 class AnswerJournal:
@@ -112,6 +93,28 @@ def save_rows(
     atomic_save_tensors(path, tensors, metadata)
 
 
+def encode_shard(staged: dict[str, torch.Tensor], answers: dict[int, dict]) -> dict[str, torch.Tensor]:
+    """A staged batch (float ``images`` in [0, 1], ``features``) and its journaled answers
+    (index -> journal row, one per item) as the tensors of a dataset shard."""
+    images = staged["images"]
+    n = images.shape[0]
+    ok = [answers[i]["status"] == "ok" for i in range(n)]
+    observed = [answers[i]["reward"] if ok[i] else math.nan for i in range(n)]
+    true = [answers[i]["true_reward"] if ok[i] else math.nan for i in range(n)]
+    return {
+        "features": staged["features"],
+        "rewards": torch.tensor(observed, dtype=torch.float64),
+        "true_rewards": torch.tensor(true, dtype=torch.float64),
+        "valid": torch.tensor(ok),
+        "images": (images.clamp(0, 1) * 255).round().to(torch.uint8),
+    }
+
+
+def decode_images(pixels: torch.Tensor) -> torch.Tensor:
+    """A shard's uint8 ``images`` as floats in [0, 1]."""
+    return pixels.float() / 255.0
+
+
 def load_stats(path: Path) -> dict:
     """The ``stats`` a file written by :func:`save_rows` carries (empty for older files)."""
     from safetensors import safe_open
@@ -130,42 +133,16 @@ def load_rows(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     return tensors, json.loads(metadata.get("prompts", "[]"))
 
 
-def load_dataset(
-    run_dir: Path, up_to_round: int | None = None
-) -> tuple[dict[str, torch.Tensor], list[str], torch.Tensor]:
-    """Concatenates the dataset shards of rounds ``0..up_to_round`` (all when None).
-
-    Returns:
-        tensors (features, rewards, true_rewards, valid, images), prompts, and the round
-        of each row `(n,)`.
-    """
-    shards = sorted((run_dir / "data").glob("round_*.safetensors"))
-    parts, prompts, rounds = [], [], []
-    for shard in shards:
-        index = int(shard.stem.split("_")[1])
-        if up_to_round is not None and index > up_to_round:
-            continue
-        tensors, shard_prompts = load_rows(shard)
-        parts.append(tensors)
-        prompts.extend(shard_prompts)
-        rounds.append(torch.full((len(shard_prompts),), index, dtype=torch.long))
-    if not parts:
-        return {}, [], torch.zeros(0, dtype=torch.long)
-    merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-    return merged, prompts, torch.cat(rounds)
-
-
 __all__ = [
     "AnswerJournal",
     "atomic_save_tensors",
+    "atomic_touch",
     "atomic_write_bytes",
     "atomic_write_json",
-    "complete_rounds",
-    "data_shard",
-    "load_dataset",
+    "atomic_write_json_lines",
+    "decode_images",
+    "encode_shard",
     "load_rows",
     "load_stats",
-    "mark_complete",
-    "round_dir",
     "save_rows",
 ]

@@ -14,24 +14,14 @@ import json
 import re
 from pathlib import Path
 
-from das.config_checks import (
-    ConfigError,
-    check_choice,
-    check_device,
-    check_flag,
-    check_model_section,
-    check_number,
-    check_seed,
-    check_smc_section,
-)
+from das.config_checks import ConfigError, check_choice, check_flag, check_number, check_shared_sections
+from das.factory import check_prompt_source, resolve_path
 from das.run_dirs import RunDirError
-from online.builders import WORLD_PROMPTS, featurizer_dim, resolve_path
+from online.builders import FEATURIZERS, ORACLES, SURROGATES, featurizer_dim
 from online.guidance import GUIDANCE_MODES, THOMPSON_KINDS
-from online.oracles import ORACLE_KINDS
 from online.run_directory import RunDirectory
 
 MODES = ("train", "evaluate")
-FEATURIZERS = ("clip", "world")
 TRACKERS = ("", "tensorboard", "wandb")
 MAX_QUERIES = 10_000_000
 
@@ -56,13 +46,30 @@ LOCATION_FIELDS = ("resume_from", "run_name", "output_dir", "overwrite")
 
 def validate(config) -> None:
     """Raises :class:`ConfigError` for anything that would fail later; loads no model, writes nothing."""
-    from surrogate import SURROGATES, HyperparameterError, check_hyperparameters
-
     check_choice(config.mode, MODES, "mode")
-    check_model_section(config.model)
-    check_choice(config.featurizer.kind, FEATURIZERS, "featurizer.kind")
-    check_choice(config.oracle.kind, ORACLE_KINDS, "oracle.kind")
-    check_choice(config.surrogate.kind, sorted(SURROGATES), "surrogate.kind")
+    _validate_choices(config)
+    check_shared_sections(config)
+    _validate_run_settings(config)
+    _validate_loop(config.loop, config.smc)
+    _validate_evaluate_section(config.evaluate, config.smc)
+    _validate_surrogate(config.surrogate)
+    _validate_oracle(config.oracle)
+    _validate_files(config)
+    if config.mode == "evaluate":
+        _validate_evaluate(config)
+    if config.resume_from and config.overwrite:
+        raise ConfigError("resume_from and overwrite=True contradict each other; a resume never deletes anything.")
+    try:
+        RunDirectory.for_config(config).check(config.overwrite)
+    except RunDirError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _validate_choices(config) -> None:
+    """The named parts (featurizer, oracle, surrogate, guidance) and whether they fit together."""
+    FEATURIZERS.check(config.featurizer.kind)
+    ORACLES.check(config.oracle.kind)
+    SURROGATES.check(config.surrogate.kind)
     check_choice(config.smc.guidance, GUIDANCE_MODES, "smc.guidance")
     if config.smc.guidance == "thompson" and config.surrogate.kind not in THOMPSON_KINDS:
         raise ConfigError(
@@ -75,21 +82,24 @@ def validate(config) -> None:
             f"smc.guidance='oracle' (the ceiling) guides the sampler by the oracle itself, which {what} "
             "cannot do (it would be queried at every sampler step); use a built-in oracle kind, or another guidance."
         )
+
+
+def _validate_run_settings(config) -> None:
+    """The run's tracker, name in comparisons and flags."""
     check_choice(config.tracker, TRACKERS, "tracker")
     if config.tracker and importlib.util.find_spec(config.tracker) is None:
         raise ConfigError(
             f"tracker {config.tracker!r} is not installed; pip install {config.tracker} or set --config.tracker=''."
         )
-    check_device(config.device)
-    check_seed(config.seed)
     if not isinstance(config.method, str) or len(config.method) > 80 or not config.method.isprintable():
         raise ConfigError(f"method must be a short printable name (at most 80 characters), got {config.method!r}.")
     for field in ("overwrite", "progress", "report"):
         check_flag(config[field], field)
     check_flag(config.surrogate.warm_start, "surrogate.warm_start")
 
-    smc, loop = config.smc, config.loop
-    check_smc_section(smc, config.model.num_steps)
+
+def _validate_loop(loop, smc) -> None:
+    """``config.loop`` and the loop's own ``smc`` fields: rounds, query counts and how they divide."""
     check_number(smc.prompts_per_call, "smc.prompts_per_call", integer=True, minimum=1, maximum=100_000)
     check_number(loop.num_rounds, "loop.num_rounds", integer=True, minimum=1, maximum=1_000_000)
     check_number(loop.initial_queries, "loop.initial_queries", integer=True, minimum=1, maximum=MAX_QUERIES)
@@ -105,28 +115,21 @@ def validate(config) -> None:
             f"loop.queries_per_round ({loop.queries_per_round}) must be a multiple of "
             f"loop.images_per_prompt ({loop.images_per_prompt})."
         )
-    check_number(config.evaluate.num_prompts, "evaluate.num_prompts (0: all)", integer=True, minimum=0)
-    check_number(
-        config.evaluate.images_per_prompt,
-        "evaluate.images_per_prompt",
-        integer=True,
-        minimum=1,
-        maximum=smc.num_particles,
-    )
-    try:
-        check_hyperparameters(config.surrogate.kind, dict(config.surrogate.kwargs), where="surrogate.kwargs")
-    except HyperparameterError as error:
-        raise ConfigError(str(error)) from None
-    _validate_oracle(config.oracle)
-    _validate_files(config)
 
-    if config.mode == "evaluate":
-        _validate_evaluate(config)
-    if config.resume_from and config.overwrite:
-        raise ConfigError("resume_from and overwrite=True contradict each other; a resume never deletes anything.")
+
+def _validate_evaluate_section(evaluate, smc) -> None:
+    check_number(evaluate.num_prompts, "evaluate.num_prompts (0: all)", integer=True, minimum=0)
+    check_number(
+        evaluate.images_per_prompt, "evaluate.images_per_prompt", integer=True, minimum=1, maximum=smc.num_particles
+    )
+
+
+def _validate_surrogate(surrogate) -> None:
+    from surrogate import HyperparameterError, check_hyperparameters
+
     try:
-        RunDirectory.for_config(config).check(config.overwrite)
-    except RunDirError as error:
+        check_hyperparameters(surrogate.kind, dict(surrogate.kwargs), where="surrogate.kwargs")
+    except HyperparameterError as error:
         raise ConfigError(str(error)) from None
 
 
@@ -191,12 +194,9 @@ def _validate_files(config) -> None:
             "pixel-space model."
         )
     for field in ("train_file", "eval_file"):
-        source = config.prompts[field]
-        if source not in WORLD_PROMPTS and not resolve_path(source).is_file():
-            raise ConfigError(
-                f"The prompt file {source!r} (prompts.{field}) does not exist; give a text file with one "
-                "prompt per line."
-            )
+        check_prompt_source(
+            config.prompts[field], f"(prompts.{field}) does not exist; give a text file with one prompt per line."
+        )
 
 
 def _validate_evaluate(config) -> None:

@@ -7,7 +7,8 @@ Kinds (``make_surrogate(kind, **kwargs)``):
 * ``"bootstrap"``: :class:`BootstrapEnsembleSurrogate`, M heads trained in one vectorized pass;
 * ``"gp"``: :class:`GPSurrogate` on PCA-reduced features: botorch's exact ``SingleTaskGP`` up to
   ``max_points`` answers, a sparse variational GP on every answer above (``method="auto"``);
-* ``"greedy"``: :class:`GreedyMLPSurrogate`, the MLP mean without optimism.
+* ``"greedy"``: :class:`GreedyMLPSurrogate`, the mean-only setting of the UCB surrogate (`β` fixed
+  at 0: the MLP mean without optimism, no posterior draws).
 
 Checkpoints are single safetensors files whose metadata carries the JSON header (see
 :mod:`surrogate.checkpoint`); :func:`load_surrogate` reads the header and dispatches. A
@@ -96,7 +97,8 @@ def load_surrogate(
     check_header(header, path, expected_kind, expected_input_dim)
     if header["kind"] not in SURROGATES:
         raise SurrogateCheckpointError(
-            f"Checkpoint {str(path)!r} holds an unknown surrogate kind {header['kind']!r}; valid kinds: {sorted(SURROGATES)}."
+            f"Checkpoint {str(path)!r} holds an unknown surrogate kind {header['kind']!r}; "
+            f"valid kinds: {sorted(SURROGATES)}."
         )
     return SURROGATES[header["kind"]]._load_untrusted(path, header, device)
 

@@ -8,9 +8,12 @@ one batched pass on the device the model lives on.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import numbers
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -115,14 +118,91 @@ def as_feature_matrix(features: torch.Tensor, input_dim: int) -> tuple[torch.Ten
     return features.reshape(-1, input_dim), lead
 
 
+# ------------------------------------------------------------------- hyperparameter record
+#: How a constructor argument is recorded in JSON, by its annotation (``X | None`` also records None).
+_RECORDERS: dict[str, Callable[[Any], Any]] = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "Sequence[int]": lambda value: [int(h) for h in value],
+    "str | torch.dtype": lambda value: dtype_name(dtype_from_name(value)),
+}
+
+
+def _recorder(name: str, annotation: Any) -> Callable[[Any], Any]:
+    """The JSON recorder of a constructor argument annotated ``annotation`` (a string under PEP 563)."""
+    text = str(annotation)
+    base = text.removesuffix(" | None")
+    if base not in _RECORDERS:
+        raise TypeError(
+            f"Hyperparameter {name!r} is annotated {text!r}, which has no recorder; valid: {list(_RECORDERS)}."
+        )
+    record = _RECORDERS[base]
+    if base == text:
+        return record
+    return lambda value: None if value is None else record(value)
+
+
+def fixed_value_message(where: str, name: str, kind: str, value: Any, reason: str, got: Any) -> str:
+    """The one-line refusal of a value other than the one a kind fixes (e.g. greedy's ``beta``)."""
+    shown = int(value) if isinstance(value, float) and value.is_integer() else value
+    text = repr(got)
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return f"{where}.{name} must be {shown!r} for the {kind!r} surrogate, {reason}, got {text}."
+
+
+def is_fixed_value(got: Any, value: Any) -> bool:
+    """Whether ``got`` is the number (or value) ``value`` a kind fixes; ``bool`` is never a number here."""
+    if isinstance(value, numbers.Real):
+        return isinstance(got, numbers.Real) and not isinstance(got, bool) and got == value
+    return got == value
+
+
+def records_hyperparameters(init: Callable[..., None]) -> Callable[..., None]:
+    """Decorate a surrogate constructor so that its arguments become the recorded hyperparameters.
+
+    In the spirit of diffusers' ``register_to_config``: the constructor's signature is the list of
+    hyperparameters (every argument is annotated and keyword-passable; no ``**kwargs``). Each call
+    first applies the class's :attr:`Surrogate.fixed_hyperparameters` (their value is the default,
+    and any other value is refused with a one-line ``ValueError``), runs the constructor, then
+    records every argument, defaults included, as JSON (``int``, ``float``, ``str``, a list of
+    ints for ``hidden``, the dtype's name) in ``self._hparams``. :attr:`Surrogate.hyperparameters`,
+    the checkpoint header and ``cls(**hyperparameters)`` on load all read that one record.
+    """
+    signature = inspect.signature(init)
+    parameters = list(signature.parameters.values())[1:]  # drop self
+    if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in parameters):
+        raise TypeError(f"{init.__qualname__} takes *args/**kwargs; list every hyperparameter in its signature.")
+    recorders = {p.name: _recorder(p.name, p.annotation) for p in parameters}
+
+    @functools.wraps(init)
+    def construct(self, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        for name, value in type(self).fixed_hyperparameters.items():
+            got = bound.arguments.get(name, value)
+            if not is_fixed_value(got, value):
+                where = type(self).__name__
+                raise ValueError(fixed_value_message(where, name, self.kind, value, self.fixed_reason, got))
+            bound.arguments[name] = value
+        init(*bound.args, **bound.kwargs)
+        bound.apply_defaults()
+        self._hparams = {name: record(bound.arguments[name]) for name, record in recorders.items()}
+
+    return construct
+
+
+# ------------------------------------------------------------------------------ the base
 class Surrogate(ABC):
     """Reward model with uncertainty: `(N, D)` features -> mean, std, optimistic score.
 
-    Subclasses set ``kind`` and implement :meth:`fit`, :meth:`posterior`,
-    :meth:`optimistic`, :meth:`_state_tensors`, :meth:`_expected_tensors` and
-    :meth:`_load_state_tensors`. The constructor's keyword arguments are the hyperparameters
-    recorded in checkpoints; a surrogate is rebuilt on load as
-    ``cls(**header["hyperparameters"])`` once they have passed
+    The base class owns what every kind shares: the hyperparameter record (constructors are
+    decorated with :func:`records_hyperparameters`), the fit bookkeeping (:meth:`fit`: seeding,
+    data checks, warm-start decision, ``n_data``, ``round``, ``fitted`` and ``fit_info``), and
+    the checkpoint state (:meth:`save`, :meth:`load`, moving between devices, and the
+    standardizers and scalar tensors the class declares in ``_standardizers`` / ``_scalars``).
+    A kind sets ``kind`` and implements :meth:`_fit`, :meth:`posterior`, :meth:`optimistic`,
+    :meth:`_model_tensors`, :meth:`_expected_model_tensors` and :meth:`_load_model_tensors`. A
+    surrogate is rebuilt on load as ``cls(**header["hyperparameters"])`` once they have passed
     :func:`surrogate.hyperparameters.check_hyperparameters`.
 
     Args:
@@ -131,6 +211,16 @@ class Surrogate(ABC):
     """
 
     kind: ClassVar[str] = "abstract"
+    #: Hyperparameters a setting of a class fixes (their default and their only accepted value).
+    fixed_hyperparameters: ClassVar[dict[str, Any]] = {}
+    #: Why they are fixed, for the refusal message (a clause after the kind's name).
+    fixed_reason: ClassVar[str] = ""
+    #: :class:`Standardizer` attributes; saved as ``<name>.mean`` / ``<name>.std``, std > 0 on load.
+    _standardizers: ClassVar[tuple[str, ...]] = ()
+    #: Checkpoint name -> float attribute; saved as a float64 `(1,)` tensor, > 0 on load.
+    _scalars: ClassVar[dict[str, str]] = {}
+    #: Attributes (modules, tensors, objects with ``to``) moved by :meth:`to`; ``None`` ones are skipped.
+    _movable: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, input_dim: int, dtype: str | torch.dtype = "float32") -> None:
         self.input_dim = int(input_dim)
@@ -140,10 +230,8 @@ class Surrogate(ABC):
         self.round = 0
         self.fitted = False
         self.fit_info: dict[str, Any] = {}
-        self._hparams: dict[str, Any] = {"input_dim": self.input_dim, "dtype": dtype_name(self.dtype)}
 
     # ----------------------------------------------------------------------------- API
-    @abstractmethod
     def fit(
         self,
         features: torch.Tensor,
@@ -154,7 +242,35 @@ class Surrogate(ABC):
         round: int | None = None,
         warm_start: bool = False,
     ) -> dict[str, Any]:
-        """Fit on features `(N, D)` and rewards `(N,)`; returns a dict of fit statistics."""
+        """Fit on features `(N, D)` and rewards `(N,)`; returns ``fit_info`` (the kind's fit statistics).
+
+        Args:
+            features: `(N, D)`, finite.
+            rewards: `(N,)`, finite.
+            generator: CPU generator for every random choice of the fit (see the kind's :meth:`_fit`).
+            seed: Seeds a fresh generator when ``generator`` is None (0 if both are None).
+            round: Outer-loop round stored in the checkpoint header.
+            warm_start: Start from the current state (once fitted) instead of a fresh one;
+                ``fit_info["warm_start"]`` says whether it did.
+
+        Raises:
+            ValueError: For features that are not `(N, input_dim)`, a reward count that differs,
+                or non-finite values.
+        """
+        g = make_generator(generator, seed)
+        x, y = self._prepare_data(features, rewards)
+        warm = bool(warm_start and self.fitted)
+        info = self._fit(x, y, g, warm)
+        self.n_data = int(x.shape[0])
+        if round is not None:
+            self.round = int(round)
+        self.fitted = True
+        self.fit_info = {**info, "warm_start": warm}
+        return self.fit_info
+
+    @abstractmethod
+    def _fit(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, warm: bool) -> dict[str, Any]:
+        """Fit on checked data `x (N, D)`, `y (N,)` in the model dtype; return the fit statistics."""
 
     @abstractmethod
     def posterior(
@@ -180,7 +296,9 @@ class Surrogate(ABC):
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
-        """The constructor keyword arguments (JSON-serializable)."""
+        """The constructor keyword arguments, as recorded at construction (JSON-serializable)."""
+        if not hasattr(self, "_hparams"):
+            raise TypeError(f"{type(self).__name__}.__init__ must be decorated with @records_hyperparameters.")
         return dict(self._hparams)
 
     def to(self, device: torch.device | str) -> Surrogate:
@@ -225,18 +343,30 @@ class Surrogate(ABC):
         return cls._load_untrusted(path, header, device)
 
     @classmethod
-    def _load_untrusted(
-        cls, path: str | os.PathLike, header: dict[str, Any], device: torch.device | str
-    ) -> Surrogate:
+    def _load_untrusted(cls, path: str | os.PathLike, header: dict[str, Any], device: torch.device | str) -> Surrogate:
         """Rebuild a surrogate from a checkpoint whose header has passed :func:`read_header`.
 
         Order: (1) the header's hyperparameters pass ``check_hyperparameters`` (bounded
         sizes, so constructing cannot exhaust memory) and agree with its ``input_dim``; (2)
         the model is constructed; (3) the file's tensor table (names, dtypes, shapes) is
         compared with what the model expects, before any tensor is read; (4) the tensors are
-        loaded and every floating one must be finite; (5) the kind checks its values
-        (positive scales, a valid Cholesky factor...). Nothing in the file is executed.
+        loaded and every floating one must be finite; (5) the values are checked (positive
+        scales, then the kind's own checks: a valid Cholesky factor...). Nothing in the file
+        is executed.
         """
+        model = cls._construct_from_header(path, header)
+        model.n_data = int(header["n_data"])
+        model.round = int(header["round"])
+        expected = model._expected_tensors(read_tensor_table(path), header, str(path))
+        tensors = load_tensors(path, expected, fixed=model._fixed_tensors())
+        model._load_state_tensors(tensors, header)
+        model._check_state(str(path))
+        model.fitted = True
+        return model.to(device)
+
+    @classmethod
+    def _construct_from_header(cls, path: str | os.PathLike, header: dict[str, Any]) -> Surrogate:
+        """Steps (1) and (2) of :meth:`_load_untrusted`: check the header's hyperparameters, then build."""
         from surrogate.hyperparameters import HyperparameterError, check_hyperparameters  # imports the kinds
 
         where = f"Surrogate checkpoint {str(path)!r} hyperparameters"
@@ -251,27 +381,23 @@ class Surrogate(ABC):
                 f"{header['input_dim']!r}; re-save the checkpoint."
             )
         try:
-            model = cls(**hparams)
+            return cls(**hparams)
         except (TypeError, ValueError) as error:  # a bound the table misses; never expected
             raise SurrogateCheckpointError(f"{where} are refused by {cls.__name__} ({error}).") from None
-        model.n_data = int(header["n_data"])
-        model.round = int(header["round"])
-        expected = model._expected_tensors(read_tensor_table(path), header, str(path))
-        tensors = load_tensors(path, expected, fixed=model._fixed_tensors())
-        model._load_state_tensors(tensors, header)
-        model._check_loaded(str(path))
-        model.fitted = True
-        return model.to(device)
 
-    # ------------------------------------------------------------- subclass plumbing
+    # ------------------------------------------------------------- checkpoint state
     def _extra_header(self) -> dict[str, Any]:
-        return {}
+        return {"fit_info": self.fit_info}
 
-    @abstractmethod
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        """All tensors needed to reproduce predictions."""
+        """All tensors needed to reproduce predictions: the kind's, its standardizers' and its scalars."""
+        tensors = self._model_tensors()
+        for name in self._standardizers:
+            tensors.update(getattr(self, name).state(name))
+        for key, attr in self._scalars.items():
+            tensors[key] = torch.tensor([getattr(self, attr)], dtype=torch.float64)
+        return tensors
 
-    @abstractmethod
     def _expected_tensors(
         self, table: Mapping[str, TensorInfo], header: dict[str, Any], path: str
     ) -> dict[str, TensorInfo]:
@@ -286,17 +412,58 @@ class Surrogate(ABC):
         Raises:
             SurrogateCheckpointError: For data-dependent sizes out of bounds.
         """
+        expected = self._expected_model_tensors(table, header, path)
+        for name in self._standardizers:
+            expected.update(getattr(self, name).expected_state(name))
+        expected.update({key: tensor_info(torch.float64, (1,)) for key in self._scalars})
+        return expected
+
+    def _load_state_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
+        """Inverse of :meth:`_state_tensors`; also restores ``fit_info`` from the header."""
+        for name in self._standardizers:
+            getattr(self, name).load_state(tensors, name)
+        for key, attr in self._scalars.items():
+            setattr(self, attr, float(tensors[key][0]))
+        self._load_model_tensors(tensors, header)
+        self.fit_info = dict(header.get("extra", {}).get("fit_info", {}))
+
+    def _check_state(self, path: str) -> None:
+        """Check loaded values: positive standardizer scales and scalars, then :meth:`_check_loaded`."""
+        for name in self._standardizers:
+            self._require_positive(path, f"{name}.std", getattr(self, name).std)
+        for key, attr in self._scalars.items():
+            self._require_positive(path, key, torch.tensor([getattr(self, attr)]))
+        self._check_loaded(path)
+
+    def _move(self, device: torch.device) -> None:
+        """Move the standardizers and the ``_movable`` attributes to ``device``."""
+        self.device = torch.device(device)
+        for name in (*self._standardizers, *self._movable):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+
+    # ------------------------------------------------------------------- kind hooks
+    @abstractmethod
+    def _model_tensors(self) -> dict[str, torch.Tensor]:
+        """The kind's own tensors (beyond its standardizers and ``_scalars``)."""
+
+    @abstractmethod
+    def _expected_model_tensors(
+        self, table: Mapping[str, TensorInfo], header: dict[str, Any], path: str
+    ) -> dict[str, TensorInfo]:
+        """Names, dtypes and shapes of :meth:`_model_tensors` (arguments as :meth:`_expected_tensors`)."""
+
+    @abstractmethod
+    def _load_model_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
+        """Inverse of :meth:`_model_tensors`."""
 
     def _fixed_tensors(self) -> dict[str, torch.Tensor]:
         """Tensors whose only valid value holds non-finite entries (exempt from the finiteness check)."""
         return {}
 
-    @abstractmethod
-    def _load_state_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
-        """Inverse of :meth:`_state_tensors`."""
-
-    def _check_loaded(self, path: str) -> None:
-        """Check the values just loaded from ``path`` beyond finiteness; raise ``SurrogateCheckpointError``."""
+    def _check_loaded(self, path: str) -> None:  # noqa: B027 (optional hook)
+        """Check the kind's loaded values beyond finiteness; raise ``SurrogateCheckpointError``."""
 
     @staticmethod
     def _require_positive(path: str, name: str, tensor: torch.Tensor) -> None:
@@ -306,10 +473,6 @@ class Surrogate(ABC):
                 f"Surrogate checkpoint {path!r} tensor {name!r} must be positive everywhere, got a minimum of "
                 f"{float(tensor.min())}; re-fit the surrogate and save it again."
             )
-
-    @abstractmethod
-    def _move(self, device: torch.device) -> None:
-        """Move internal tensors/modules to ``device``."""
 
     def _check_fitted(self) -> None:
         if not self.fitted:

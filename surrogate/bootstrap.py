@@ -34,8 +34,8 @@ rule without the pseudo-point) the 16-d coverage at 50/80/95% was 0.47/0.77/0.90
 (fit seed 0; 0.43/0.71/0.86 seed 1), 0.53/0.86/0.97 with `κ = 0.5` and 0.54/0.88/0.98 with
 `κ = 1` (a constant std); on colourfulness (256 answers) `κ = 0` gave 0.81-0.83 at 95%, `κ = 0.5`
 0.91-0.95. A Gaussian-likelihood scale `mean(r²/s²)`, even fitted on the 16-d test set as an
-oracle, covered 0.96 at 95% but 0.68 at 50%. The stored tensors are ``calibration.spread_scale`` `= sqrt(a)`, `a = (1 − κ)V/s̄²`, and
-``calibration.floor_std`` `= sqrt(b)`, `b = κV` (reward units), both positive.
+oracle, covered 0.96 at 95% but 0.68 at 50%. The stored tensors are ``calibration.spread_scale``
+`= sqrt(a)`, `a = (1 − κ)V/s̄²`, and ``calibration.floor_std`` `= sqrt(b)`, `b = κV` (reward units), both positive.
 
 Measured (``python -m benchmarks.bench_surrogate --sections calibration --threads 1``,
 ``benchmarks/results/surrogate.json``; coverage of the truth by mean ± z·std at 50/80/95%):
@@ -48,22 +48,13 @@ held-out error there is label noise, which an unknown-noise fit attributes to th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from surrogate.base import Standardizer, Surrogate, as_feature_matrix, make_generator
-from surrogate.calibration import heldout_variance_split
-from surrogate.checkpoint import TensorInfo, tensor_info
-from surrogate.mlp import (
-    DEFAULT_HIDDEN,
-    BatchedMLP,
-    check_mlp_loaded,
-    fit_batched_mlp,
-    mlp_expected_tensors,
-    split_indices,
-)
+from surrogate.base import as_feature_matrix, records_hyperparameters
+from surrogate.mlp import DEFAULT_HIDDEN, MLPSurrogate, mlp_arguments
 
 OPTIMISM_MODES = ("max", "std")
 
@@ -72,7 +63,7 @@ OPTIMISM_MODES = ("max", "std")
 SPREAD_POOLING = 0.5
 
 
-class BootstrapEnsembleSurrogate(Surrogate):
+class BootstrapEnsembleSurrogate(MLPSurrogate):
     """M bootstrapped MLP heads.
 
     Args:
@@ -92,7 +83,13 @@ class BootstrapEnsembleSurrogate(Surrogate):
     """
 
     kind = "bootstrap"
+    _scalars = {
+        "noise_std": "noise_std",
+        "calibration.spread_scale": "spread_scale",
+        "calibration.floor_std": "floor_std",
+    }
 
+    @records_hyperparameters
     def __init__(
         self,
         input_dim: int,
@@ -110,111 +107,29 @@ class BootstrapEnsembleSurrogate(Surrogate):
         label_noise_std: float | None = None,
         dtype: str | torch.dtype = "float32",
     ) -> None:
-        super().__init__(input_dim, dtype)
         if optimism not in OPTIMISM_MODES:
             raise ValueError(f"Unknown optimism {optimism!r}; valid: {list(OPTIMISM_MODES)}.")
         if num_heads < 2:
             raise ValueError(f"A bootstrap ensemble needs num_heads >= 2, got {num_heads}.")
-        self._hparams.update(
-            num_heads=int(num_heads),
-            hidden=[int(h) for h in hidden],
-            dropout=float(dropout),
-            optimism=optimism,
-            beta=float(beta),
-            lr=float(lr),
-            weight_decay=float(weight_decay),
-            batch_size=int(batch_size),
-            max_epochs=int(max_epochs),
-            patience=int(patience),
-            val_fraction=float(val_fraction),
-            label_noise_std=None if label_noise_std is None else float(label_noise_std),
-        )
-        self.label_noise_std = None if label_noise_std is None else float(label_noise_std)
+        super().__init__(num_heads=num_heads, **mlp_arguments(locals()))
         self.num_heads = int(num_heads)
         self.optimism = optimism
         self.beta = float(beta)
-        self.train_kwargs = dict(
-            lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience
-        )
-        self.val_fraction = float(val_fraction)
-        self.net = BatchedMLP(
-            input_dim,
-            hidden,
-            num_heads=num_heads,
-            dropout=dropout,
-            generator=torch.Generator().manual_seed(0),
-            dtype=self.dtype,
-        )
-        self.net.eval()
-        self.x_norm = Standardizer(input_dim, self.dtype)
-        self.y_norm = Standardizer(1, self.dtype)
-        self.noise_std = 1.0
         self.spread_scale = 1.0  # multiplier of the head spread in the calibrated std
         self.floor_std = 0.0  # constant part of the calibrated std, reward units (> 0 once fitted)
         self.active_head: int | None = None
 
-    def fit(
-        self,
-        features: torch.Tensor,
-        rewards: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        seed: int | None = None,
-        round: int | None = None,
-        warm_start: bool = False,
-    ) -> dict[str, Any]:
-        """Fit all heads on bootstrap resamples of the training split, in one vectorized loop.
-
-        Args:
-            features: `(N, D)`.
-            rewards: `(N,)`.
-            generator: CPU generator for init, split, resamples, shuffling and dropout.
-            seed: Used when ``generator`` is None.
-            round: Outer-loop round stored in the checkpoint header.
-            warm_start: Start from the current weights and standardization.
-        """
-        g = make_generator(generator, seed)
-        x, y = self._prepare_data(features, rewards)
-        warm = warm_start and self.fitted
-        if not warm:
-            self.x_norm = Standardizer(self.input_dim, self.dtype).fit(x)
-            self.y_norm = Standardizer(1, self.dtype).fit(y)
-            self.net.reset_parameters(g)
-        self._move(x.device)
-        xz, yz = self.x_norm.transform(x), self.y_norm.transform(y.unsqueeze(-1)).squeeze(-1)
-        train, val = split_indices(x.shape[0], self.val_fraction, g)
-        resample = torch.randint(0, train.numel(), (self.num_heads, train.numel()), generator=g)
-        train_index = train[resample].to(x.device)  # (M, n_train), with replacement
-        info = fit_batched_mlp(self.net, xz, yz, train_index, val.to(x.device), generator=g, **self.train_kwargs)
-        calibration = self._calibrate(xz, yz, val.to(x.device), heldout=val.numel() < x.shape[0])
-        self.n_data = int(x.shape[0])
-        if round is not None:
-            self.round = int(round)
-        self.fitted = True
-        self.fit_info = {**info, "noise_std": self.noise_std, "calibration": calibration, "warm_start": warm}
-        return self.fit_info
+    def _train_rows(self, train: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A bootstrap resample (with replacement) of the training split per head, `(M, n_train)`."""
+        resample = torch.randint(0, train.numel(), (self.num_heads, train.numel()), generator=generator)
+        return train[resample]
 
     def _calibrate(self, xz: torch.Tensor, yz: torch.Tensor, val: torch.Tensor, heldout: bool) -> dict[str, Any]:
-        """Set ``noise_std``, ``spread_scale`` and ``floor_std`` from the validation rows (module docstring).
-
-        Args:
-            xz: Standardized features `(N, D)`.
-            yz: Standardized rewards `(N,)` (their variance is the prior error variance).
-            val: Validation rows `(n_val,)` (every row when there is no held-out split).
-            heldout: Whether ``val`` is a genuine held-out split (False below 10 points).
-
-        Returns:
-            The calibration record kept in ``fit_info["calibration"]``.
-        """
+        """Set ``noise_std``, ``spread_scale`` and ``floor_std`` from the validation rows (module docstring)."""
         y_scale = float(self.y_norm.std[0])
         with torch.no_grad():
             preds = self.net(xz[val]).double()  # (M, n_val), standardized units
-        residuals = preds.mean(0) - yz[val].double()
-        noise_var = None if self.label_noise_std is None else (self.label_noise_std / y_scale) ** 2
-        split = heldout_variance_split(
-            residuals if heldout else residuals[:0], prior_var=float(yz.var(correction=0)), noise_var=noise_var
-        )
-        self.noise_std = math.sqrt(split["noise_var"]) * y_scale
+        split = self._noise_split(preds.mean(0) - yz[val].double(), yz, heldout)
         pooled = float(preds.var(0, correction=1).mean())  # mean spread variance over the rows
         epistemic = split["epistemic_var"]
         if pooled > 0 and math.isfinite(pooled):
@@ -278,45 +193,3 @@ class BootstrapEnsembleSurrogate(Surrogate):
         if head is not None and not 0 <= head < self.num_heads:
             raise ValueError(f"Head {head} out of range; the ensemble has {self.num_heads} heads.")
         self.active_head = head
-
-    def _move(self, device: torch.device) -> None:
-        self.device = torch.device(device)
-        self.net.to(device)
-        self.x_norm.to(device)
-        self.y_norm.to(device)
-
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
-        tensors.update(self.x_norm.state("x_norm"))
-        tensors.update(self.y_norm.state("y_norm"))
-        tensors["noise_std"] = torch.tensor([self.noise_std], dtype=torch.float64)
-        tensors["calibration.spread_scale"] = torch.tensor([self.spread_scale], dtype=torch.float64)
-        tensors["calibration.floor_std"] = torch.tensor([self.floor_std], dtype=torch.float64)
-        return tensors
-
-    def _expected_tensors(
-        self, table: Mapping[str, TensorInfo], header: dict[str, Any], path: str
-    ) -> dict[str, TensorInfo]:
-        return {
-            **mlp_expected_tensors(self),
-            "calibration.spread_scale": tensor_info(torch.float64, (1,)),
-            "calibration.floor_std": tensor_info(torch.float64, (1,)),
-        }
-
-    def _check_loaded(self, path: str) -> None:
-        check_mlp_loaded(self, path)
-        self._require_positive(path, "calibration.spread_scale", torch.tensor([self.spread_scale]))
-        self._require_positive(path, "calibration.floor_std", torch.tensor([self.floor_std]))
-
-    def _load_state_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
-        self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        self.net.eval()
-        self.x_norm.load_state(tensors, "x_norm")
-        self.y_norm.load_state(tensors, "y_norm")
-        self.noise_std = float(tensors["noise_std"][0])
-        self.spread_scale = float(tensors["calibration.spread_scale"][0])
-        self.floor_std = float(tensors["calibration.floor_std"][0])
-        self.fit_info = dict(header.get("extra", {}).get("fit_info", {}))
-
-    def _extra_header(self) -> dict[str, Any]:
-        return {"fit_info": self.fit_info}

@@ -97,7 +97,7 @@ def _json_float(value: float | torch.Tensor | None) -> float | None:
 def _interval_metrics(
     mean: torch.Tensor, std: torch.Tensor, target: torch.Tensor, prefix: str, levels: Sequence[float]
 ) -> dict[str, float | None]:
-    """Coverages, 95% width, NLL and RMSE of `target (n,)` under `N(mean (n,), std (n,)²)`, float64."""
+    """Coverages, 95% width, NLL, RMSE of `target (n,)` under `N(mean (n,), std (n,)²)` and Spearman's rho, float64."""
     out: dict[str, float | None] = {}
     n = target.shape[0]
     error = target - mean
@@ -109,6 +109,7 @@ def _interval_metrics(
     nll = 0.5 * (torch.log(2 * math.pi * var) + error.square() / var)
     out[f"{prefix}nll"] = _json_float(nll.mean()) if n else None
     out[f"{prefix}rmse"] = _json_float(error.square().mean().sqrt()) if n else None
+    out[f"{prefix}spearman"] = spearman_correlation(mean, target)
     return out
 
 
@@ -157,6 +158,28 @@ def calibration_metrics(
     Raises:
         ValueError: For features that are not `(N, D)`, or rewards / truth of another length.
     """
+    rewards, truth = _heldout_targets(features, rewards, truth)
+    finite_reward = torch.isfinite(rewards)
+    rows = torch.nonzero(finite_reward).reshape(-1)
+    mean, std, pred_std = _predict_rows(surrogate, features, rows, max(int(batch_size), 1))
+    valid = torch.isfinite(mean) & torch.isfinite(pred_std) & (pred_std >= 0)
+    out: dict[str, float | int | None] = {
+        "n": int(valid.sum()),
+        "n_nonfinite_rewards": int((~finite_reward).sum()),
+        "n_nonfinite_predictions": int((~valid).sum()),
+    }
+    out.update(_interval_metrics(mean[valid], pred_std[valid], rewards[rows][valid], "", CALIBRATION_LEVELS))
+    if truth is not None:
+        keep = valid & torch.isfinite(truth[rows]) & torch.isfinite(std) & (std >= 0)
+        out["n_truth"] = int(keep.sum())
+        out.update(_interval_metrics(mean[keep], std[keep], truth[rows][keep], "truth_", CALIBRATION_LEVELS))
+    return out
+
+
+def _heldout_targets(
+    features: torch.Tensor, rewards: torch.Tensor, truth: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Check the held-out shapes; return the rewards and the truth as flat float64 CPU tensors."""
     if features.ndim != 2:
         raise ValueError(f"Expected held-out features of shape (N, D), got {tuple(features.shape)}.")
     n_rows = features.shape[0]
@@ -167,11 +190,15 @@ def calibration_metrics(
         truth = torch.as_tensor(truth).detach().reshape(-1).double().cpu()
         if truth.shape[0] != n_rows:
             raise ValueError(f"Got {n_rows} feature rows but {truth.shape[0]} true values.")
-    finite_reward = torch.isfinite(rewards)
-    rows = torch.nonzero(finite_reward).reshape(-1)
+    return rewards, truth
+
+
+def _predict_rows(
+    surrogate: Any, features: torch.Tensor, rows: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, epistemic std and predictive std `(n,)` (float64, CPU) at ``features[rows]``, in batches."""
     device = getattr(surrogate, "device", features.device)
     means, stds, pred_stds = [], [], []
-    batch_size = max(int(batch_size), 1)
     for start in range(0, rows.shape[0], batch_size):
         chunk = features[rows[start : start + batch_size].to(features.device)].to(device)
         mean, std = surrogate.posterior(chunk)
@@ -180,25 +207,7 @@ def calibration_metrics(
         stds.append(std.detach().double().cpu().reshape(-1))
         pred_stds.append(pred_std.detach().double().cpu().reshape(-1))
     empty = torch.zeros(0, dtype=torch.float64)
-    mean = torch.cat(means) if means else empty
-    std = torch.cat(stds) if stds else empty
-    pred_std = torch.cat(pred_stds) if pred_stds else empty
-    valid = torch.isfinite(mean) & torch.isfinite(pred_std) & (pred_std >= 0)
-    reward = rewards[rows]
-    out: dict[str, float | int | None] = {
-        "n": int(valid.sum()),
-        "n_nonfinite_rewards": int((~finite_reward).sum()),
-        "n_nonfinite_predictions": int((~valid).sum()),
-    }
-    out.update(_interval_metrics(mean[valid], pred_std[valid], reward[valid], "", CALIBRATION_LEVELS))
-    out["spearman"] = spearman_correlation(mean[valid], reward[valid])
-    if truth is not None:
-        keep = valid & torch.isfinite(truth[rows]) & torch.isfinite(std) & (std >= 0)
-        out["n_truth"] = int(keep.sum())
-        target = truth[rows][keep]
-        out.update(_interval_metrics(mean[keep], std[keep], target, "truth_", CALIBRATION_LEVELS))
-        out["truth_spearman"] = spearman_correlation(mean[keep], target)
-    return out
+    return tuple(torch.cat(parts) if parts else empty for parts in (means, stds, pred_stds))
 
 
 def heldout_variance_split(

@@ -173,7 +173,8 @@ def _parse_raw_header(path: Path) -> dict[str, Any]:
         data_end = max(data_end, end)
     if 8 + header_len + data_end > size:
         raise SurrogateCheckpointError(
-            f"Surrogate checkpoint {str(path)!r} is truncated ({size} of {8 + header_len + data_end} bytes); re-save it."
+            f"Surrogate checkpoint {str(path)!r} is truncated ({size} of {8 + header_len + data_end} bytes); "
+            "re-save it."
         )
     return parsed
 

@@ -102,7 +102,7 @@ from gpytorch.priors import LogNormalPrior
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from sklearn.decomposition import PCA
 
-from surrogate.base import Standardizer, Surrogate, as_feature_matrix, draw_seed, make_generator
+from surrogate.base import Standardizer, Surrogate, as_feature_matrix, draw_seed, records_hyperparameters
 from surrogate.calibration import heldout_variance_split
 from surrogate.checkpoint import SurrogateCheckpointError, TensorInfo, tensor_info
 
@@ -276,7 +276,10 @@ class GPSurrogate(Surrogate):
     """
 
     kind = "gp"
+    _standardizers = ("y_norm",)
+    _movable = ("pca_components", "pca_mean", "lower", "span", "variance_scale", "model", "likelihood")
 
+    @records_hyperparameters
     def __init__(
         self,
         input_dim: int,
@@ -298,19 +301,6 @@ class GPSurrogate(Surrogate):
             raise ValueError(f"Unknown GP method {method!r}; valid: {list(GP_METHODS)}.")
         if objective not in GP_OBJECTIVES:
             raise ValueError(f"Unknown sparse GP objective {objective!r}; valid: {list(GP_OBJECTIVES)}.")
-        self._hparams.update(
-            pca_dim=None if pca_dim is None else int(pca_dim),
-            beta=float(beta),
-            max_points=int(max_points),
-            max_iter=int(max_iter),
-            method=str(method),
-            inducing_points=int(inducing_points),
-            epochs=int(epochs),
-            batch_size=int(batch_size),
-            lr=float(lr),
-            objective=str(objective),
-            label_noise_std=None if label_noise_std is None else float(label_noise_std),
-        )
         self.label_noise_std = None if label_noise_std is None else float(label_noise_std)
         self.max_iter = int(max_iter)
         self.pca_dim = pca_dim
@@ -371,69 +361,38 @@ class GPSurrogate(Surrogate):
         return SingleTaskGP(train_x, train_y.unsqueeze(-1), outcome_transform=None)
 
     # --------------------------------------------------------------------- fit
-    def fit(
-        self,
-        features: torch.Tensor,
-        rewards: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        seed: int | None = None,
-        round: int | None = None,
-        warm_start: bool = False,
-    ) -> dict[str, Any]:
+    def _fit(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, warm: bool) -> dict[str, Any]:
         """Fit PCA, scaling and the GP (exact or sparse, see ``method``) on every point.
 
-        Deterministic given the generator (bit for bit on the same machine and thread count).
-
-        Args:
-            features: `(N, D)`.
-            rewards: `(N,)`.
-            generator: CPU generator (exact: subset choice when ``method="exact"``, optimizer
-                restarts; sparse: inducing-point initialization and mini-batch order).
-            seed: Used when ``generator`` is None.
-            round: Outer-loop round stored in the checkpoint header.
-            warm_start: Keep the current projection and start from the current
-                hyperparameters (and, sparse to sparse, inducing points and `q(u)`).
+        Deterministic given the generator (bit for bit on the same machine and thread count),
+        which draws the subset choice when ``method="exact"`` and the optimizer restarts (exact),
+        or the inducing-point initialization and the mini-batch order (sparse). A warm start
+        keeps the current projection and starts from the current hyperparameters (and, sparse to
+        sparse, inducing points and `q(u)`).
 
         Returns:
             ``fit_info``: ``n_fit`` (points the GP was fitted on), ``subsampled``, ``method``
             (``"exact"`` or ``"sparse"``), ``gp_input_dim``, ``lengthscale``, ``noise``,
-            ``seconds``, ``warm_start``, ``calibration`` (see :meth:`_calibrate`) and, sparse,
-            ``inducing_points``, ``epochs``, ``steps``, ``objective`` and ``final_loss``.
+            ``seconds``, ``calibration`` (see :meth:`_calibrate`) and, sparse,
+            ``inducing_points``, ``epochs``, ``steps``, ``objective`` and ``final_loss``
+            (:meth:`Surrogate.fit` adds ``warm_start``).
         """
         start = time.perf_counter()
-        g = make_generator(generator, seed)
-        x, y = self._prepare_data(features, rewards)
         n = x.shape[0]
-        x64, y64 = x.to(torch.float64), y.to(torch.float64)
         sparse = self.uses_sparse(n)
-        if not sparse and n > self.max_points:
-            warnings.warn(
-                f"GPSurrogate fits an exact GP on a random subset of {self.max_points} of the {n} points "
-                f"(method='exact', max_points={self.max_points}); use method='auto' or 'sparse' to fit a sparse GP "
-                f"on every point, or raise max_points to use more at O(N^3) cost.",
-                UserWarning,
-                stacklevel=2,
-            )
-            keep = torch.randperm(n, generator=g)[: self.max_points].to(x.device)
-            x64, y64 = x64[keep], y64[keep]
-        warm = warm_start and self.fitted and self.model is not None
+        x64, y64 = self._exact_subset(x.to(torch.float64), y.to(torch.float64), generator, sparse)
         if not warm:
-            self._fit_projection(x64, g)
+            self._fit_projection(x64, generator)
         self.y_norm = Standardizer(1, torch.float64).fit(y64, correction=1)  # botorch's convention
         train_x = self.project(x64).detach()
         train_y = self.y_norm.transform(y64.unsqueeze(-1)).squeeze(-1)
         if sparse:
-            extra = self._fit_sparse(train_x, train_y, g, warm)
+            extra = self._fit_sparse(train_x, train_y, generator, warm)
         else:
-            extra = self._fit_exact(train_x, train_y, g, warm)
+            extra = self._fit_exact(train_x, train_y, generator, warm)
         calibration = self._calibrate(train_x, train_y)
-        self.n_data = int(n)
-        if round is not None:
-            self.round = int(round)
-        self.fitted = True
         assert self.likelihood is not None and self.model is not None
-        self.fit_info = {
+        return {
             "n_fit": int(train_x.shape[0]),
             "subsampled": bool(train_x.shape[0] < n),
             "method": "sparse" if sparse else "exact",
@@ -443,9 +402,24 @@ class GPSurrogate(Surrogate):
             **extra,
             "calibration": calibration,
             "seconds": time.perf_counter() - start,
-            "warm_start": warm,
         }
-        return self.fit_info
+
+    def _exact_subset(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, sparse: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The points to fit: all, or a random ``max_points`` of them for an exact GP given more (with a warning)."""
+        n = x.shape[0]
+        if sparse or n <= self.max_points:
+            return x, y
+        warnings.warn(
+            f"GPSurrogate fits an exact GP on a random subset of {self.max_points} of the {n} points "
+            f"(method='exact', max_points={self.max_points}); use method='auto' or 'sparse' to fit a sparse GP "
+            f"on every point, or raise max_points to use more at O(N^3) cost.",
+            UserWarning,
+            stacklevel=4,
+        )
+        keep = torch.randperm(n, generator=generator)[: self.max_points].to(x.device)
+        return x[keep], y[keep]
 
     def _previous_hyperparameters(self) -> dict[str, torch.Tensor] | None:
         """Lengthscale `(1, k)`, noise `(1,)` and constant `()` of the current GP, for a warm start across methods."""
@@ -667,21 +641,11 @@ class GPSurrogate(Surrogate):
 
     # ------------------------------------------------------------ checkpoint
     def _move(self, device: torch.device) -> None:
-        self.device = torch.device(device)
-        for name in ("pca_components", "pca_mean", "lower", "span"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value.to(device))
-        self.y_norm.to(device)
-        self.variance_scale = self.variance_scale.to(device)
-        if self.model is not None:
-            self.model.to(device)
-            if self.sparse:
-                _prime_caches(self.model)  # cached factors stay where they were computed
-        if self.likelihood is not None:
-            self.likelihood.to(device)
+        super()._move(device)
+        if self.model is not None and self.sparse:
+            _prime_caches(self.model)  # cached factors stay where they were computed
 
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
+    def _model_tensors(self) -> dict[str, torch.Tensor]:
         assert self.model is not None and self.likelihood is not None
         if self.sparse:
             tensors = {f"gp.{k}": v for k, v in _sparse_state(self.model, self.likelihood).items()}
@@ -695,7 +659,6 @@ class GPSurrogate(Surrogate):
         if self.pca_components is not None:
             tensors["pca.components"] = self.pca_components
             tensors["pca.mean"] = self.pca_mean
-        tensors.update(self.y_norm.state("y_norm"))
         return tensors
 
     def _checkpoint_is_sparse(self, header: dict[str, Any]) -> bool:
@@ -708,20 +671,19 @@ class GPSurrogate(Surrogate):
             return False
         return self.uses_sparse(int(header["n_data"]))
 
-    def _expected_tensors(
+    def _expected_model_tensors(
         self, table: Mapping[str, TensorInfo], header: dict[str, Any], path: str
     ) -> dict[str, TensorInfo]:
         """The GP's tensors: the projection, and the exact GP's training data or the sparse GP's `q(u)`.
 
-        `k` is the input dimension without PCA; with PCA it is read from ``pca.components``
-        and must lie in `[1, min(pca_dim, input_dim)]` (a warm-started fit keeps an earlier,
-        possibly smaller, projection). Exact: `n = min(n_data, max_points)` training points
-        ``train_x`` `(n, k)` and ``train_y`` `(n,)`, and the ``gp.*`` names and shapes of a
-        fresh ``SingleTaskGP`` on `k`-dimensional inputs. Sparse: `m` inducing points, read
-        from ``gp.variational_strategy.inducing_points`` and within `[1, min(inducing_points,
-        n_data)]`, and the ``gp.*`` names and shapes of a fresh :class:`SparseGPModel` with
-        `m` inducing points in `k` dimensions plus its likelihood's (``gp.likelihood.*``). Both:
-        the scalar ``variance_scale``, unless the hyperparameters predate it (no ``label_noise_std``).
+        `k` is the GP's input dimension (:meth:`_checkpoint_input_dim`). Exact: `n = min(n_data,
+        max_points)` training points ``train_x`` `(n, k)` and ``train_y`` `(n,)`, and the ``gp.*``
+        names and shapes of a fresh ``SingleTaskGP`` on `k`-dimensional inputs. Sparse: `m`
+        inducing points, read from ``gp.variational_strategy.inducing_points`` and within `[1,
+        min(inducing_points, n_data)]`, and the ``gp.*`` names and shapes of a fresh
+        :class:`SparseGPModel` with `m` inducing points in `k` dimensions plus its likelihood's
+        (``gp.likelihood.*``). Both: the scalar ``variance_scale``, unless the hyperparameters
+        predate it (no ``label_noise_std``).
         """
         n_data, dim = int(header["n_data"]), self.input_dim
         if n_data < 1:
@@ -735,49 +697,58 @@ class GPSurrogate(Surrogate):
                 f"its hyperparameters' max_points={self.max_points}; re-fit the surrogate and save it again."
             )
         sparse = self._checkpoint_is_sparse(header)
-        n = min(n_data, self.max_points)
-        reduce = self.pca_dim is not None and dim > self.pca_dim
-        k = dim
-        if reduce:
-            # a fresh fit's k (the sparse GP's PCA sees every point); a warm start keeps an earlier projection
-            k = min(int(self.pca_dim), n_data if sparse else n, dim)
-            components = table.get("pca.components")
-            k_max = min(int(self.pca_dim), dim)
-            if components is not None and len(components.shape) == 2 and 1 <= components.shape[0] <= k_max:
-                k = components.shape[0]
-        expected = {
-            "lower": tensor_info(torch.float64, (k,)),
-            "span": tensor_info(torch.float64, (k,)),
-        }
+        k = self._checkpoint_input_dim(table, n_data, sparse)
+        expected = {"lower": tensor_info(torch.float64, (k,)), "span": tensor_info(torch.float64, (k,))}
         if "label_noise_std" in header["hyperparameters"]:  # checkpoints from before the calibration lack it
             expected["variance_scale"] = tensor_info(torch.float64, ())
-        if reduce:
+        if self.pca_dim is not None and dim > self.pca_dim:  # the PCA projection
             expected["pca.components"] = tensor_info(torch.float64, (k, dim))
             expected["pca.mean"] = tensor_info(torch.float64, (dim,))
-        expected.update(self.y_norm.expected_state("y_norm"))
         if sparse:
-            m = min(self.inducing_points, n_data)
-            inducing = table.get("gp.variational_strategy.inducing_points")
-            if inducing is not None and len(inducing.shape) == 2 and 1 <= inducing.shape[0] <= m:
-                m = inducing.shape[0]
-            model = SparseGPModel(torch.zeros(m, k, dtype=torch.float64))
-            likelihood = sparse_likelihood(torch.float64)
-            self._template_state = _sparse_state(model, likelihood)
-            buffers = dict(model.named_buffers())
-            buffers.update({f"likelihood.{name}": value for name, value in likelihood.named_buffers()})
-            buffers["variational_strategy.variational_params_initialized"] = torch.tensor(1)
+            self._template_state, buffers = self._sparse_template(table, n_data, k)
         else:
+            n = min(n_data, self.max_points)
             expected["train_x"] = tensor_info(torch.float64, (n, k))
             expected["train_y"] = tensor_info(torch.float64, (n,))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # botorch warns about the template's unscaled data
                 zeros = torch.zeros(1, k, dtype=torch.float64)
                 model = self._build_model(zeros, zeros[:, 0])
-            self._template_state = model.state_dict()
-            buffers = dict(model.named_buffers())
+            self._template_state, buffers = model.state_dict(), dict(model.named_buffers())
         self._template_fixed = {f"gp.{name}": value.detach().clone() for name, value in buffers.items()}
         expected.update({f"gp.{name}": tensor_info(v.dtype, v.shape) for name, v in self._template_state.items()})
         return expected
+
+    def _checkpoint_input_dim(self, table: Mapping[str, TensorInfo], n_data: int, sparse: bool) -> int:
+        """The GP's input dimension `k` in a checkpoint: ``input_dim`` without PCA, else from ``pca.components``.
+
+        With PCA, `k` is read from ``pca.components`` when it lies in `[1, min(pca_dim, input_dim)]`
+        (a warm-started fit keeps an earlier, possibly smaller, projection); otherwise it is a
+        fresh fit's `k` (the sparse GP's PCA sees every point, the exact GP's at most ``max_points``).
+        """
+        dim = self.input_dim
+        if self.pca_dim is None or dim <= self.pca_dim:
+            return dim
+        k_max = min(int(self.pca_dim), dim)
+        components = table.get("pca.components")
+        if components is not None and len(components.shape) == 2 and 1 <= components.shape[0] <= k_max:
+            return components.shape[0]
+        return min(int(self.pca_dim), n_data if sparse else min(n_data, self.max_points), dim)
+
+    def _sparse_template(
+        self, table: Mapping[str, TensorInfo], n_data: int, k: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """A fresh sparse GP's state and buffers for a checkpoint's `m` inducing points in `k` dimensions."""
+        m = min(self.inducing_points, n_data)
+        inducing = table.get("gp.variational_strategy.inducing_points")
+        if inducing is not None and len(inducing.shape) == 2 and 1 <= inducing.shape[0] <= m:
+            m = inducing.shape[0]
+        model = SparseGPModel(torch.zeros(m, k, dtype=torch.float64))
+        likelihood = sparse_likelihood(torch.float64)
+        buffers = dict(model.named_buffers())
+        buffers.update({f"likelihood.{name}": value for name, value in likelihood.named_buffers()})
+        buffers["variational_strategy.variational_params_initialized"] = torch.tensor(1)
+        return _sparse_state(model, likelihood), buffers
 
     def _fixed_tensors(self) -> dict[str, torch.Tensor]:
         """The GP's buffers, whose only valid values are those of a freshly built (and, sparse, fitted) GP.
@@ -792,7 +763,6 @@ class GPSurrogate(Surrogate):
         assert self.model is not None and self.likelihood is not None
         self._template_state, self._template_fixed = {}, {}
         self._require_positive(path, "span", self.span)
-        self._require_positive(path, "y_norm.std", self.y_norm.std)
         self._require_positive(path, "variance_scale", self.variance_scale)
         noise = self.likelihood.noise.detach()
         if not bool((noise > 0).all() and torch.isfinite(noise).all()):
@@ -822,12 +792,11 @@ class GPSurrogate(Surrogate):
                     f"distribution without finite predictions; re-fit the surrogate and save it again."
                 )
 
-    def _load_state_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
+    def _load_model_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
         self.pca_components = tensors.get("pca.components")
         self.pca_mean = tensors.get("pca.mean")
         self.lower, self.span = tensors["lower"], tensors["span"]
         self.variance_scale = tensors.get("variance_scale", torch.ones((), dtype=torch.float64))
-        self.y_norm.load_state(tensors, "y_norm")
         state = {k[3:]: v for k, v in tensors.items() if k.startswith("gp.")}
         if self._checkpoint_is_sparse(header):
             inducing = state["variational_strategy.inducing_points"]
@@ -843,7 +812,3 @@ class GPSurrogate(Surrogate):
             self.model.load_state_dict(state)
             self.likelihood = self.model.likelihood
             self.model.eval()
-        self.fit_info = dict(header.get("extra", {}).get("fit_info", {}))
-
-    def _extra_header(self) -> dict[str, Any]:
-        return {"fit_info": self.fit_info}

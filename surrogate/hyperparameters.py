@@ -1,9 +1,11 @@
 """One checker for surrogate hyperparameters, used for user configs and for checkpoint headers.
 
 The valid names of a kind are the keyword arguments of its class's constructor (read with
-:func:`inspect.signature`, following ``**kwargs`` up the class hierarchy), so they cannot
-drift from the code; the bounds of every name live in one table, :data:`HYPERPARAMETER_SPECS`
-(whose allowed sets are the classes' own ``BONUS_COVARIANCES``, ``OPTIMISM_MODES`` and dtypes).
+:func:`inspect.signature`; the same signature is what the class records, see
+:func:`surrogate.base.records_hyperparameters`), so they cannot drift from the code; a
+setting's ``fixed_hyperparameters`` (greedy's ``beta = 0``) admit only their value; the bounds
+of every name live in one table, :data:`HYPERPARAMETER_SPECS` (whose allowed sets are the
+classes' own ``BONUS_COVARIANCES``, ``OPTIMISM_MODES`` and dtypes).
 
 Conventions:
 
@@ -44,7 +46,7 @@ from typing import Any
 
 import torch
 
-from surrogate.base import _DTYPES
+from surrogate.base import _DTYPES, fixed_value_message, is_fixed_value
 from surrogate.bootstrap import OPTIMISM_MODES
 from surrogate.gp import GP_METHODS, GP_OBJECTIVES
 from surrogate.ucb import BONUS_COVARIANCES
@@ -134,22 +136,13 @@ def _surrogate_class(kind: str, where: str) -> type:
 
 
 def _constructor_parameters(cls: type) -> dict[str, Any]:
-    """Keyword arguments of ``cls.__init__`` -> default (``inspect.Parameter.empty`` if none).
+    """Keyword arguments of ``cls``'s constructor -> default (``inspect.Parameter.empty`` if none).
 
-    A constructor taking ``**kwargs`` passes them to its parent, so the parent's arguments
-    are followed up the class hierarchy until a constructor without ``**kwargs``.
+    The constructor's signature is the list of hyperparameters (:func:`surrogate.base.records_hyperparameters`
+    refuses ``**kwargs``); a setting's ``fixed_hyperparameters`` replace their defaults.
     """
-    found: dict[str, Any] = {}
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]  # drop self
-        for p in params:
-            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in found:
-                found[p.name] = p.default
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return found
+    found = {name: p.default for name, p in inspect.signature(cls).parameters.items()}
+    return {**found, **{name: value for name, value in cls.fixed_hyperparameters.items() if name in found}}
 
 
 def hyperparameter_names(kind: str) -> tuple[str, ...]:
@@ -275,8 +268,8 @@ def check_hyperparameters(kind: str, values: Mapping[str, Any], *, where: str = 
     Raises:
         HyperparameterError: One sentence naming the first problem: an unknown kind or
             name (listing the valid ones), a value of the wrong type, non-finite or out of
-            bounds, a nonzero ``beta`` for ``"greedy"``, or more than :data:`MAX_ELEMENTS`
-            implied tensor elements.
+            bounds, a value other than the one a setting fixes (a nonzero ``beta`` for
+            ``"greedy"``), or more than :data:`MAX_ELEMENTS` implied tensor elements.
     """
     cls = _surrogate_class(kind, where)
     defaults = _constructor_parameters(cls)
@@ -298,12 +291,10 @@ def check_hyperparameters(kind: str, values: Mapping[str, Any], *, where: str = 
             raise RuntimeError(
                 f"Hyperparameter {name!r} of {kind!r} has no entry in HYPERPARAMETER_SPECS; add its bounds."
             )
-        if kind == "greedy" and name == "beta":
-            if not (_is_number(value) and value == 0):
-                raise HyperparameterError(
-                    f"{where}.beta must be 0 for the 'greedy' surrogate, which adds no exploration bonus "
-                    f"(use kind 'ucb' for one), got {_show(value)}."
-                )
+        if name in cls.fixed_hyperparameters:
+            fixed = cls.fixed_hyperparameters[name]
+            if not is_fixed_value(value, fixed):
+                raise HyperparameterError(fixed_value_message(where, name, kind, fixed, cls.fixed_reason, value))
         elif not _valid(value, spec):
             raise HyperparameterError(f"{where}.{name} must be {_describe(spec)}, got {_show(value)}.")
     field, elements, context = _implied_elements(kind, values, defaults)

@@ -4,6 +4,11 @@ One module serves both the single MLP of the UCB surrogate (``num_heads=1``) and
 bootstrap ensemble (``num_heads=M``): weights are stacked as `(M, in, out)` and every layer
 is one ``torch.baddbmm``, so M heads train in one vectorized pass, not a Python loop.
 
+:class:`MLPSurrogate` is the base of the two MLP kinds (:mod:`surrogate.ucb`,
+:mod:`surrogate.bootstrap`): the network, its standardizers, the fit (standardize, initialize,
+split, train, calibrate) and the checkpoint tensors; a kind chooses each head's training rows
+and calibrates its std.
+
 The fit follows the fixes to the reference trainer: the train/validation split is a
 *shuffled* permutation drawn from the generator (the newest points are not always held
 out), mini-batch Adam runs until the validation loss has not improved for ``patience``
@@ -15,11 +20,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from surrogate.base import Standardizer, Surrogate, draw_seed
+from surrogate.calibration import heldout_variance_split
+from surrogate.checkpoint import TensorInfo, tensor_info
 
 # Reference head for 768-d CLIP features: 768 -> 1024 -> 128 -> 64 -> 16 -> 1.
 DEFAULT_HIDDEN: tuple[int, ...] = (1024, 128, 64, 16)
@@ -95,6 +105,60 @@ class BatchedMLP(nn.Module):
         return self.head(self.features(x, dropout_generator))
 
 
+class _BestHeads:
+    """Early-stopping record of every head: its best validation MSE, epoch and a copy of its weights."""
+
+    def __init__(self, net: BatchedMLP, dtype: torch.dtype, device: torch.device) -> None:
+        num_heads = net.num_heads
+        self.params = list(net.parameters())
+        self.state = [p.detach().clone() for p in self.params]
+        self.loss = torch.full((num_heads,), float("inf"), dtype=dtype, device=device)
+        self.epoch = torch.zeros(num_heads, dtype=torch.long, device=device)
+        self.bad = torch.zeros(num_heads, dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def update(self, val_loss: torch.Tensor, epoch: int, min_delta: float) -> None:
+        """Keep a copy of each head whose validation MSE `(M,)` improved by more than ``min_delta``."""
+        improved = val_loss < self.loss - min_delta
+        for p, b in zip(self.params, self.state):
+            mask = improved.view(-1, *([1] * (p.ndim - 1)))
+            b.copy_(torch.where(mask, p.detach(), b))  # a copy, never a reference
+        self.loss = torch.where(improved, val_loss, self.loss)
+        self.epoch = torch.where(improved, torch.full_like(self.epoch, epoch), self.epoch)
+        self.bad = torch.where(improved, torch.zeros_like(self.bad), self.bad + 1)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Copy every head's best weights back into the network."""
+        for p, b in zip(self.params, self.state):
+            p.copy_(b)
+
+
+def _train_epoch(
+    net: BatchedMLP,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_index: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    dropout_generator: torch.Generator,
+) -> None:
+    """One pass of mini-batch Adam, each head over its own rows `train_index (M, n_train)` in a fresh order."""
+    num_heads, n_train = train_index.shape
+    net.train()
+    order = torch.argsort(torch.rand(num_heads, n_train, generator=generator), dim=1).to(x.device)
+    order = torch.gather(train_index, 1, order)
+    for s in range(0, n_train, batch_size):
+        rows = order[:, s : s + batch_size]  # (M, b)
+        pred = net(x[rows], dropout_generator=dropout_generator)  # (M, b)
+        loss = ((pred - y[rows]) ** 2).mean(dim=1).sum()  # heads are independent
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    net.eval()
+
+
 def fit_batched_mlp(
     net: BatchedMLP,
     x: torch.Tensor,
@@ -132,48 +196,23 @@ def fit_batched_mlp(
         Statistics: ``epochs``, ``best_epoch`` `(M,)` list, ``best_val_mse`` list, ``seconds``.
     """
     start = time.perf_counter()
-    device = x.device
-    num_heads, n_train = train_index.shape
-    dev_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    dropout_generator = torch.Generator(device=x.device).manual_seed(draw_seed(generator))
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
-    params = list(net.parameters())
-    best_state = [p.detach().clone() for p in params]
-    best_loss = torch.full((num_heads,), float("inf"), dtype=x.dtype, device=device)
-    best_epoch = torch.zeros(num_heads, dtype=torch.long, device=device)
-    bad = torch.zeros(num_heads, dtype=torch.long, device=device)
+    best = _BestHeads(net, x.dtype, x.device)
     x_val, y_val = x[val_index], y[val_index]
     epoch = 0
     for epoch in range(1, max_epochs + 1):
-        net.train()
-        order = torch.argsort(torch.rand(num_heads, n_train, generator=generator), dim=1).to(device)
-        order = torch.gather(train_index, 1, order)
-        for s in range(0, n_train, batch_size):
-            rows = order[:, s : s + batch_size]  # (M, b)
-            pred = net(x[rows], dropout_generator=dev_gen)  # (M, b)
-            loss = ((pred - y[rows]) ** 2).mean(dim=1).sum()  # heads are independent
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        net.eval()
+        _train_epoch(net, opt, x, y, train_index, batch_size, generator, dropout_generator)
         with torch.no_grad():
-            val_loss = ((net(x_val) - y_val) ** 2).mean(dim=1)  # (M,)
-            improved = val_loss < best_loss - min_delta
-            for p, b in zip(params, best_state):
-                mask = improved.view(-1, *([1] * (p.ndim - 1)))
-                b.copy_(torch.where(mask, p.detach(), b))  # a copy, never a reference
-            best_loss = torch.where(improved, val_loss, best_loss)
-            best_epoch = torch.where(improved, torch.full_like(best_epoch, epoch), best_epoch)
-            bad = torch.where(improved, torch.zeros_like(bad), bad + 1)
-        if bool((bad >= patience).all()):
+            best.update(((net(x_val) - y_val) ** 2).mean(dim=1), epoch, min_delta)  # (M,) validation MSE
+        if bool((best.bad >= patience).all()):
             break
-    with torch.no_grad():
-        for p, b in zip(params, best_state):
-            p.copy_(b)
+    best.restore()
     net.eval()
     return {
         "epochs": epoch,
-        "best_epoch": best_epoch.tolist(),
-        "best_val_mse": best_loss.tolist(),
+        "best_epoch": best.epoch.tolist(),
+        "best_val_mse": best.loss.tolist(),
         "seconds": time.perf_counter() - start,
     }
 
@@ -191,21 +230,149 @@ def split_indices(n: int, val_fraction: float, generator: torch.Generator) -> tu
     return perm[n_val:], perm[:n_val]
 
 
-def mlp_expected_tensors(surrogate) -> dict:
-    """The checkpoint tensors every MLP surrogate saves: the network's parameters, the input
-    and reward standardizers and the noise std, as ``{name: TensorInfo}`` (for the check of a
-    checkpoint's tensor table before loading)."""
-    from surrogate.checkpoint import tensor_info
+#: The constructor arguments every MLP kind passes on to :class:`MLPSurrogate` unchanged.
+MLP_ARGUMENTS = (
+    "input_dim",
+    "hidden",
+    "dropout",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "max_epochs",
+    "patience",
+    "val_fraction",
+    "label_noise_std",
+    "dtype",
+)
 
-    expected = {f"net.{k}": tensor_info(v.dtype, v.shape) for k, v in surrogate.net.state_dict().items()}
-    expected.update(surrogate.x_norm.expected_state("x_norm"))
-    expected.update(surrogate.y_norm.expected_state("y_norm"))
-    expected["noise_std"] = tensor_info(torch.float64, (1,))
-    return expected
+
+def mlp_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`MLP_ARGUMENTS` among a kind's constructor arguments (its ``locals()``)."""
+    return {name: arguments[name] for name in MLP_ARGUMENTS}
 
 
-def check_mlp_loaded(surrogate, path: str) -> None:
-    """The scales of a loaded MLP surrogate are positive (else ``SurrogateCheckpointError``)."""
-    surrogate._require_positive(path, "x_norm.std", surrogate.x_norm.std)
-    surrogate._require_positive(path, "y_norm.std", surrogate.y_norm.std)
-    surrogate._require_positive(path, "noise_std", torch.tensor([surrogate.noise_std]))
+class MLPSurrogate(Surrogate):
+    """Base of the MLP kinds: `M` stacked MLP heads on standardized inputs and rewards.
+
+    It owns the network, the input and reward standardizers and the label-noise std (all in
+    the checkpoint), and the fit: fresh standardization and initialization (unless warm), a
+    shuffled train/validation split, early-stopped Adam (:func:`fit_batched_mlp`) and the
+    calibration of the std on the validation rows. A kind chooses the rows each head trains
+    on (:meth:`_train_rows`) and calibrates its std (:meth:`_calibrate`).
+
+    Args:
+        input_dim: Feature dimension `D`.
+        num_heads: Number of heads `M`.
+        hidden: Hidden widths of every head; the last is `φ`.
+        dropout: Dropout probability during training.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        batch_size: Mini-batch size per head.
+        max_epochs: Epoch cap.
+        patience: Early-stopping patience in epochs (per head).
+        val_fraction: Shuffled held-out fraction, shared by the heads (see :func:`split_indices`).
+        label_noise_std: The known label-noise std in reward units, or ``None`` (unknown).
+        dtype: ``"float32"`` or ``"float64"``.
+    """
+
+    _standardizers = ("x_norm", "y_norm")
+    _scalars = {"noise_std": "noise_std"}
+    _movable = ("net",)
+
+    def __init__(
+        self,
+        input_dim: int,
+        *,
+        num_heads: int,
+        hidden: Sequence[int],
+        dropout: float,
+        lr: float,
+        weight_decay: float,
+        batch_size: int,
+        max_epochs: int,
+        patience: int,
+        val_fraction: float,
+        label_noise_std: float | None,
+        dtype: str | torch.dtype,
+    ) -> None:
+        super().__init__(input_dim, dtype)
+        self.label_noise_std = None if label_noise_std is None else float(label_noise_std)
+        self.train_kwargs = dict(
+            lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience
+        )
+        self.val_fraction = float(val_fraction)
+        self.net = BatchedMLP(
+            input_dim,
+            hidden,
+            num_heads=num_heads,
+            dropout=dropout,
+            generator=torch.Generator().manual_seed(0),
+            dtype=self.dtype,
+        )
+        self.net.eval()
+        self.x_norm = Standardizer(input_dim, self.dtype)
+        self.y_norm = Standardizer(1, self.dtype)
+        self.noise_std = 1.0
+
+    def _fit(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, warm: bool) -> dict[str, Any]:
+        """Standardize and initialize (unless ``warm``), split, train every head, then calibrate.
+
+        ``generator`` draws, in this order: the initialization, the split, the kind's training
+        rows, the device generator's seed, and every epoch's shuffles. A warm start keeps the
+        current weights and standardization.
+        """
+        if not warm:
+            self.x_norm = Standardizer(self.input_dim, self.dtype).fit(x)
+            self.y_norm = Standardizer(1, self.dtype).fit(y)
+            self.net.reset_parameters(generator)
+        self._move(x.device)
+        xz, yz = self.x_norm.transform(x), self.y_norm.transform(y.unsqueeze(-1)).squeeze(-1)
+        train, val = split_indices(x.shape[0], self.val_fraction, generator)
+        train_index, val = self._train_rows(train, generator).to(x.device), val.to(x.device)
+        info = fit_batched_mlp(self.net, xz, yz, train_index, val, generator=generator, **self.train_kwargs)
+        calibration = self._calibrate(xz, yz, val, heldout=val.numel() < x.shape[0])
+        return {**info, "noise_std": self.noise_std, "calibration": calibration}
+
+    def _train_rows(self, train: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The rows each head trains on, `(M, n_train)`, from the training split `(n_train,)`."""
+        return train.unsqueeze(0)
+
+    @abstractmethod
+    def _calibrate(self, xz: torch.Tensor, yz: torch.Tensor, val: torch.Tensor, heldout: bool) -> dict[str, Any]:
+        """Set ``noise_std`` and the kind's std scales from the validation rows; return the record.
+
+        Args:
+            xz: Standardized features `(N, D)`.
+            yz: Standardized rewards `(N,)` (their variance is the prior error variance).
+            val: Validation rows `(n_val,)` (every row when there is no held-out split).
+            heldout: Whether ``val`` is a genuine held-out split (False below 10 points).
+
+        Returns:
+            The calibration record kept in ``fit_info["calibration"]``.
+        """
+
+    def _noise_split(self, residuals: torch.Tensor, yz: torch.Tensor, heldout: bool) -> dict[str, Any]:
+        """Split the validation error (standardized ``residuals (n_val,)``) and set ``noise_std`` from it.
+
+        Calls :func:`heldout_variance_split` with the reward variance as the prior (no rows when
+        the split is not held out) and the known label noise in standardized units.
+        """
+        y_scale = float(self.y_norm.std[0])
+        noise_var = None if self.label_noise_std is None else (self.label_noise_std / y_scale) ** 2
+        split = heldout_variance_split(
+            residuals if heldout else residuals[:0], prior_var=float(yz.var(correction=0)), noise_var=noise_var
+        )
+        self.noise_std = math.sqrt(split["noise_var"]) * y_scale
+        return split
+
+    def _model_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"net.{k}": v for k, v in self.net.state_dict().items()}
+
+    def _expected_model_tensors(
+        self, table: Mapping[str, TensorInfo], header: dict[str, Any], path: str
+    ) -> dict[str, TensorInfo]:
+        return {f"net.{k}": tensor_info(v.dtype, v.shape) for k, v in self.net.state_dict().items()}
+
+    def _load_model_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
+        self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        self.net.eval()

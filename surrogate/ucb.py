@@ -56,23 +56,14 @@ there is noise).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from surrogate.base import Standardizer, Surrogate, as_feature_matrix, make_generator
-from surrogate.calibration import heldout_variance_split
+from surrogate.base import as_feature_matrix, records_hyperparameters
 from surrogate.checkpoint import SurrogateCheckpointError, TensorInfo, tensor_info
-from surrogate.mlp import (
-    DEFAULT_HIDDEN,
-    BatchedMLP,
-    check_mlp_loaded,
-    fit_batched_mlp,
-    mlp_expected_tensors,
-    split_indices,
-)
+from surrogate.mlp import DEFAULT_HIDDEN, MLPSurrogate, mlp_arguments
 
 BONUS_COVARIANCES = ("design", "normalized")
 
@@ -227,15 +218,16 @@ class UCBBonus:
             )
 
 
-class MLPUCBSurrogate(Surrogate):
+class MLPUCBSurrogate(MLPSurrogate):
     """MLP regressor with a last-layer UCB bonus.
 
     ``posterior`` returns the MLP output as the mean and, as std, the calibrated epistemic std
     `s·sqrt(φᵀA⁻¹φ)` (design matrix; `s` fitted on the validation split, see the module
     docstring) or the reference's raw `sqrt(φᵀ(Σ+λI)⁻¹φ)` (normalized switch); with
     ``observation_noise=True`` the label-noise variance ``noise_std²`` is added. ``optimistic``
-    = mean + `min(β·std, clip)`: `β` is the optimism, the std stays calibrated. Inputs and
-    rewards are standardized with statistics stored in the checkpoint.
+    = mean + `min(β·std, clip)`: `β` is the optimism, the std stays calibrated; with `β = 0` it
+    is the mean itself (no bonus is computed). Inputs and rewards are standardized with
+    statistics stored in the checkpoint.
 
     Args:
         input_dim: Feature dimension `D`.
@@ -260,7 +252,9 @@ class MLPUCBSurrogate(Surrogate):
     """
 
     kind = "ucb"
+    _movable = ("net", "bonus")
 
+    @records_hyperparameters
     def __init__(
         self,
         input_dim: int,
@@ -279,109 +273,24 @@ class MLPUCBSurrogate(Surrogate):
         label_noise_std: float | None = None,
         dtype: str | torch.dtype = "float32",
     ) -> None:
-        super().__init__(input_dim, dtype)
-        self._hparams.update(
-            hidden=[int(h) for h in hidden],
-            dropout=float(dropout),
-            beta=float(beta),
-            lam=float(lam),
-            bonus_covariance=bonus_covariance,
-            clip=None if clip is None else float(clip),
-            lr=float(lr),
-            weight_decay=float(weight_decay),
-            batch_size=int(batch_size),
-            max_epochs=int(max_epochs),
-            patience=int(patience),
-            val_fraction=float(val_fraction),
-            label_noise_std=None if label_noise_std is None else float(label_noise_std),
-        )
-        self.label_noise_std = None if label_noise_std is None else float(label_noise_std)
-        self.train_kwargs = dict(
-            lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience
-        )
-        self.val_fraction = float(val_fraction)
-        self.net = BatchedMLP(
-            input_dim,
-            hidden,
-            num_heads=1,
-            dropout=dropout,
-            generator=torch.Generator().manual_seed(0),
-            dtype=self.dtype,
-        )
-        self.net.eval()
+        super().__init__(num_heads=1, **mlp_arguments(locals()))
         self.bonus = UCBBonus(beta=beta, lam=lam, covariance=bonus_covariance, clip=clip)
-        self.x_norm = Standardizer(input_dim, self.dtype)
-        self.y_norm = Standardizer(1, self.dtype)
-        self.noise_std = 1.0
 
-    def fit(
-        self,
-        features: torch.Tensor,
-        rewards: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        seed: int | None = None,
-        round: int | None = None,
-        warm_start: bool = False,
-    ) -> dict[str, Any]:
-        """Fit the MLP (early-stopped Adam) on `(N, D)` features and `(N,)` rewards, then factorize `A`.
+    @property
+    def mean_only(self) -> bool:
+        """Whether this is the mean-only setting (the ``"greedy"`` kind): `β` fixed at 0, no posterior draws."""
+        return self.fixed_hyperparameters.get("beta") == 0
 
-        Args:
-            features: `(N, D)`.
-            rewards: `(N,)`.
-            generator: CPU generator for init, split, shuffling and dropout.
-            seed: Used when ``generator`` is None.
-            round: Outer-loop round stored in the checkpoint header.
-            warm_start: Start from the current weights (and keep the current input/reward
-                standardization) instead of a fresh initialization.
-        """
-        g = make_generator(generator, seed)
-        x, y = self._prepare_data(features, rewards)
-        warm = warm_start and self.fitted
-        if not warm:
-            self.x_norm = Standardizer(self.input_dim, self.dtype).fit(x)
-            self.y_norm = Standardizer(1, self.dtype).fit(y)
-            self.net.reset_parameters(g)
-        self._move(x.device)
-        xz, yz = self.x_norm.transform(x), self.y_norm.transform(y.unsqueeze(-1)).squeeze(-1)
-        train, val = split_indices(x.shape[0], self.val_fraction, g)
-        train_index, val = train.unsqueeze(0).to(x.device), val.to(x.device)
-        info = fit_batched_mlp(self.net, xz, yz, train_index, val, generator=g, **self.train_kwargs)
+    def _calibrate(self, xz: torch.Tensor, yz: torch.Tensor, val: torch.Tensor, heldout: bool) -> dict[str, Any]:
+        """Factorize the bonus matrix on every row's `φ`, then set ``noise_std`` and the scale `s` (module doc)."""
         with torch.no_grad():
             phi = self.net.features(xz)  # (1, N, H)
             residuals = self.net.head(phi)[0] - yz  # (N,), standardized units
             phi = phi[0]
         self.bonus.fit(phi)
-        calibration = self._calibrate(phi, residuals, yz, val, heldout=val.numel() < x.shape[0])
-        self.n_data = int(x.shape[0])
-        if round is not None:
-            self.round = int(round)
-        self.fitted = True
-        self.fit_info = {**info, "noise_std": self.noise_std, "calibration": calibration, "warm_start": warm}
-        return self.fit_info
-
-    def _calibrate(
-        self, phi: torch.Tensor, residuals: torch.Tensor, yz: torch.Tensor, val: torch.Tensor, heldout: bool
-    ) -> dict[str, Any]:
-        """Set ``noise_std`` and the bonus scale from the validation residuals (see the module docstring).
-
-        Args:
-            phi: Last hidden layer of every row `(N, H)` (already in the bonus's matrix).
-            residuals: Prediction − reward of every row `(N,)`, standardized units.
-            yz: Standardized rewards `(N,)` (their variance is the prior error variance).
-            val: Validation rows `(n_val,)`.
-            heldout: Whether ``val`` is a genuine held-out split (False below 10 points).
-
-        Returns:
-            The calibration record kept in ``fit_info["calibration"]``.
-        """
         y_scale = float(self.y_norm.std[0])
         rows = val.to(phi.device)
-        noise_var = None if self.label_noise_std is None else (self.label_noise_std / y_scale) ** 2
-        split = heldout_variance_split(
-            residuals[rows] if heldout else residuals[:0], prior_var=float(yz.var(correction=0)), noise_var=noise_var
-        )
-        self.noise_std = math.sqrt(split["noise_var"]) * y_scale
+        split = self._noise_split(residuals[rows], yz, heldout)
         if self.bonus.covariance != "design":  # the reference's raw normalized width, not calibrated
             self.bonus.scale = 1.0
             return {**split, "scale": 1.0, "calibrated": False}
@@ -417,6 +326,8 @@ class MLPUCBSurrogate(Surrogate):
 
     def optimistic(self, features: torch.Tensor) -> torch.Tensor:
         phi, mean, lead = self._phi_and_mean(features)
+        if self.bonus.beta == 0:  # the mean-only setting: no bonus to add
+            return mean.reshape(lead)
         return (mean + self.bonus(phi)).reshape(lead)
 
     def thompson(self, generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -429,6 +340,10 @@ class MLPUCBSurrogate(Surrogate):
         Returns:
             `features (..., D) -> (...)`, differentiable in the features.
         """
+        if self.mean_only:
+            raise ValueError(
+                f"The {self.kind!r} surrogate has no posterior draws by design; use kind 'ucb' or 'bootstrap'."
+            )
         self._check_fitted()
         chol = self.bonus.chol
         z = torch.randn(chol.shape[0], generator=generator, dtype=torch.float64).to(
@@ -442,71 +357,35 @@ class MLPUCBSurrogate(Surrogate):
 
         return score
 
-    def _move(self, device: torch.device) -> None:
-        self.device = torch.device(device)
-        self.net.to(device)
-        self.x_norm.to(device)
-        self.y_norm.to(device)
-        self.bonus.to(device)
+    def _model_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super()._model_tensors(), **self.bonus.state()}
 
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
-        tensors.update(self.x_norm.state("x_norm"))
-        tensors.update(self.y_norm.state("y_norm"))
-        tensors.update(self.bonus.state())
-        tensors["noise_std"] = torch.tensor([self.noise_std], dtype=torch.float64)
-        return tensors
-
-    def _expected_tensors(
+    def _expected_model_tensors(
         self, table: Mapping[str, TensorInfo], header: dict[str, Any], path: str
     ) -> dict[str, TensorInfo]:
-        return {**mlp_expected_tensors(self), **UCBBonus.expected_state(self.net.sizes[-2], self.dtype)}
+        expected = super()._expected_model_tensors(table, header, path)
+        return {**expected, **UCBBonus.expected_state(self.net.sizes[-2], self.dtype)}
+
+    def _load_model_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
+        super()._load_model_tensors(tensors, header)
+        self.bonus.load_state(tensors)
 
     def _check_loaded(self, path: str) -> None:
-        check_mlp_loaded(self, path)
         self.bonus.check_loaded(path)
-
-    def _load_state_tensors(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
-        self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        self.net.eval()
-        self.x_norm.load_state(tensors, "x_norm")
-        self.y_norm.load_state(tensors, "y_norm")
-        self.bonus.load_state(tensors)
-        self.noise_std = float(tensors["noise_std"][0])
-        self.fit_info = dict(header.get("extra", {}).get("fit_info", {}))
-
-    def _extra_header(self) -> dict[str, Any]:
-        return {"fit_info": self.fit_info}
 
 
 class GreedyMLPSurrogate(MLPUCBSurrogate):
-    """The MLP surrogate without optimism: ``optimistic == mean`` (`β = 0`).
+    """The mean-only setting of :class:`MLPUCBSurrogate`: `β` fixed at 0, so ``optimistic == mean``.
 
-    Takes the keyword arguments of :class:`MLPUCBSurrogate`; ``beta`` is fixed at 0 (it is
-    accepted only as 0, which checkpoint headers record). ``posterior`` still reports the
-    last-layer std for diagnostics.
-
-    Args:
-        input_dim: Feature dimension `D`.
-        beta: Must be 0; the greedy surrogate adds no exploration bonus.
-        **kwargs: The other keyword arguments of :class:`MLPUCBSurrogate`.
+    Nothing is overridden: it is the UCB surrogate whose ``beta`` defaults to 0 and may only be
+    0 (``fixed_hyperparameters``; checkpoint headers record it), registered as kind
+    ``"greedy"``. ``posterior`` still reports the last-layer std for diagnostics; there are no
+    Thompson draws (:meth:`MLPUCBSurrogate.thompson` refuses).
 
     Raises:
         ValueError: For a nonzero (or non-numeric) ``beta``.
     """
 
     kind = "greedy"
-
-    def __init__(self, input_dim: int, *, beta: float = 0.0, **kwargs: Any) -> None:
-        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or beta != 0:
-            raise ValueError(
-                f"The 'greedy' surrogate adds no exploration bonus, so beta must be 0, got {beta!r}; "
-                f"use kind 'ucb' for an optimistic surrogate."
-            )
-        super().__init__(input_dim, beta=0.0, **kwargs)
-
-    def optimistic(self, features: torch.Tensor) -> torch.Tensor:
-        return self.posterior(features)[0]
-
-    def thompson(self, generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
-        raise ValueError("The 'greedy' surrogate has no posterior draws by design; use kind 'ucb' or 'bootstrap'.")
+    fixed_hyperparameters = {"beta": 0.0}
+    fixed_reason = "which adds no exploration bonus (use kind 'ucb' for one)"

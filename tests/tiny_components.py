@@ -107,20 +107,23 @@ def tiny_cond_unet(
     sample_size: int = 8,
     cross_attention_dim: int = TEXT_HIDDEN,
     time_cond_proj_dim: int | None = None,
+    block_out_channels: tuple[int, int] = (8, 16),
+    layers_per_block: int = 1,
+    attention_head_dim: int = 2,
 ):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
+        block_out_channels=block_out_channels,
+        layers_per_block=layers_per_block,
         sample_size=sample_size,
         in_channels=in_channels,
         out_channels=in_channels,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_attention_dim,
-        attention_head_dim=2,
+        attention_head_dim=attention_head_dim,
         norm_num_groups=4,
         time_cond_proj_dim=time_cond_proj_dim,
     ).eval()
@@ -142,19 +145,19 @@ def tiny_uncond_unet(seed: int = 0, sample_size: int = 8):
     ).eval()
 
 
-def tiny_vae(seed: int = 0):
+def tiny_vae(seed: int = 0, block_out_channels: tuple[int, int] = (8, 16), sample_size: int = 16):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        block_out_channels=(8, 16),
+        block_out_channels=block_out_channels,
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
         latent_channels=4,
         norm_num_groups=4,
-        sample_size=16,
+        sample_size=sample_size,
     ).eval()
 
 
@@ -171,15 +174,28 @@ def ddim_scheduler():
     )
 
 
-def tiny_sd_pipeline(seed: int = 0):
-    """A tiny ``StableDiffusionPipeline`` (latents 4×8×8, images 16×16) with a DDIM scheduler."""
+def tiny_sd_pipeline(seed: int = 0, proportioned: bool = False):
+    """A tiny ``StableDiffusionPipeline`` with a DDIM scheduler.
+
+    By default latents 4×8×8 and images 16×16 (UNet and VAE channels (8, 16), one layer per
+    block). ``proportioned=True`` gives components closer to Stable Diffusion's proportions,
+    for speed measurements: UNet channels (32, 64) with 2 layers per block and attention heads
+    of 8, cross-attention 32, latents 4×32×32, VAE channels (32, 64), images 64×64.
+    """
     from diffusers import StableDiffusionPipeline
 
+    if proportioned:
+        unet = tiny_cond_unet(
+            seed, sample_size=32, block_out_channels=(32, 64), layers_per_block=2, attention_head_dim=8
+        )
+        vae = tiny_vae(seed, block_out_channels=(32, 64), sample_size=64)
+    else:
+        unet, vae = tiny_cond_unet(seed), tiny_vae(seed)
     return StableDiffusionPipeline(
-        vae=tiny_vae(seed),
+        vae=vae,
         text_encoder=tiny_text_encoder(seed),
         tokenizer=tiny_tokenizer(),
-        unet=tiny_cond_unet(seed),
+        unet=unet,
         scheduler=ddim_scheduler(),
         safety_checker=None,
         feature_extractor=None,

@@ -20,8 +20,8 @@ DEFAULT_ETA = 1.0
 
 # Oracle label noise std for the online loop: 0.1 × each oracle's natural scale on this world,
 # taken as its spread (P90 − P10) over the model's samples rounded down: JPEG 0.2 kB (32×32
-# files are ~1.0–1.3 kB, mostly header), colourfulness 50, rare colour 0.3 (world/oracles.py). The shipped model's spreads are
-# 0.226 kB and 54.6, 11× these, a thin margin. Measured figures are in
+# files are ~1.0–1.3 kB, mostly header), colourfulness 50, rare colour 0.3 (world/oracles.py).
+# The shipped model's spreads are 0.226 kB and 54.6, 11× these, a thin margin. Measured figures are in
 # docs/embedded_world.md and docs/images/world_oracles.json; tests/world assert
 # spread ≥ 10 × these.
 ORACLE_NOISE_STD: dict[str, float] = {"jpeg": 0.02, "colorfulness": 5.0, "rare": 0.03}

@@ -45,6 +45,7 @@ from world import (
     DEFAULT_NUM_STEPS,
     PROMPTS,
 )
+from world.script_args import add_optimisation_arguments, add_run_arguments, setup_torch
 
 ORACLES = ("colorfulness", "jpeg", "rare")
 
@@ -84,16 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="particle kept per DAS call: one drawn by weight (the target) or the heaviest",
     )
     p.add_argument("--das-batch", type=int, default=36, help="DAS calls (prompts) per sampler batch")
-    p.add_argument("--steps", type=int, default=400, help="fine-tuning steps")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--p-uncond", type=float, default=0.15, help="probability of the empty caption")
+    add_optimisation_arguments(
+        p, steps=400, batch_size=32, lr=2e-4, warmup=20, ema_decay=0.99, steps_help="fine-tuning steps"
+    )
     p.add_argument("--snr-gamma", type=float, default=5.0, help="Min-SNR weighting (0: plain ε MSE)")
-    p.add_argument("--ema-decay", type=float, default=0.99)
-    p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
+    add_run_arguments(p)
     p.add_argument(
         "--eval-per-prompt",
         type=int,
@@ -233,7 +229,8 @@ def finetune(args, images: torch.Tensor, labels: torch.Tensor, generator: torch.
 
 @torch.no_grad()
 def evaluate(args, reward) -> dict:
-    """Mean oracle, JPEG kB and diversity of plain samples of --init and --out, same seeds (25 steps, CFG 3 by default)."""
+    """Mean oracle, JPEG kB and diversity of plain samples of --init and --out, same seeds (25 steps, CFG 3 by
+    default)."""
     from das.ancestral import sample_images
     from das.rewards.jpeg import JPEGCompressibility
     from world.featurizer import WorldFeaturizer
@@ -284,9 +281,7 @@ def _record_evaluation(out: str, evaluation: dict, command: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    setup_torch(args)
     command = "python -m world.align " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.eval_only:
         if not os.path.isfile(os.path.join(args.out, "training_info.json")):

@@ -83,7 +83,7 @@ class SceneClassifier:
         """Fits the shape centroids on freshly rendered, labelled scenes."""
         images, labels = make_dataset(num_per_prompt, seed=seed)
         feats, _, _ = mask_features(images)
-        shape_idx = np.array([SHAPES.index(prompt_label(PROMPTS[l])[1]) for l in labels])
+        shape_idx = np.array([SHAPES.index(prompt_label(PROMPTS[label])[1]) for label in labels])
         centroids = np.stack([feats[shape_idx == s].mean(0) for s in range(len(SHAPES))])
         return cls(centroids=centroids, scale=feats.std(0) + 1e-6)
 

@@ -57,9 +57,11 @@ def save_grid(images: torch.Tensor, real: torch.Tensor, path: Path, cols: int, s
     w = label_w + (cols + 1) * (size + pad) + pad + 6
     canvas = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    to_pil = lambda t: Image.fromarray((t.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)).resize(
-        (size, size), Image.NEAREST
-    )
+
+    def to_pil(t: torch.Tensor) -> Image.Image:
+        pixels = (t.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        return Image.fromarray(pixels).resize((size, size), Image.NEAREST)
+
     for i, prompt in enumerate(PROMPTS):
         y = pad + i * (size + pad)
         draw.text((4, y + size // 2 - 6), prompt, fill=(0, 0, 0))

@@ -146,7 +146,7 @@ def make_dataset(
     """
     rng = np.random.default_rng(seed)
     images, labels = [], []
-    for i in range(num_per_prompt):
+    for _ in range(num_per_prompt):
         for p, prompt in enumerate(prompts):
             images.append(render_scene(prompt, rng, size))
             labels.append(p)

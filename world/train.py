@@ -38,6 +38,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from world.scenes import IMAGE_SIZE, PROMPTS, make_dataset
+from world.script_args import add_optimisation_arguments, add_run_arguments, setup_torch
 from world.tokenizer import save_tokenizer
 
 SCHEDULER_CONFIG = dict(
@@ -156,13 +157,8 @@ def _save(out: str, unet, text_encoder, tokenizer_dir: str, info: dict) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output model folder")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
+    add_optimisation_arguments(p, steps=3000, batch_size=64, lr=1e-3, warmup=100, ema_decay=0.998)
     p.add_argument("--num-per-prompt", type=int, default=1000, help="training images rendered per prompt")
-    p.add_argument("--p-uncond", type=float, default=0.15, help="probability of the empty caption")
-    p.add_argument("--ema-decay", type=float, default=0.998)
     p.add_argument(
         "--channels",
         default=",".join(map(str, DEFAULT_CHANNELS)),
@@ -175,15 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Min-SNR loss weighting min(SNR, gamma) / SNR (Hang et al., 2023); 0: plain epsilon MSE",
     )
     p.add_argument("--save-every", type=int, default=250)
-    p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--seed", type=int, default=0)
+    add_run_arguments(p)
     p.add_argument(
         "--max-minutes",
         type=float,
         default=0.0,
         help="also stop after this much training wall time; the cosine schedule then follows elapsed time (0: off)",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     p.add_argument("--tiny", action="store_true", help="tiny model and data (for tests)")
     p.add_argument("--init", default=None, help="continue from this model folder's weights")
     return p
@@ -191,9 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    setup_torch(args)
     gen = torch.Generator().manual_seed(args.seed)
     start = time.time()
 

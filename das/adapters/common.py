@@ -12,32 +12,26 @@ diffusers pipelines use — and :func:`apply_guidance` combines the two halves.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 
 from das.adapters.base import Conditioning, Transition
 from das.adapters.scheduling import ddim_transition
+from das.config_checks import DTYPES
 
 NEGATIVE = "negative_"
 
-DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-}
-
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"fp32" | "fp16" | "bf16"`` (or a torch dtype) to a torch dtype."""
+    """``"fp32" | "fp16" | "bf16"`` (or the torch name, or a torch dtype) to a torch dtype."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}; choose one of: fp32, fp16, bf16.")
-    return DTYPES[dtype]
+    name = DTYPES.get(dtype, dtype if dtype in DTYPES.values() else None)
+    if name is None:
+        raise ValueError(f"Unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}.")
+    return getattr(torch, name)
 
 
 def guidance_batch(cond: Conditioning, guided: bool) -> Conditioning:
@@ -68,7 +62,8 @@ class DiffusersAdapter:
     """Base of the adapters over a diffusers UNet and scheduler (DDIM by default).
 
     Subclasses implement :meth:`encode_prompts`, :meth:`_model_output` and :meth:`decode`,
-    and may override :meth:`_step` (LCM does).
+    and may override :meth:`_step` (LCM does). :meth:`set_speed_options` turns on the opt-in
+    ``channels_last`` layout and ``torch.compile`` of the UNet.
 
     Args:
         unet: the denoiser; moved to `device`/`dtype`, frozen.
@@ -155,6 +150,26 @@ class DiffusersAdapter:
         """Pretrained transition at chain step `step`, computed by the scheduler's own step."""
         return self.transition_from_output(self.model_output(x_t, step, cond), step, x_t)
 
+    def set_speed_options(self, channels_last: bool = False, compile_unet: bool = False) -> DiffusersAdapter:
+        """Opt-in layout and compilation of the model passes; both off leaves the adapter as it is.
+
+        Args:
+            channels_last: store the UNet's (and the VAE's, where there is one) weights in the
+                ``channels_last`` memory format.
+            compile_unet: wrap the UNet in ``torch.compile``; compiling happens at the first
+                call, and if it fails there the UNet runs eagerly, with one warning.
+
+        Returns:
+            The adapter.
+        """
+        if channels_last:
+            for module in (self.unet, getattr(self, "vae", None)):
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)
+        if compile_unet and not isinstance(self.unet, CompiledOrEager):
+            self.unet = CompiledOrEager(self.unet)
+        return self
+
     # ---------------------------------------------------------------- hooks
     def _step(self, model_output: torch.Tensor, step: int, x_t: torch.Tensor) -> Transition:
         return ddim_transition(self.scheduler, model_output, self._timesteps[step], x_t, self.eta)
@@ -167,6 +182,36 @@ class DiffusersAdapter:
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+class CompiledOrEager:
+    """A module called through ``torch.compile``, falling back to the eager module if compiling fails.
+
+    Attribute access (``config``, ``dtype`` ...) reads the eager module.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        self.eager = module
+        self.compiled = torch.compile(module)
+        self.failed = False
+
+    def __call__(self, *args, **kwargs):
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as error:  # compiling happens, and fails, at a call
+                self.failed = True
+                first_line = (str(error).strip().splitlines() or [""])[0][:200]
+                warnings.warn(
+                    f"torch.compile of {type(self.eager).__name__} failed ({type(error).__name__}: {first_line}); "
+                    f"running it eagerly.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return self.eager(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.eager, name)
 
 
 def to_ddim(scheduler_or_config):

@@ -94,7 +94,8 @@ class PixelUNetAdapter(DiffusersAdapter):
         )
         if self.conditional and (text_encoder is None or tokenizer is None):
             raise ValueError(
-                "A text-conditional UNet needs a text_encoder and a tokenizer (add text_encoder/ and tokenizer/ to the model folder)."
+                "A text-conditional UNet needs a text_encoder and a tokenizer "
+                "(add text_encoder/ and tokenizer/ to the model folder)."
             )
         size = unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
@@ -140,7 +141,8 @@ class PixelUNetAdapter(DiffusersAdapter):
             for part in ("unet", "scheduler"):
                 if not os.path.isdir(os.path.join(path, names[part])):
                     raise WeightsNotAvailableError(
-                        f"The pixel-space model folder {str(path)!r} has no {names[part]}/ subfolder; point the model path "
+                        f"The pixel-space model folder {str(path)!r} has no {names[part]}/ subfolder; "
+                        "point the model path "
                         f"at a folder with unet/, scheduler/ (and text_encoder/, tokenizer/ for text conditioning)."
                     )
             unet_config = json.loads((Path(path) / names["unet"] / "config.json").read_text())

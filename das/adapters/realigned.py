@@ -183,7 +183,7 @@ def _as_cpu(value) -> torch.Tensor:
 
 
 def check_realignable(reference: DenoiserAdapter, aligned: DenoiserAdapter) -> None:
-    """Raises one clear ``ValueError`` (``TypeError`` for a non-adapter) unless the two adapters can be mixed step by step.
+    """Raises one clear ``ValueError`` (``TypeError`` for a non-adapter) unless the adapters can be mixed step by step.
 
     They must expose the output/step split (:class:`ModelOutputAdapter`) and agree on the
     chain (steps, timesteps), the scheduler (class, noise schedule, step settings, η), the

@@ -99,7 +99,8 @@ class AestheticReward(nn.Module):
             from das.adapters.loading import WeightsNotAvailableError
 
             raise WeightsNotAvailableError(
-                f"The aesthetic reward needs the LAION MLP weights; download {AESTHETIC_MLP_URL} and set the reward's mlp_path to it."
+                f"The aesthetic reward needs the LAION MLP weights; download {AESTHETIC_MLP_URL} "
+                "and set the reward's mlp_path to it."
             )
         featurizer = CLIPImageFeaturizer(clip if clip is not None else load_clip(clip_model))
         return cls(featurizer, AestheticMLP.from_file(mlp_path, featurizer.dim))

@@ -28,7 +28,8 @@ def require(module: str, reward: str, extra: str):
         return importlib.import_module(module)
     except ImportError as error:
         raise MissingExtraError(
-            f'The {reward} reward needs the optional package {module!r}; install it with pip install "das-toolkit[{extra}]".'
+            f"The {reward} reward needs the optional package {module!r}; "
+            f'install it with pip install "das-toolkit[{extra}]".'
         ) from error
 
 

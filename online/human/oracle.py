@@ -256,8 +256,9 @@ class HumanOracle:
                 raise RunError(
                     "Stopped while waiting for ratings of the evaluation batch; run the evaluation again."
                 ) from None
+            saved = len(indices) - self.board.left()
             raise RunError(
-                f"Stopped while waiting for ratings; {len(indices) - self.board.left()} rating(s) of {what} were saved: "
+                f"Stopped while waiting for ratings; {saved} rating(s) of {what} were saved: "
                 f"resume the run with --config.resume_from={self.run_dir or '<run directory>'} to rate the rest."
             ) from None
         finally:
@@ -338,12 +339,13 @@ class HumanOracle:
         """What the page shows besides the images: the round, its size, the reward curve."""
         round_index, curve = None, []
         if self.mode != "evaluate" and self.run_dir is not None:
-            from online.storage import complete_rounds
+            from online.run_directory import RunFiles
 
-            done = complete_rounds(self.run_dir)
+            files = RunFiles(self.run_dir)
+            done = files.complete_rounds()
             # the loop asks about round k only once rounds 0..k-1 are complete
             round_index = done[-1] + 1 if done else 0
-            curve = reward_curve(self.run_dir / "metrics.jsonl")
+            curve = reward_curve(files.metrics_lines_path)
         elif self.mode != "evaluate":
             round_index = 0
         return {"round": round_index, "num_rounds": self.num_rounds, "round_size": round_size, "curve": curve}

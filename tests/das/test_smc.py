@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from das.resampling import effective_sample_size
 from das.rewards import FunctionReward
-from das.smc import DASSampler
+from das.smc import DASSampler, Evaluation, SMCResult, SMCTrace
 from das.toy import GaussianMixture, QuadraticReward, emd, nine_gaussians, paper_toy_reward, tilt_quadratic
 from das.toy.adapter import ToyAdapter
 
@@ -255,3 +256,85 @@ def test_proposal_adapter_must_run_the_same_chain():
     for proposal in (ToyAdapter(nine_gaussians(), num_steps=12), ToyAdapter(one_d, num_steps=10)):
         with pytest.raises(ValueError, match="proposal_adapter must run the adapter's chain"):
             DASSampler(adapter, paper_toy_reward(), kl_coeff=1.0, proposal_adapter=proposal)
+
+
+# ---------------------------------------------------------------- state, stages and trace
+
+
+def test_the_schedule_is_asked_for_lambda_0_to_n_minus_1_and_the_trace_records_each():
+    """``λ_0`` twists ``x_T``, ``λ_{i+1}`` is asked for before transition ``i``; the last ``λ_n`` is 1."""
+    asked = []
+
+    def schedule(info):
+        asked.append((info.index, info.num_steps, info.lam.clone(), info.log_weights.shape))
+        return torch.full_like(info.lam, 0.1 * (info.index + 1))
+
+    adapter = ToyAdapter(nine_gaussians(), num_steps=5)
+    result = DASSampler(adapter, paper_toy_reward(), kl_coeff=1.0, num_particles=3, tempering=schedule).sample(
+        ["a", "b"], torch.Generator().manual_seed(0)
+    )
+    assert [index for index, *_ in asked] == [0, 1, 2, 3, 4]
+    assert all(num_steps == 5 and shape == (2, 3) for _, num_steps, _, shape in asked)
+    assert torch.all(asked[0][2] == 0)  # no twist before λ_0
+    expected = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 1.0]).unsqueeze(-1).expand(6, 2)
+    assert torch.allclose(result.lam, expected)
+    for index, _, lam, _ in asked[1:]:
+        assert torch.allclose(lam, torch.full((2,), 0.1 * index))  # the current λ_{j-1}
+
+
+def test_result_splits_samples_and_trace_and_keeps_the_old_names():
+    adapter = ToyAdapter(nine_gaussians(), num_steps=4)
+    sampler = DASSampler(
+        adapter, paper_toy_reward(), kl_coeff=1.0, num_particles=3, ess_threshold=0.9, tempering="none"
+    )
+    result = sampler.sample(["a", "b"], torch.Generator().manual_seed(0))
+    trace = result.trace
+    assert isinstance(trace, SMCTrace)
+    assert result.ess is trace.ess and result.lam is trace.lam and result.resampled is trace.resampled
+    assert result.reward_trace is trace.reward and result.degenerate_steps is trace.degenerate_steps
+    assert trace.resampled.any()  # ESS threshold 0.9 makes some prompt resample
+    final_ess = effective_sample_size(result.log_weights)
+    assert torch.allclose(trace.ess[-1], final_ess)
+    assert torch.allclose(trace.reward[-1], (result.weights * result.rewards).sum(-1))
+    # built as before the trace existed (e.g. by plain samplers that mimic DAS's result)
+    rebuilt = SMCResult(
+        samples=result.samples,
+        images=result.images,
+        rewards=result.rewards,
+        log_weights=result.log_weights,
+        log_normalizer=result.log_normalizer,
+        ess=trace.ess,
+        lam=trace.lam,
+        resampled=trace.resampled,
+        reward_trace=trace.reward,
+        degenerate_steps=trace.degenerate_steps,
+        selected_index=result.selected_index,
+        selected=result.selected,
+    )
+    for field in ("ess", "lam", "resampled", "reward", "degenerate_steps"):
+        assert torch.equal(getattr(rebuilt.trace, field), getattr(trace, field)), field
+    with pytest.raises(TypeError, match="not both"):
+        SMCResult(
+            samples=result.samples,
+            images=result.images,
+            rewards=result.rewards,
+            log_weights=result.log_weights,
+            log_normalizer=result.log_normalizer,
+            selected_index=result.selected_index,
+            selected=result.selected,
+            trace=trace,
+            ess=trace.ess,
+        )
+
+
+def test_evaluation_takes_rows_and_joins_chunks():
+    reward, mean, grad = torch.arange(4.0), torch.randn(4, 2), torch.randn(4, 2)
+    rows = torch.tensor([3, 3, 0, 1])
+    taken = Evaluation(reward, mean=mean, std=torch.tensor(0.5), grad=grad).take(rows)
+    assert torch.equal(taken.reward, reward[rows]) and torch.equal(taken.mean, mean[rows])
+    assert torch.equal(taken.grad, grad[rows]) and taken.std.dim() == 0 and taken.proposal_mean is None
+    chunks = [{"reward": reward[:3], "std": torch.tensor(0.5)}, {"reward": reward[3:], "std": torch.tensor(0.5)}]
+    joined = Evaluation.concat(chunks)
+    assert torch.equal(joined.reward, reward) and joined.std.dim() == 0 and joined.mean is None
+    per_row = Evaluation.concat([{"reward": reward[:2], "std": mean[:2]}, {"reward": reward[2:], "std": mean[2:]}])
+    assert torch.equal(per_row.std, mean)

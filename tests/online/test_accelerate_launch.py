@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 
-from online.storage import AnswerJournal, complete_rounds, load_dataset, round_dir
+from online.run_directory import complete_rounds, load_dataset
+from online.storage import AnswerJournal
 from tests.online.online_helpers import LOGGING_ORACLE, REPO, loop_argv
 
 DRIVER = """
@@ -81,10 +82,10 @@ def test_accelerate_launch_runs_two_rounds_on_two_processes_and_evaluates(tiny_m
     data, _, rounds = load_dataset(run_dir)
     assert data["features"].shape[0] == 6 and rounds.tolist() == [0, 0, 0, 0, 1, 1] and bool(data["valid"].all())
     for k, size in ((0, 4), (1, 2)):
-        lines = (round_dir(run_dir, k) / "answers.jsonl").read_text().splitlines()
-        assert len(lines) == size and sorted(AnswerJournal(round_dir(run_dir, k) / "answers.jsonl").read()) == list(
-            range(size)
-        )
+        lines = (run_dir / f"round_{k:04d}" / "answers.jsonl").read_text().splitlines()
+        assert len(lines) == size and sorted(
+            AnswerJournal(run_dir / f"round_{k:04d}" / "answers.jsonl").read()
+        ) == list(range(size))
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["queries_total"] for row in metrics] == [4, 6]
     assert done.stdout.count("Run directory:") == 1  # the summary is printed by the main process only

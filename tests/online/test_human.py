@@ -20,7 +20,8 @@ pytest.importorskip("uvicorn", reason='the human oracle needs its extra: pip ins
 from online import builders
 from online.errors import RunError
 from online.loop import run_training
-from online.storage import AnswerJournal, complete_rounds, load_rows
+from online.run_directory import complete_rounds
+from online.storage import AnswerJournal, load_rows
 from online.validation import ConfigError, validate
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from online.storage import complete_rounds
+from online.run_directory import complete_rounds
 from tests.online.online_helpers import LOGGING_ORACLE, REPO, loop_argv
 
 ROUNDS = 3

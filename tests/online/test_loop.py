@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from online.evaluate import run_evaluation
 from online.loop import run_training
-from online.storage import complete_rounds, load_dataset
+from online.run_directory import complete_rounds, load_dataset
 from surrogate import load_surrogate
 from tests import REPO_ROOT as REPO
 
@@ -255,16 +255,16 @@ def test_thompson_guidance_is_refused_for_surrogates_without_a_posterior_draw(ma
 
 
 def test_reference_guidance_none_samples_the_pretrained_chain_every_round(make_config, accelerator, monkeypatch):
-    import online.loop as loop
+    import online.sampling as sampling
 
     particles = []
-    real = loop.sample_batch
+    real = sampling.sample_batch
 
     def spy(adapter, reward_for_call, featurizer, prompts, per_prompt, kwargs, *args, **kw):
         particles.append((kwargs["num_particles"], len(prompts), reward_for_call(0).differentiable))
         return real(adapter, reward_for_call, featurizer, prompts, per_prompt, kwargs, *args, **kw)
 
-    monkeypatch.setattr(loop, "sample_batch", spy)
+    monkeypatch.setattr(sampling, "sample_batch", spy)
     config = make_config(variant="tiny_colorfulness", kind="greedy")
     config.smc.guidance = "none"
     run_dir = run_training(config, accelerator)
@@ -274,17 +274,17 @@ def test_reference_guidance_none_samples_the_pretrained_chain_every_round(make_c
 
 
 def test_reference_guidance_oracle_guides_the_sampler_by_the_true_oracle(make_config, accelerator, monkeypatch):
-    import online.loop as loop
+    import online.sampling as sampling
     from das.rewards.colorfulness import ColorfulnessReward
 
     rewards = []
-    real = loop.sample_batch
+    real = sampling.sample_batch
 
     def spy(adapter, reward_for_call, featurizer, prompts, per_prompt, kwargs, *args, **kw):
         rewards.append((type(reward_for_call(0)), kwargs["num_particles"]))
         return real(adapter, reward_for_call, featurizer, prompts, per_prompt, kwargs, *args, **kw)
 
-    monkeypatch.setattr(loop, "sample_batch", spy)
+    monkeypatch.setattr(sampling, "sample_batch", spy)
     config = make_config(variant="tiny_colorfulness", kind="greedy")
     config.smc.guidance = "oracle"
     config.loop.num_rounds = 2

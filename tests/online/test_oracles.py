@@ -83,3 +83,43 @@ def test_external_command_reads_paths_and_prompts_and_prints_rewards(tmp_path):
     images[1] = 1.0
     values = oracle(images, ["ab", "abc"])
     assert torch.allclose(values, torch.tensor([2.0, 4.0], dtype=torch.float64))
+
+
+def test_the_noisy_oracle_adds_the_seeded_noise_of_each_item_whichever_call_answers_it():
+    from online.oracles import NoisyOracle
+
+    images = torch.rand(5, 3, 4, 4)
+    truth = images.mean(dim=(1, 2, 3)).double()
+    calls = []
+
+    def inner(batch, prompts):
+        calls.append(len(prompts))
+        return batch.mean(dim=(1, 2, 3)).double()
+
+    answers = {}
+    noisy = NoisyOracle(inner, 0.1, seed=1234)
+    noisy.ask(
+        images,
+        ["p"] * 5,
+        [3, 0, 4],
+        QueryPolicy(batch_size=2),
+        lambda rows: answers.update({r["index"]: r for r in rows}),
+    )
+    noise = torch.randn(5, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
+    assert calls == [2, 1] and sorted(answers) == [0, 3, 4]
+    for i, row in answers.items():
+        assert row["true_reward"] == row["value"] == float(truth[i])
+        assert row["reward"] == float(truth[i]) + 0.1 * float(noise[i])  # bit for bit: the loop's formula
+
+
+def test_the_noisy_oracle_leaves_a_failed_item_without_a_reward():
+    from online.oracles import NoisyOracle
+
+    def broken(batch, prompts):
+        raise RuntimeError("down")
+
+    answers = []
+    NoisyOracle(broken, 0.1, seed=0).ask(
+        torch.rand(2, 3, 4, 4), ["a", "b"], [0, 1], QueryPolicy(max_retries=0), answers.extend
+    )
+    assert [(r["status"], r["reward"], r["true_reward"]) for r in answers] == [("failed", None, None)] * 2

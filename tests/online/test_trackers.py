@@ -1,12 +1,13 @@
 """Trackers: two loop rounds logged to TensorBoard (and wandb offline, where installed), read back."""
 
 import math
+import time
 from pathlib import Path
 
 import pytest
 
 from online.online_main_smc import run
-from online.storage import complete_rounds
+from online.run_directory import complete_rounds
 from online.tracking import image_grid_for_tracker, round_scalars
 
 SCALARS = ("true_reward/mean", "observed_reward/mean", "diversity", "ess_fraction", "queries_total")
@@ -50,9 +51,15 @@ def test_wandb_offline_logs_the_same_rounds(make_config, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_dir = _two_rounds(make_config, "wandb")
     (offline,) = (run_dir / "wandb").glob("offline-run-*")  # inside the run directory, one run
-    records = b"".join(path.read_bytes() for path in offline.glob("run-*.wandb"))
-    for key in SCALARS + CALIBRATION + ("queried_images",):
-        assert key.encode() in records, key  # the history records name every logged key
+    keys = SCALARS + CALIBRATION + ("queried_images",)
+    deadline = time.monotonic() + 30  # wandb's service process may still be flushing the file
+    while True:
+        records = b"".join(path.read_bytes() for path in offline.glob("run-*.wandb"))
+        missing = [key for key in keys if key.encode() not in records]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not missing, missing  # the history records name every logged key
     grids = sorted(
         path.name.split("_")[2] for path in (offline / "files" / "media" / "images").glob("queried_images_*")
     )

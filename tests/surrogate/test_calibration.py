@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import surrogate.ucb as ucb_module
+import surrogate.mlp as mlp_module
 from surrogate import (
     BootstrapEnsembleSurrogate,
     MLPUCBSurrogate,
@@ -216,13 +216,13 @@ def test_linear_gaussian_model_recovers_the_textbook_width():
 
 def _capture_split(monkeypatch) -> dict:
     captured = {}
-    original = ucb_module.split_indices
+    original = mlp_module.split_indices
 
     def split(n, fraction, generator):
         captured["train"], captured["val"] = original(n, fraction, generator)
         return captured["train"], captured["val"]
 
-    monkeypatch.setattr(ucb_module, "split_indices", split)
+    monkeypatch.setattr(mlp_module, "split_indices", split)
     return captured
 
 

@@ -137,14 +137,3 @@ def test_fit_is_reproducible_and_warm_start_keeps_weights():
     fresh.fit(x, y, seed=4)
     far = max((p - q).abs().max().item() for p, q in zip(fresh.net.parameters(), before))
     assert drift < far
-
-
-def test_batched_shapes():
-    x, y = toy_data(n=40)
-    model = MLPUCBSurrogate(D, **SMALL_MLP)
-    model.fit(x, y, seed=0)
-    q = torch.randn(2, 3, D)
-    mean, std = model.posterior(q)
-    assert mean.shape == std.shape == model.optimistic(q).shape == (2, 3)
-    with pytest.raises(ValueError, match="last dimension"):
-        model.posterior(torch.randn(4, D + 1))

@@ -6,6 +6,7 @@ from das import DASSampler
 from das.adapters.loading import WeightsNotAvailableError
 from das.adapters.pixel import PixelUNetAdapter
 from das.rewards import FunctionReward
+from tests.das.adapters.adapter_builders import assert_transition_is_the_ddim_step
 from tests.tiny_components import save_pixel_model
 
 PROMPTS = ["a cat", "a red dog"]
@@ -56,15 +57,10 @@ def test_transition_matches_scheduler_step(cond_folder, eta):
     # Reference: the UNet with CFG done by hand, then DDIMScheduler.step with a known noise.
     embeds = torch.cat([cond["negative_prompt_embeds"], cond["prompt_embeds"]])
     out = adapter.unet(torch.cat([x, x]), t, encoder_hidden_states=embeds).sample
-    uncond, text = out.chunk(2)
-    eps = uncond + 2.0 * (text - uncond)
     reference = DDIMScheduler.from_pretrained(cond_folder, subfolder="scheduler")
     reference.set_timesteps(4)
-    noise = torch.randn(x.shape, generator=g)
-    expected = reference.step(eps, t, x, eta=eta, variance_noise=noise)
-    tr = adapter.transition(x, step, cond)
-    torch.testing.assert_close(tr.x0_hat, expected.pred_original_sample)
-    torch.testing.assert_close(tr.mean + tr.std * noise, expected.prev_sample)
+    assert reference.timesteps[step] == t
+    tr = assert_transition_is_the_ddim_step(adapter, cond, x, step, out, 2.0, reference, eta, g)
     if eta == 0:
         assert float(tr.std) == 0.0
 

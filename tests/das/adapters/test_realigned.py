@@ -6,7 +6,6 @@ import torch
 from diffusers import DDIMScheduler
 
 from das.adapters.lcm import LCMAdapter
-from das.adapters.pixel import PixelUNetAdapter
 from das.adapters.realigned import RealignedAdapter
 from das.adapters.stable_diffusion import StableDiffusionAdapter, StableDiffusionXLAdapter
 from das.ancestral import sample_images
@@ -14,14 +13,12 @@ from das.rewards import FunctionReward
 from das.smc import DASSampler
 from das.toy import GaussianMixture, eight_gaussians, emd, nine_gaussians, paper_toy_reward, tilt_quadratic
 from das.toy.adapter import ToyAdapter
+from tests.das.adapters.adapter_builders import pixel_adapter
 from tests.tiny_components import (
     ddim_scheduler,
-    tiny_cond_unet,
     tiny_lcm_pipeline,
     tiny_sd_pipeline,
     tiny_sdxl_pipeline,
-    tiny_text_encoder,
-    tiny_tokenizer,
 )
 
 PROMPTS = ["a cat", "a red dog"]
@@ -33,20 +30,9 @@ def _toys(num_steps=20, alpha=1.0, prior=None, **kwargs):
     return ToyAdapter(prior, num_steps=num_steps, **kwargs), ToyAdapter(aligned, num_steps=num_steps, **kwargs)
 
 
-def _pixel(seed, guidance=2.0, num_steps=3, scheduler=None):
-    return PixelUNetAdapter(
-        tiny_cond_unet(seed, in_channels=3),
-        scheduler or ddim_scheduler(),
-        tiny_text_encoder(seed),
-        tiny_tokenizer(),
-        num_steps=num_steps,
-        guidance_scale=guidance,
-    )
-
-
 @pytest.fixture(scope="module")
 def pixels():
-    return _pixel(0), _pixel(1, guidance=3.0)
+    return pixel_adapter(0), pixel_adapter(1, guidance=3.0)
 
 
 def _chain(adapter, n, seed):
@@ -176,7 +162,7 @@ def test_mismatched_pixel_models_fail_with_one_clear_error(pixels):
     reference, _ = pixels
     v_pred = DDIMScheduler.from_config(ddim_scheduler().config, prediction_type="v_prediction")
     with pytest.raises(ValueError, match="prediction type .*'epsilon'.*'v_prediction'"):
-        RealignedAdapter(reference, _pixel(1, scheduler=v_pred), 0.5)
+        RealignedAdapter(reference, pixel_adapter(1, scheduler=v_pred), 0.5)
     with pytest.raises(ValueError, match="latent shape"):
         RealignedAdapter(reference, ToyAdapter(nine_gaussians(), num_steps=3), 0.5)
     with pytest.raises(TypeError, match="no model_output"):

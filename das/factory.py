@@ -1,0 +1,247 @@
+"""From names in a config to objects: the one registry mechanism both command-line tools use.
+
+A :class:`Registry` maps the names a config field may hold to what they build, and checks
+such a field with the one-line :class:`~das.config_checks.ConfigError` every tool prints.
+This module holds the das-level registries: model families (:data:`ADAPTERS`), tempering
+schedules, resamplers and particle selections (tables owned by :mod:`das.tempering`,
+:mod:`das.resampling` and :mod:`das.smc`, read on first use) and prompt lists
+(:data:`PROMPT_LISTS`). The online loop's surrogates, oracles and featurizers live in
+:mod:`online.builders`, built on the same :class:`Registry`: ``das`` may not import
+``online`` or ``surrogate``.
+
+It also holds the builders both tools share: paths relative to the repository
+(:func:`resolve_path`), prompts (:func:`read_prompts`), adapters (:func:`build_adapter`),
+rewards (:func:`build_reward`) and samplers (:func:`sampler_kwargs`, :func:`make_das`).
+Heavy imports happen inside the builders, after validation.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from das.config_checks import ConfigError, check_choice
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Registry:
+    """Names → builders of one kind of object, and the check of the config field naming one.
+
+    Args:
+        field: the config field, as messages name it (``"model.family"``).
+        source: ``"module:ATTRIBUTE"`` of a table (a dict of name → object, or a tuple of
+            names) another module owns; it is read at each use, never copied.
+        sort: whether messages list the names sorted (else in registration order).
+    """
+
+    def __init__(self, field: str, source: str | None = None, sort: bool = False):
+        self.field = field
+        self._source = source
+        self._sort = sort
+        self._entries: dict[str, Callable[..., Any]] = {}
+
+    def register(self, *names: str) -> Callable:
+        """Decorator: registers the builder under every one of `names`."""
+
+        def add(builder: Callable) -> Callable:
+            for name in names:
+                self._entries[name] = builder
+            return builder
+
+        return add
+
+    @property
+    def entries(self):
+        return self._entries if self._source is None else _load(self._source)
+
+    def names(self) -> tuple[str, ...]:
+        names = tuple(self.entries)
+        return tuple(sorted(names)) if self._sort else names
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.entries
+
+    def check(self, name: object) -> None:
+        """Raises :class:`ConfigError` ("Unknown <field> ...; choose one of: ...") for an unknown name."""
+        check_choice(name, self.names(), self.field)
+
+    def get(self, name: str):
+        """The entry registered as `name` (after :meth:`check`)."""
+        self.check(name)
+        return self.entries[name]
+
+    def build(self, name: str, *args, **kwargs):
+        """Calls the builder registered as `name`."""
+        return self.get(name)(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- paths, prompts
+def resolve_path(path: str) -> Path:
+    """A path as given, or relative to the repository when it does not exist as given."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+
+
+PROMPT_LISTS = Registry("prompt list")
+
+
+@PROMPT_LISTS.register("world", "world:train", "world:eval")
+def _world_prompts() -> list[str]:
+    # Plug-in point: the embedded example world (a package that depends on das) supplies its
+    # prompt list; the import is lazy so that das imports nothing from world at import time.
+    from world import PROMPTS
+
+    return list(PROMPTS)
+
+
+WORLD_PROMPTS = PROMPT_LISTS.names()
+
+
+def read_prompts(source: str, num: int = 0) -> list[str]:
+    """The prompts of a named list (:data:`PROMPT_LISTS`) or of a text file; the first `num` (0: all).
+
+    A file holds one prompt per line; empty lines and ``#`` comments are skipped.
+    """
+    if source in PROMPT_LISTS:
+        prompts = PROMPT_LISTS.build(source)
+    else:
+        lines = [line.strip() for line in resolve_path(source).read_text(encoding="utf-8").splitlines()]
+        prompts = [line for line in lines if line and not line.startswith("#")]
+        if not prompts:
+            raise ConfigError(f"The prompt file {source!r} has no prompts; write one prompt per line.")
+    return prompts[:num] if num else prompts
+
+
+def check_prompt_source(source, where: str) -> None:
+    """A prompt list name or an existing file; `where` ends the message (what to give instead)."""
+    if source not in PROMPT_LISTS and not resolve_path(source).is_file():
+        raise ConfigError(f"The prompt file {source!r} {where}")
+
+
+# ----------------------------------------------------------------------------- adapters
+def _load(target: str):
+    """``"module:Name"`` -> the object, imported now (heavy modules load only when a builder runs)."""
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+ADAPTERS = Registry("model.family")  # family -> its adapter class (``from_pretrained``)
+for _family, _target in {
+    "sd": "das.adapters.stable_diffusion:StableDiffusionAdapter",
+    "sdxl": "das.adapters.stable_diffusion:StableDiffusionXLAdapter",
+    "lcm": "das.adapters.lcm:LCMAdapter",
+    "pixel": "das.adapters.pixel:PixelUNetAdapter",
+}.items():
+    ADAPTERS.register(_family)(functools.partial(_load, _target))
+FAMILIES = ADAPTERS.names()
+
+
+def build_adapter(model, device: str):
+    """The adapter for ``config.model`` (family, path, dtype, num_steps, eta, guidance ...)."""
+    kwargs = dict(num_steps=model.num_steps, dtype=model.dtype, device=device, guidance_scale=model.guidance_scale)
+    if model.height:
+        kwargs["height"] = model.height
+    if model.width:
+        kwargs["width"] = model.width
+    if model.family != "lcm":
+        kwargs["eta"] = model.eta
+        if model.negative_prompt:
+            kwargs["negative_prompt"] = model.negative_prompt
+    adapter = ADAPTERS.build(model.family).from_pretrained(model.path, **kwargs)
+    speed = {flag: bool(model[flag]) for flag in ("channels_last", "compile_unet") if model.get(flag, False)}
+    return adapter.set_speed_options(**speed) if speed else adapter
+
+
+# ----------------------------------------------------------------------------- rewards
+def build_reward(reward, device: str):
+    """The reward of a ``config.reward`` section (:func:`das.rewards.make_reward` by name), on `device`."""
+    import torch
+
+    from das.rewards import make_reward
+
+    reward_kwargs = reward.kwargs.to_dict()
+    if reward_kwargs.get("mlp_path"):
+        reward_kwargs["mlp_path"] = str(resolve_path(reward_kwargs["mlp_path"]))
+    built = make_reward(reward.name, **reward_kwargs)
+    if isinstance(built, torch.nn.Module):
+        built.to(device)
+    return built
+
+
+def check_reward_section(reward) -> None:
+    """``config.reward``: a known name, and the aesthetic MLP weights where the reward needs them."""
+    from das.rewards.registry import check_reward_name
+
+    try:
+        check_reward_name(reward.name)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    mlp_path = reward.kwargs.get("mlp_path", "")
+    if reward.name in ("aesthetic", "multi") and not (mlp_path and resolve_path(mlp_path).is_file()):
+        raise ConfigError(
+            f"The aesthetic MLP weights {mlp_path!r} do not exist; download sac+logos+ava1-l14-linearMSE.pth "
+            f"(LAION improved-aesthetic-predictor) and set --config.reward.kwargs.mlp_path to it."
+        )
+
+
+# ----------------------------------------------------------------------------- samplers
+TEMPERINGS = Registry("smc.tempering", "das.tempering:TEMPERINGS", sort=True)
+RESAMPLERS = Registry("smc.resampling", "das.resampling:RESAMPLERS", sort=True)
+SELECTIONS = Registry("smc.selection", "das.smc:SELECTIONS")
+
+
+def sampler_kwargs(smc, **overrides) -> dict:
+    """Keyword arguments of :class:`das.DASSampler` from a ``config.smc`` section (`overrides` win)."""
+    kwargs = dict(
+        kl_coeff=float(smc.kl_coeff),
+        num_particles=int(smc.num_particles),
+        resampling=smc.resampling,
+        ess_threshold=float(smc.ess_threshold),
+        tempering=smc.tempering,
+        tempering_gamma=float(smc.tempering_gamma),
+        max_chunk_rows=int(smc.max_chunk_rows) or None,
+    )
+    for field in ("tempering_start", "selection"):
+        if field in smc:
+            kwargs[field] = int(smc[field]) if field == "tempering_start" else smc[field]
+    if smc.get("gradient", "auto") != "auto":
+        kwargs["gradient"] = smc.gradient
+    for field, cast in (("gradient_every", int), ("gradient_after", float), ("gradient_reuse", bool)):
+        if field in smc:
+            kwargs[field] = cast(smc[field])
+    if smc.get("autocast", ""):
+        kwargs["autocast"] = smc.autocast
+    kwargs.update(overrides)
+    return kwargs
+
+
+def make_das(adapter, reward, smc, progress: bool = False, **overrides):
+    """A :class:`~das.smc.DASSampler` with the ``config.smc`` settings (`overrides` win)."""
+    from das.smc import DASSampler
+
+    return DASSampler(adapter, reward, **sampler_kwargs(smc, progress=progress, **overrides))
+
+
+__all__ = [
+    "ADAPTERS",
+    "FAMILIES",
+    "PROMPT_LISTS",
+    "REPO_ROOT",
+    "RESAMPLERS",
+    "SELECTIONS",
+    "TEMPERINGS",
+    "WORLD_PROMPTS",
+    "Registry",
+    "build_adapter",
+    "build_reward",
+    "check_prompt_source",
+    "check_reward_section",
+    "make_das",
+    "read_prompts",
+    "resolve_path",
+    "sampler_kwargs",
+]
