@@ -51,9 +51,7 @@ def base(
     config.smc.tempering_gamma = 0.008
     config.smc.selection = "max_weight"
     config.smc.max_chunk_rows = 0  # 0: all B·K rows per forward/backward
-    # the proposal's reward gradient (docs/proposals.md): auto (full if the reward is differentiable, else none)
-    # | full | jacobian_free (at x̂0, mapped back by 1/√ᾱ_t) | none; the weights stay exact for each
-    config.smc.gradient = "auto"
+    config.smc.gradient = "auto"  # auto (full if the reward is differentiable) | full | jacobian_free | none
     config.smc.gradient_every = 1  # take it every m steps, counted back from the last
     config.smc.gradient_after = 0.0  # take none during this first fraction of the steps
     config.smc.gradient_reuse = False  # steps without one shift by the last gradient taken (else not at all)

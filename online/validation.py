@@ -42,6 +42,15 @@ SAFE_TO_CHANGE_ON_RESUME = (
 )
 # Where the run lives: given by resume_from on a resume, not compared.
 LOCATION_FIELDS = ("resume_from", "run_name", "output_dir", "overwrite")
+# Fields added to the configs after runs were made, with the value that reproduces what the
+# tool did before they existed. A run whose config.json lacks one resumes when the field has
+# that value now (and keeps it); any other value is a different setting.
+ADDED_FIELDS = {
+    "smc.gradient": "auto",
+    "smc.gradient_every": 1,
+    "smc.gradient_after": 0.0,
+    "smc.gradient_reuse": False,
+}
 
 
 def validate(config) -> None:
@@ -256,6 +265,10 @@ def resume_config(config, overrides: dict | None = None):
     if config.overwrite:
         raise ConfigError("resume_from and overwrite=True contradict each other; a resume never deletes anything.")
     wanted, kept = _flatten(config.to_dict()), _flatten(stored)
+    for field, value in ADDED_FIELDS.items():  # a run older than the field ran with its old behaviour
+        if field not in kept and field in wanted:
+            kept[field] = value
+            stored = _with_field(stored, field, value)
     differ = [
         field
         for field in sorted(set(wanted) | set(kept))
@@ -281,6 +294,14 @@ def resume_config(config, overrides: dict | None = None):
     resumed.resume_from = config.resume_from
     resumed.overwrite = False
     return resumed
+
+
+def _with_field(tree: dict, field: str, value) -> dict:
+    """A copy of the nested dict `tree` with the dotted `field` set to `value`."""
+    head, _, rest = field.partition(".")
+    if not rest:
+        return {**tree, head: value}
+    return {**tree, head: _with_field(tree.get(head, {}), rest, value)}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -211,6 +211,8 @@ class CompiledOrEager:
         return self.eager(*args, **kwargs)
 
     def __getattr__(self, name: str):
+        if name == "eager":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.eager, name)
 
 

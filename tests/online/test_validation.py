@@ -109,3 +109,24 @@ def test_a_run_from_an_older_version_resumes_with_the_new_fields_defaulted(make_
     config.seed = 9
     with pytest.raises(ConfigError, match="seed is 0 in its config.json but 9 here"):
         resume_config(config, overrides={"seed": 9})
+
+
+def test_a_run_older_than_the_proposal_options_resumes_only_with_their_old_behaviour(make_config, tmp_path):
+    import json
+
+    from online.validation import resume_config
+
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    stored = make_config().to_dict()
+    for field in ("gradient", "gradient_every", "gradient_after", "gradient_reuse"):
+        del stored["smc"][field]  # a run made before the proposal options existed
+    (run_dir / "config.json").write_text(json.dumps(stored))
+    config = make_config()
+    config.resume_from = str(run_dir)
+    resumed = resume_config(config, overrides={})
+    assert (resumed.smc.gradient, resumed.smc.gradient_every) == ("auto", 1)  # what the old run did
+    assert (resumed.smc.gradient_after, resumed.smc.gradient_reuse) == (0.0, False)
+    config.smc.gradient = "jacobian_free"
+    with pytest.raises(ConfigError, match="smc.gradient is 'auto' in its config.json but 'jacobian_free' here"):
+        resume_config(config, overrides={"smc.gradient": "jacobian_free"})
