@@ -239,6 +239,7 @@ def plot(payload: dict, path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 4, figsize=(22, 4.8))
     panels = [("toy", "emd_over_floor", "toy: EMD / floor"), ("toy", "reward", "toy: reward"), ("world", "reward", "")]
@@ -246,6 +247,8 @@ def plot(payload: dict, path) -> None:
         for name, points in payload.get(setting, {}).get("curves", {}).items():
             ax.plot([p["seconds"] for p in points], [p[key] for p in points], marker="o", label=name)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # unlabelled minor ticks: no overlap
         ax.set_xlabel("wall seconds")
         ax.set_title(title or "world: colourfulness of the selected sample")
     axes[0].axhline(TOY_EMD_LIMIT, color="grey", linestyle="--")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("bench_smc_overhead", "bench_das_sd", "bench_surrogate", "bench_world", "bench_realign")
+MODULES = (
+    "bench_smc_overhead",
+    "bench_das_sd",
+    "bench_precision",
+    "bench_reward_per_second",
+    "bench_surrogate",
+    "bench_world",
+    "bench_realign",
+)
 
 
 def main() -> None:

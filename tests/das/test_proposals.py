@@ -2,14 +2,13 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from das.proposals import ProposalGradient, alpha_bars
 from das.rewards import FunctionReward
 from das.smc import DASSampler
-from das.toy import emd, nine_gaussians, paper_toy_reward, tilt_quadratic
+from das.toy import nine_gaussians, paper_toy_reward
 from das.toy.adapter import ToyAdapter
 from tests.das import test_smc
 
@@ -42,14 +41,7 @@ def test_cheaper_gradients_match_the_closed_form(options):
 )
 def test_cheaper_gradients_reach_the_emd_floor_on_nine_gaussians(options):
     """As ``test_smc``'s full-gradient case: EMD to the exact target ≤ 0.82 and ≤ 1.5× the floor."""
-    prior, reward, alpha = nine_gaussians(), paper_toy_reward(), 1.0
-    target, _ = tilt_quadratic(prior, reward, alpha)
-    adapter = ToyAdapter(prior, num_steps=100, eta=1.0)
-    sampler = DASSampler(adapter, reward, kl_coeff=alpha, num_particles=100, selection="sample", **options)
-    generator = torch.Generator().manual_seed(0)
-    samples = sampler.sample([""] * 500, generator).selected
-    das = np.mean([emd(samples, target.sample(500, generator)) for _ in range(4)])
-    floor = np.mean([emd(target.sample(500, generator), target.sample(500, generator)) for _ in range(4)])
+    das, floor = test_smc.nine_gaussians_emd(**options)
     assert das <= 0.82
     assert das <= 1.5 * floor, (das, floor)
 
