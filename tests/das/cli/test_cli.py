@@ -13,13 +13,11 @@ from tests.tiny_components import tiny_sd_pipeline
 
 
 def load_config(spec: str):
-    import importlib.util
+    """``"config/sd.py:aesthetic"`` → that variant's config (``config`` is an installed package)."""
+    import importlib
 
     path, variant = spec.split(":")
-    module_spec = importlib.util.spec_from_file_location("cfg", ROOT / path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return importlib.import_module("config." + path.removeprefix("config/").removesuffix(".py")).get_config(variant)
 
 
 @pytest.fixture(scope="module")

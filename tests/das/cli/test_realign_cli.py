@@ -19,12 +19,9 @@ def _reject(constant):
 
 
 def load_config(variant: str):
-    import importlib.util
+    from config.sd import get_config
 
-    spec = importlib.util.spec_from_file_location("cfg_sd", ROOT / "config" / "sd.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return get_config(variant)
 
 
 @pytest.fixture(scope="module")
