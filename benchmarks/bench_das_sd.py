@@ -37,7 +37,7 @@ def brightness(images: torch.Tensor, prompts=None) -> torch.Tensor:
     return images.mean(dim=(1, 2, 3))
 
 
-def _das_particles(adapter, sampler, prompts: list[str]) -> list[torch.Tensor]:
+def _das_particles(adapter, sampler, reward, prompts: list[str]) -> list[torch.Tensor]:
     """The particles DAS evaluates at each step of one call (same seed as the timed calls)."""
     seen, transition = [], adapter.transition
 
@@ -47,7 +47,7 @@ def _das_particles(adapter, sampler, prompts: list[str]) -> list[torch.Tensor]:
 
     adapter.transition = recording
     try:
-        sampler.sample(prompts, torch.Generator().manual_seed(0))
+        sampler.sample(prompts, reward, torch.Generator().manual_seed(0))
     finally:
         del adapter.transition
     return seen
@@ -64,7 +64,9 @@ def _floor(adapter, alphas, cond, inputs: list[torch.Tensor]) -> None:
         torch.autograd.grad(reward.sum(), x)
 
 
-def _timed_functions(pipe, adapter, sampler, prompts: list[str], particles: int, particle_floor: bool = False) -> dict:
+def _timed_functions(
+    pipe, adapter, sampler, reward, prompts: list[str], particles: int, particle_floor: bool = False
+) -> dict:
     """The functions a row times, closed over one set of inputs (``floor_das_particles`` if asked for)."""
     rows = len(prompts) * particles
     cond = {k: v.repeat_interleave(particles, 0) for k, v in adapter.encode_prompts(prompts).items()}
@@ -72,7 +74,7 @@ def _timed_functions(pipe, adapter, sampler, prompts: list[str], particles: int,
     alphas = pipe.scheduler.alphas_cumprod
 
     def das():
-        sampler.sample(prompts, torch.Generator().manual_seed(0))
+        sampler.sample(prompts, reward, torch.Generator().manual_seed(0))
 
     def floor():
         _floor(adapter, alphas, cond, [x_start] * STEPS)
@@ -91,7 +93,7 @@ def _timed_functions(pipe, adapter, sampler, prompts: list[str], particles: int,
 
     fns = {"das": das, "floor": floor, "plain": plain}
     if particle_floor:
-        particles_seen = _das_particles(adapter, sampler, prompts)
+        particles_seen = _das_particles(adapter, sampler, reward, prompts)
         fns["floor_das_particles"] = lambda: _floor(adapter, alphas, cond, particles_seen)
     return fns
 
@@ -111,7 +113,7 @@ def interleaved_medians(fns: dict, repeats: int, warm_up: bool) -> dict:
 
 
 def measure_row(num_prompts: int, particles: int, repeats: int, warm_up: bool, particle_floor: bool = False) -> dict:
-    from das import DASSampler
+    from das import DASSampler, DASSettings
     from das.adapters.stable_diffusion import StableDiffusionAdapter
     from das.rewards import FunctionReward
     from tests.tiny_components import tiny_sd_pipeline
@@ -120,9 +122,9 @@ def measure_row(num_prompts: int, particles: int, repeats: int, warm_up: bool, p
     pipe.set_progress_bar_config(disable=True)
     adapter = StableDiffusionAdapter(pipe, num_steps=STEPS, guidance_scale=GUIDANCE)
     reward = FunctionReward(brightness, differentiable=True, name="brightness")
-    sampler = DASSampler(adapter, reward, kl_coeff=0.005, num_particles=particles)
+    sampler = DASSampler(adapter, DASSettings(kl_coeff=0.005, num_particles=particles))
     prompts = PROMPTS[:num_prompts]
-    fns = _timed_functions(pipe, adapter, sampler, prompts, particles, particle_floor)
+    fns = _timed_functions(pipe, adapter, sampler, reward, prompts, particles, particle_floor)
     timed = interleaved_medians(fns, repeats, warm_up)
     das, floor, plain = (timed[name]["median"] for name in ("das", "floor", "plain"))
     row = {

@@ -39,8 +39,8 @@ VARIANTS = {
 
 
 def build_sampler(options: dict, steps: int, particles: int):
-    """A sampler over fresh proportioned components with one variant's `options`."""
-    from das import DASSampler
+    """A sampler over fresh proportioned components with one variant's `options`, and its reward."""
+    from das import DASSampler, DASSettings
     from das.adapters.stable_diffusion import StableDiffusionAdapter
     from das.rewards import FunctionReward
     from tests.tiny_components import tiny_sd_pipeline
@@ -49,7 +49,8 @@ def build_sampler(options: dict, steps: int, particles: int):
     adapter = StableDiffusionAdapter(tiny_sd_pipeline(proportioned=True), num_steps=steps, guidance_scale=GUIDANCE)
     adapter.set_speed_options(**speed)
     reward = FunctionReward(brightness, differentiable=True, name="brightness")
-    return DASSampler(adapter, reward, kl_coeff=0.005, num_particles=particles, autocast=options.get("autocast"))
+    settings = DASSettings(kl_coeff=0.005, num_particles=particles, autocast=options.get("autocast"))
+    return DASSampler(adapter, settings), reward
 
 
 def exactness(result, reference) -> dict:
@@ -69,13 +70,13 @@ def measure(names: list[str], steps: int, num_prompts: int, particles: int, repe
     prompts = PROMPTS[:num_prompts]
     samplers = {name: build_sampler(VARIANTS[name], steps, particles) for name in names}
     outputs, first_call = {}, {}
-    for name, sampler in samplers.items():  # the first call compiles, where compiling is asked for
+    for name, (sampler, reward) in samplers.items():  # the first call compiles, where compiling is asked for
         start = time.perf_counter()
-        outputs[name] = sampler.sample(prompts, torch.Generator().manual_seed(0))
+        outputs[name] = sampler.sample(prompts, reward, torch.Generator().manual_seed(0))
         first_call[name] = time.perf_counter() - start
     fns = {
-        name: (lambda s=sampler: s.sample(prompts, torch.Generator().manual_seed(0)))
-        for name, sampler in samplers.items()
+        name: (lambda s=sampler, r=reward: s.sample(prompts, r, torch.Generator().manual_seed(0)))
+        for name, (sampler, reward) in samplers.items()
     }
     timed = interleaved_medians(fns, repeats, warm_up=False)
     base = timed["fp32"]["median"]

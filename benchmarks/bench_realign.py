@@ -15,7 +15,7 @@ its ratio to the floor (the mean EMD between two independent exact draws of 500)
 * ``das_double_tilt``: DAS over the realigned chain at λ with the reward at α/λ, which tilts
   twice (strength α/(2λ)): the wrong composition, for the record;
 * ``das_realigned_proposal``: the issue's bar, the exact scheme: ``DASSampler(reference,
-  reward, kl_coeff=α/λ, proposal_adapter=realigned chain at λ)``, so the target path is the
+  DASSettings(kl_coeff=α/λ), proposal_adapter=realigned chain at λ)``, so the target path is the
   reference chain twisted by ``r/α'`` (``α' = α/λ``) and the realigned transition only moves
   the particles (weights ``log p_ref − log p_λ + ψ_{t−1} − ψ_t``); no gradient shift and no
   tempering, since the realigned chain already carries the tilt;
@@ -49,9 +49,10 @@ import torch
 from benchmarks.common import write_result
 from das.adapters.realigned import RealignedAdapter
 from das.ancestral import sample_images
+from das.proposals import GradientOptions
 from das.resampling import effective_sample_size, get_resampler, normalize_with_log_sum
 from das.rewards import FunctionReward
-from das.smc import DASSampler
+from das.smc import DASSampler, DASSettings
 from das.toy import GaussianMixture, eight_gaussians, emd, nine_gaussians, paper_toy_reward, tilt_quadratic
 from das.toy.adapter import ToyAdapter
 
@@ -83,9 +84,8 @@ def _chain(adapter, generator: torch.Generator) -> torch.Tensor:
 
 def _das(base, reward, kl_coeff: float, generator: torch.Generator) -> tuple[torch.Tensor, float]:
     """One draw by weight from each of ``SET · SETS`` independent DAS runs, and the mean final ESS."""
-    result = DASSampler(base, reward, kl_coeff=kl_coeff, num_particles=PARTICLES, selection="sample").sample(
-        [""] * (SET * SETS), generator
-    )
+    settings = DASSettings(kl_coeff=kl_coeff, num_particles=PARTICLES, selection="sample")
+    result = DASSampler(base, settings).sample([""] * (SET * SETS), reward, generator)
     return result.selected, float(result.ess[-1].mean())
 
 
@@ -93,16 +93,9 @@ def _das_with_proposal(
     reference, realigned, reward, kl_coeff: float, generator: torch.Generator, gradient: bool
 ) -> tuple[torch.Tensor, float]:
     """DAS towards ``p_ref · exp(r/α')`` moving by the realigned chain: one draw by weight per run, mean final ESS."""
-    options = {} if gradient else {"use_gradient": False, "tempering": "none"}
-    result = DASSampler(
-        reference,
-        reward,
-        kl_coeff=kl_coeff,
-        num_particles=PARTICLES,
-        selection="sample",
-        proposal_adapter=realigned,
-        **options,
-    ).sample([""] * (SET * SETS), generator)
+    options = {} if gradient else {"gradient": GradientOptions("none"), "tempering": "none"}
+    settings = DASSettings(kl_coeff=kl_coeff, num_particles=PARTICLES, selection="sample", **options)
+    result = DASSampler(reference, settings, proposal_adapter=realigned).sample([""] * (SET * SETS), reward, generator)
     return result.selected, float(result.ess[-1].mean())
 
 

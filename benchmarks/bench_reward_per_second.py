@@ -37,15 +37,16 @@ import numpy as np
 import torch
 
 from benchmarks.common import RESULTS, write_result
+from das.proposals import GradientOptions
 
-#: DAS's proposals: name -> DASSampler gradient options.
+#: DAS's proposals: name -> the sampler's gradient options.
 PROPOSALS = {
-    "das_full": dict(gradient="full"),
-    "jacobian_free_after_0.5": dict(gradient="jacobian_free", gradient_after=0.5),
-    "jacobian_free_late": dict(gradient="jacobian_free", gradient_after=0.75, gradient_every=2, gradient_reuse=True),
-    "full_every_3": dict(gradient="full", gradient_every=3),
-    "full_after_0.5": dict(gradient="full", gradient_after=0.5),
-    "gradient_free": dict(gradient="none"),
+    "das_full": GradientOptions("full"),
+    "jacobian_free_after_0.5": GradientOptions("jacobian_free", after=0.5),
+    "jacobian_free_late": GradientOptions("jacobian_free", after=0.75, every=2, reuse=True),
+    "full_every_3": GradientOptions("full", every=3),
+    "full_after_0.5": GradientOptions("full", after=0.5),
+    "gradient_free": GradientOptions("none"),
 }
 BASELINES = ("best_of_n", "guidance")
 TOY_EMD_LIMIT, SD_TIME_LIMIT = 1.2, 0.7
@@ -65,8 +66,9 @@ def pretrained_images(adapter, prompts: list[str], particles: int, generator: to
 
 
 def run_method(name: str, adapter, reward, alpha: float, options: dict, prompts, particles: int, seed: int):
-    """One call of method `name`: ``(seconds, per-prompt output (B, ...), per-prompt reward (B,))``."""
-    from das.smc import DASSampler
+    """One call of method `name` with `options` (fields of :class:`das.DASSettings`): ``(seconds, per-prompt output
+    (B, ...), per-prompt reward (B,))``."""
+    from das.smc import DASSampler, DASSettings
 
     generator = torch.Generator().manual_seed(seed)
     b = len(prompts)
@@ -80,8 +82,8 @@ def run_method(name: str, adapter, reward, alpha: float, options: dict, prompts,
         return time.perf_counter() - start, out, rewards.max(-1).values
     if name == "guidance":
         options = dict(options, tempering="none", ess_threshold=0.0, selection="all")
-    sampler = DASSampler(adapter, reward, kl_coeff=alpha, num_particles=particles, **options)
-    result = sampler.sample(list(prompts), generator)
+    sampler = DASSampler(adapter, DASSettings(kl_coeff=alpha, num_particles=particles, **options))
+    result = sampler.sample(list(prompts), reward, generator)
     seconds = time.perf_counter() - start
     if name == "guidance":  # every particle is a sample: the first per prompt, the mean reward
         return seconds, result.images[:, 0], result.rewards.mean(-1)
@@ -89,8 +91,8 @@ def run_method(name: str, adapter, reward, alpha: float, options: dict, prompts,
 
 
 def method_options(name: str) -> dict:
-    """DASSampler options of a method (guidance: the full gradient)."""
-    return dict(PROPOSALS.get(name, PROPOSALS["das_full"]))
+    """The :class:`das.DASSettings` fields of a method: its gradient options (guidance: the full gradient)."""
+    return {"gradient": PROPOSALS.get(name, PROPOSALS["das_full"])}
 
 
 # ---------------------------------------------------------------- the settings
@@ -128,6 +130,7 @@ def world_curves(particle_counts: list[int], num_prompts: int, methods: list[str
     """The embedded world towards colourfulness: per method and ``K`` (`counts` overrides a method's list),
     the median seconds of `repeats` runs (methods interleaved within each ``K``) and the selected sample's reward."""
     from das.rewards.colorfulness import ColorfulnessReward
+    from das.tempering import ExponentialTempering
     from world import PROMPTS
     from world.model import load_adapter
 
@@ -138,7 +141,7 @@ def world_curves(particle_counts: list[int], num_prompts: int, methods: list[str
         runs = {name: [] for name in methods if k in counts.get(name, particle_counts)}
         for _ in range(repeats):
             for name in runs:
-                options = dict(method_options(name), tempering_gamma=0.1)
+                options = dict(method_options(name), tempering=ExponentialTempering(gamma=0.1))
                 runs[name].append(run_method(name, adapter, reward, alpha, options, prompts, k, seed=0))
         for name, calls in runs.items():
             seconds, reward_mean = statistics.median(c[0] for c in calls), float(calls[0][2].mean())
@@ -159,7 +162,7 @@ def sd_times(particles: int, repeats: int, methods: list[str]) -> dict:
     adapter = StableDiffusionAdapter(pipe, num_steps=STEPS, guidance_scale=GUIDANCE)
     reward = FunctionReward(brightness, differentiable=True, name="brightness")
     prompts = ["a cat"]
-    fns = {"floor": _timed_functions(pipe, adapter, None, prompts, particles)["floor"]}
+    fns = {"floor": _timed_functions(pipe, adapter, None, reward, prompts, particles)["floor"]}
     for name in methods:
         options = method_options(name)
         fns[name] = lambda n=name, o=options: run_method(n, adapter, reward, 0.005, o, prompts, particles, 0)

@@ -16,34 +16,35 @@ import time
 import torch
 
 from benchmarks.common import write_result
-from das.smc import DASSampler
+from das.smc import DASSampler, DASSettings
 from das.toy import GaussianMixture, QuadraticReward, nine_gaussians, paper_toy_reward
 from das.toy.adapter import ToyAdapter
 
 B, K, STEPS, REPEATS = 8, 16, 50, 11
 
 
-def _model_and_reward_only(sampler: DASSampler, prompts: list[str], generator: torch.Generator) -> None:
+def _model_and_reward_only(sampler: DASSampler, prompts: list[str], reward, generator: torch.Generator) -> None:
     """Exactly the model and reward work of one sampler call, with no SMC around it."""
     adapter = sampler.adapter
-    rows = [p for p in prompts for _ in range(sampler.num_particles)]
-    x = adapter.initial_noise(len(rows), generator)
+    batch = sampler._batch(prompts)
+    strategy = sampler.proposal_gradient(reward)
+    x = adapter.initial_noise(len(batch.row_prompts), generator)
     for step in range(adapter.num_steps):
-        current = sampler._evaluate(x, step, ({}, None), rows)
+        current = sampler._evaluate(x, step, batch, reward, strategy)
         x = current.mean
-    sampler._final_reward(x, rows)
+    sampler._final_reward(x, batch.row_prompts, reward)
 
 
 def measure(adapter: ToyAdapter, reward, resampling: str) -> dict:
-    sampler = DASSampler(adapter, reward, kl_coeff=1.0, num_particles=K, resampling=resampling)
+    sampler = DASSampler(adapter, DASSettings(kl_coeff=1.0, num_particles=K, resampling=resampling))
     prompts = [f"prompt {i}" for i in range(B)]
     totals, models = [], []
     for repeat in range(REPEATS + 1):
         start = time.perf_counter()
-        sampler.sample(prompts, torch.Generator().manual_seed(repeat))
+        sampler.sample(prompts, reward, torch.Generator().manual_seed(repeat))
         total = time.perf_counter() - start
         start = time.perf_counter()
-        _model_and_reward_only(sampler, prompts, torch.Generator().manual_seed(repeat))
+        _model_and_reward_only(sampler, prompts, reward, torch.Generator().manual_seed(repeat))
         model = time.perf_counter() - start
         if repeat:  # the first round warms up
             totals.append(total)

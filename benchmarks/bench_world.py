@@ -28,7 +28,7 @@ import torch
 
 from das.ancestral import sample_images
 from das.rewards.colorfulness import ColorfulnessReward
-from das.smc import DASSampler
+from das.smc import DASSampler, DASSettings
 from world import DEFAULT_GUIDANCE_SCALE, DEFAULT_MODEL_PATH, PROMPTS
 from world.model import load_adapter
 from world.oracles import jpeg_reward
@@ -65,10 +65,10 @@ def _measure(adapter, threads: int) -> dict:
     prompts8 = list(PROMPTS[:8])
     load_before = os.getloadavg()
     sample_best, sample_all = _timed(lambda: sample_images(adapter, prompts32, torch.Generator().manual_seed(0)))
-    col = DASSampler(adapter, ColorfulnessReward(scale=0.01), kl_coeff=0.05, num_particles=4)
-    das_col_best, _ = _timed(lambda: col.sample(prompts8, torch.Generator().manual_seed(1)), repeats=1)
-    jpg = DASSampler(adapter, jpeg_reward(), kl_coeff=0.1, num_particles=4)
-    das_jpg_best, _ = _timed(lambda: jpg.sample(prompts8, torch.Generator().manual_seed(2)), repeats=1)
+    col, colorful = DASSampler(adapter, DASSettings(kl_coeff=0.05, num_particles=4)), ColorfulnessReward(scale=0.01)
+    das_col_best, _ = _timed(lambda: col.sample(prompts8, colorful, torch.Generator().manual_seed(1)), repeats=1)
+    jpg, jpeg = DASSampler(adapter, DASSettings(kl_coeff=0.1, num_particles=4)), jpeg_reward()
+    das_jpg_best, _ = _timed(lambda: jpg.sample(prompts8, jpeg, torch.Generator().manual_seed(2)), repeats=1)
     return {
         "sample_32_images_seconds": round(sample_best, 3),
         "sample_32_images_all_runs": [round(t, 3) for t in sample_all],

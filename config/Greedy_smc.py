@@ -1,4 +1,4 @@
-"""Online loop with the Greedy surrogate (``surrogate.kind = "greedy"``), DAS as the sampler.
+"""Online loop guided by the UCB surrogate's mean (``surrogate.kind = "ucb"``, ``acquisition.kind = "mean"``).
 
 Run ``accelerate launch online/online_main_smc.py --config config/Greedy_smc.py:<variant>`` with a
 variant of ``config/online_base.py``; override any field, e.g. ``--config.smc.num_particles=8``.

@@ -31,12 +31,22 @@ from config.sd import base as das_config
 
 CLIP_MODEL = "openai/clip-vit-large-patch14"
 
-#: The method files ``config/<method>_smc.py``: each is this table's row, through :func:`method_config`.
+#: The method files ``config/<method>_smc.py``: each is this table's row, through :func:`method_config`:
+#: the surrogate kind, and the acquisition ``smc.guidance="optimistic"`` (the default) guides DAS by.
 METHODS = {
-    "UCB": "ucb",  # MLP + UCB bonus
-    "Bootstrap": "bootstrap",  # bootstrap ensemble of MLPs
-    "GP": "gp",  # Gaussian process
-    "Greedy": "greedy",  # MLP mean, no optimism
+    "UCB": ("ucb", "ucb"),  # MLP + UCB bonus
+    "Bootstrap": ("bootstrap", "max_heads"),  # bootstrap ensemble of MLPs, max over heads
+    "GP": ("gp", "ucb"),  # Gaussian process + UCB
+    "Greedy": ("ucb", "mean"),  # the UCB surrogate's mean, no optimism
+}
+#: The acquisition settings of each acquisition kind a method uses (β, and the UCB bonus's clip).
+#: The values reproduce the pre-0.2 methods, where β lived in the surrogate (old runs resume with them).
+ACQUISITION_SETTINGS = {
+    ("ucb", "ucb"): {"beta": 1.0, "clip": 10.0},  # SEIKO's bonus clip
+    ("gp", "ucb"): {"beta": 1.0, "clip": None},
+    ("bootstrap", "ucb"): {"beta": 1.0, "clip": None},
+    ("bootstrap", "max_heads"): {"beta": 1.0, "clip": None},
+    ("ucb", "mean"): {"beta": 0.0, "clip": 10.0},
 }
 
 VARIANTS = (
@@ -52,28 +62,34 @@ VARIANTS = (
 )
 
 
-def _surrogate(kind: str) -> ml_collections.ConfigDict:
+def _surrogate(kind: str, acquisition: str) -> ml_collections.ConfigDict:
     s = ml_collections.ConfigDict()
-    s.kind = kind  # ucb | bootstrap | gp | greedy
-    # Keyword arguments of the surrogate class (surrogate/), e.g. beta, ridge, hidden sizes.
+    s.kind = kind  # ucb | bootstrap | gp
+    # Keyword arguments of the surrogate class (surrogate/), e.g. ridge, hidden sizes.
     s.kwargs = ml_collections.ConfigDict()
-    if kind == "ucb":
-        # Bonus β·std with the calibrated std s·sqrt(φᵀA⁻¹φ), A = λI + Σφφᵀ, s fitted on held-out
-        # answers (surrogate/ucb.py); the loop passes its label noise std. The reference's
-        # normalized-covariance bonus is bonus_covariance="normalized" with beta=0.01.
-        s.kwargs.beta = 1.0
+    if kind == "ucb" and acquisition == "ucb":
+        # The calibrated std s·sqrt(φᵀA⁻¹φ), A = λI + Σφφᵀ, s fitted on held-out answers
+        # (surrogate/ucb.py); the loop passes its label noise std. The reference's
+        # normalized-covariance bonus is bonus_covariance="normalized" with acquisition.beta=0.01.
         s.kwargs.lam = 0.001
-        s.kwargs.clip = 10.0
     elif kind == "bootstrap":
         s.kwargs.num_heads = 4
-    if kind in ("ucb", "bootstrap", "greedy"):
+    if kind in ("ucb", "bootstrap"):
         s.kwargs.hidden = (1024, 128, 64, 16)  # the reference MLP on 768-d CLIP features
         s.kwargs.max_epochs = 100  # early stopping on a shuffled validation split ends most fits sooner
         s.kwargs.patience = 5
-    elif kind == "gp":
-        s.kwargs.beta = 1.0
     s.warm_start = True
     return s
+
+
+def _acquisition(kind: str, acquisition: str) -> ml_collections.ConfigDict:
+    """How optimistic the sampler's guidance is (surrogate/acquisition.py), apart from the model."""
+    a = ml_collections.ConfigDict()
+    a.kind = acquisition  # what smc.guidance="optimistic" uses: ucb (mean + min(β·std, clip)) | max_heads | mean
+    settings = ACQUISITION_SETTINGS.get((kind, acquisition), {"beta": 1.0, "clip": None})
+    a.beta = settings["beta"]  # UCB's optimism β (a multiple of the calibrated std)
+    a.clip = ml_collections.FieldReference(settings["clip"], field_type=float)  # UCB bonus clip (None: none)
+    return a
 
 
 def _sd_model() -> ml_collections.ConfigDict:
@@ -89,7 +105,8 @@ def _smc() -> ml_collections.ConfigDict:
     del smc.selection
     smc.tempering_start = 0
     smc.prompts_per_call = 16  # prompts (each with K particles) per sampler call
-    smc.guidance = "optimistic"  # optimistic (mean + bonus) | mean | thompson | none (pretrained) | oracle (ceiling)
+    # optimistic (acquisition.kind) | mean | thompson (a draw per call) | none (pretrained) | oracle (ceiling)
+    smc.guidance = "optimistic"
     return smc
 
 
@@ -103,7 +120,7 @@ def _world_model() -> ml_collections.ConfigDict:
     return m
 
 
-def _base(surrogate_kind: str) -> ml_collections.ConfigDict:
+def _base(surrogate_kind: str, acquisition: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.mode = "train"  # train | evaluate
     c.run_name = "online"
@@ -142,7 +159,8 @@ def _base(surrogate_kind: str) -> ml_collections.ConfigDict:
     c.oracle.host = "127.0.0.1"
     c.oracle.port = 0  # 0: a free port, picked once per run
 
-    c.surrogate = _surrogate(surrogate_kind)
+    c.surrogate = _surrogate(surrogate_kind, acquisition)
+    c.acquisition = _acquisition(surrogate_kind, acquisition)
 
     c.smc = _smc()
 
@@ -187,11 +205,24 @@ def _tiny(c: ml_collections.ConfigDict, oracle: str) -> ml_collections.ConfigDic
     return c
 
 
-def online_config(surrogate_kind: str, variant: str, method: str) -> ml_collections.ConfigDict:
-    """The config of `method` (its surrogate kind) for one variant."""
+def online_config(
+    surrogate_kind: str, variant: str, method: str, acquisition: str | None = None
+) -> ml_collections.ConfigDict:
+    """The config of `method` (its surrogate kind and optimistic acquisition) for one variant.
+
+    ``acquisition`` defaults to the kind's own (UCB for ``ucb`` and ``gp``, the max over heads
+    for ``bootstrap``); the pre-0.2 kind ``"greedy"`` gives the ``ucb`` surrogate with the
+    posterior mean (deprecated, removed in 0.4.0).
+    """
     if variant not in VARIANTS:
         raise ValueError(f"Unknown config variant {variant!r}; choose one of: {', '.join(VARIANTS)}.")
-    c = _base(surrogate_kind)
+    if surrogate_kind == "greedy":
+        from surrogate.deprecation import deprecate
+
+        deprecate("Surrogate kind 'greedy'", "use kind 'ucb' with acquisition 'mean' (config/Greedy_smc.py)")
+        surrogate_kind, acquisition = "ucb", "mean"
+    acquisition = acquisition or {"bootstrap": "max_heads"}.get(surrogate_kind, "ucb")
+    c = _base(surrogate_kind, acquisition)
     c.run_name = f"{method}-{variant}"
     if variant == "jpeg":
         c.oracle.kind = "jpeg"
@@ -214,10 +245,13 @@ def online_config(surrogate_kind: str, variant: str, method: str) -> ml_collecti
 
 def method_config(method: str):
     """The ``get_config`` of ``config/<method>_smc.py``: :func:`online_config` with the method's surrogate."""
-    kind = METHODS[method]
+    kind, acquisition = METHODS[method]
 
     def get_config(variant: str = "aesthetic") -> ml_collections.ConfigDict:
-        return online_config(kind, variant, method=method)
+        return online_config(kind, variant, method=method, acquisition=acquisition)
 
-    get_config.__doc__ = f"``config/{method}_smc.py:<variant>``: the online loop with the {kind!r} surrogate."
+    get_config.__doc__ = (
+        f"``config/{method}_smc.py:<variant>``: the online loop with the {kind!r} surrogate and the "
+        f"{acquisition!r} acquisition."
+    )
     return get_config

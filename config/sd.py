@@ -35,6 +35,9 @@ def base(
     config.model.negative_prompt = ""
     config.model.height = 0  # 0: unet.config.sample_size × vae scale factor
     config.model.width = 0
+    # opt-in speed options (measured by benchmarks/bench_precision.py): off, every result is unchanged
+    config.model.channels_last = False  # UNet and VAE weights in the channels_last memory format
+    config.model.compile_unet = False  # torch.compile the UNet (falls back to eager, with a warning, if it fails)
 
     config.reward = ml_collections.ConfigDict()
     config.reward.name = "aesthetic"
@@ -55,6 +58,7 @@ def base(
     config.smc.gradient_every = 1  # take it every m steps, counted back from the last
     config.smc.gradient_after = 0.0  # take none during this first fraction of the steps
     config.smc.gradient_reuse = False  # steps without one shift by the last gradient taken (else not at all)
+    config.smc.autocast = ""  # "" off | bf16 | fp16: the model passes under torch.autocast (weights stay float32)
 
     # DeRaDiff realignment (docs/realign.md): mix the model outputs of model.path (the reference)
     # and realign.aligned (a model aligned at strength realign.alpha), ε_λ = (1 − λ)ε_ref + λε_aligned,

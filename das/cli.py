@@ -13,10 +13,11 @@ closest to the target with ``smc.kl_coeff = α/λ``). With
 ``realign_sweep.json`` and ``realign_sweep.md`` instead: per λ the mean reward, diversity and
 a cross-reward, beside DAS on ``model.path`` at the equivalent α/λ.
 
-The configuration is validated before any model is loaded; errors a user can cause print
-one line and exit non-zero. This module only reads the command line and prints; the work is
-done by :mod:`das.offline` (validation, sampling, the run directory) and
-:mod:`das.realign_sweep`.
+The configuration (prompt file included, read in full) is validated before any model is
+loaded; errors a user can cause print one line and exit non-zero. One run per run name at a
+time: a second one stops with one line and exit status 2 (see :func:`das.offline.claim_run`).
+This module only reads the command line and prints; the work is done by :mod:`das.offline`
+(validation, sampling, the run directory) and :mod:`das.realign_sweep`.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ Examples:
   python -m das --config config/sd.py:realign --config.realign.aligned=PATH --config.realign.lam=0.5
   python -m das --config config/sd.py:realign_world --config.realign.sweep=0,0.5,1,2
 
-Exit status: 0 done, 2 bad input (nothing written).
+Exit status: 0 done; 2 bad input, or another run of the same run_name still running (nothing written);
+1 failed while running (e.g. a full disk; an earlier output there is kept).
 """
 
 
@@ -63,14 +65,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from das.offline import run
     from das.rewards.optional import MissingExtraError
     from das.run_dirs import RunDirError
+    from das.stopping import Stopped, stop_on_signals
 
     argv = list(sys.argv if argv is None else argv)
     if wants_help(argv):
         print(HELP)
         return 0
     try:
-        config, _ = parse_config_argv(argv, EXAMPLE, lock_config=True)
-        run_dir = run(config)
+        with stop_on_signals():  # SIGINT/SIGTERM: one line and 130/143, the old outputs untouched
+            config, _ = parse_config_argv(argv, EXAMPLE, lock_config=True)
+            run_dir = run(config)
+    except Stopped as stop:
+        print(f"das: stopped by {stop.name}; no partial output was written: run the command again.", file=sys.stderr)
+        return stop.exit_status
     except (CommandLineError, ConfigError, RunDirError, WeightsNotAvailableError, MissingExtraError) as error:
         print(f"das: {' '.join(str(error).split())}", file=sys.stderr)
         return 2

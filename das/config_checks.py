@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 import re
 
-#: The model dtypes a config may name, with the torch dtype each stands for (the one table:
-#: :func:`das.adapters.common.resolve_dtype` reads it too).
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+from das.adapters.common import DTYPES  # the model dtypes a config may name (the adapters' table)
+
 #: The dtypes ``smc.autocast`` may name (:data:`das.smc.AUTOCAST_DTYPES`).
 AUTOCAST = ("bf16", "fp16")
 
@@ -96,8 +95,8 @@ def check_model_section(model) -> None:
         check_number(model[side], f"model.{side}", integer=True, minimum=0, maximum=16_384)
         if model[side] % 8:
             raise ConfigError(f"model.{side} must be a multiple of 8 (0: the model's own size), got {model[side]}.")
-    for flag in ("channels_last", "compile_unet"):  # opt-in speed options, off where absent
-        if flag in model:
+    for flag in ("channels_last", "compile_unet"):  # opt-in speed options (the configs declare them off)
+        if flag in model:  # a section built by hand may lack them: off
             check_flag(model[flag], f"model.{flag}")
 
 
@@ -116,7 +115,7 @@ def check_smc_section(smc, num_steps: int) -> None:
         check_number(smc.tempering_start, "smc.tempering_start", integer=True, minimum=0, maximum=num_steps)
     if "selection" in smc:
         SELECTIONS.check(smc.selection)
-    if "autocast" in smc:  # opt-in autocast of the model passes ('' off)
+    if "autocast" in smc:  # opt-in autocast of the model passes ('' off, as where absent)
         check_choice(smc.autocast, ("", *AUTOCAST), "smc.autocast")
     check_proposal_gradient(smc)
 

@@ -34,9 +34,27 @@ def parse_config_argv(argv: Sequence[str], example: str, lock_config: bool = Fal
         The ConfigDict and a flat dict ``{"smc.kl_coeff": 0.1, ...}`` of the fields given on
         the command line.
 
+    A field given more than once takes its last value, tuples included (absl would join the
+    tuples of a repeated tuple field into one).
+
     Raises:
         CommandLineError: for anything that does not parse, with one line naming it.
     """
+    from absl import flags
+    from ml_collections import config_flags
+
+    values = _parse(argv, example, lock_config)
+    repeated = [name for name in values if isinstance(values[name], flags.MultiFlag) and values[name].present > 1]
+    if repeated:  # parse again with only the last occurrence of each repeated tuple field
+        values = _parse(_keep_last(argv, set(repeated)), example, lock_config)
+    config = values.config
+    if config is None:
+        raise CommandLineError(f"--config is required, e.g. --config {example}.")
+    return config, dict(config_flags.get_override_values(values["config"]))
+
+
+def _parse(argv: Sequence[str], example: str, lock_config: bool):
+    """The parsed flags of `argv` (a fresh registry per call: parsing twice in one process works)."""
     from absl import flags
     from ml_collections import config_flags
 
@@ -70,9 +88,30 @@ def parse_config_argv(argv: Sequence[str], example: str, lock_config: bool = Fal
             config.to_dict()
         except OSError as error:
             raise CommandLineError(_missing_file(str(error), example)) from None
-    if config is None:
-        raise CommandLineError(f"--config is required, e.g. --config {example}.")
-    return config, dict(config_flags.get_override_values(values["config"]))
+    return values
+
+
+def _flag_name(arg: str) -> tuple[str, bool] | None:
+    """``("config.a.b", has_inline_value)`` for a flag argument such as ``--config.a.b=1``; None for others."""
+    if not arg.startswith("-") or arg in ("-", "--"):
+        return None
+    name, sep, _ = arg.lstrip("-").partition("=")
+    return name, bool(sep)
+
+
+def _keep_last(argv: Sequence[str], names: set[str]) -> list[str]:
+    """`argv` with all but the last occurrence of each flag in `names` (flags that take a value) left out."""
+    spans: dict[str, list[range]] = {}
+    i = 1
+    while i < len(argv) and argv[i] != "--":
+        parsed = _flag_name(argv[i])
+        width = 1
+        if parsed is not None and parsed[0] in names:
+            width = 1 if parsed[1] else 2  # --name value: the value is the next argument
+            spans.setdefault(parsed[0], []).append(range(i, i + width))
+        i += width
+    dropped = {j for found in spans.values() for span in found[:-1] for j in span}
+    return [arg for j, arg in enumerate(argv) if j not in dropped]
 
 
 def _last_line(text: str) -> str:

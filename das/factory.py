@@ -11,7 +11,7 @@ schedules, resamplers and particle selections (tables owned by :mod:`das.temperi
 
 It also holds the builders both tools share: paths relative to the repository
 (:func:`resolve_path`), prompts (:func:`read_prompts`), adapters (:func:`build_adapter`),
-rewards (:func:`build_reward`) and samplers (:func:`sampler_kwargs`, :func:`make_das`).
+rewards (:func:`build_reward`) and samplers (:func:`settings_from_config`, :func:`make_das`).
 Heavy imports happen inside the builders, after validation.
 """
 
@@ -104,22 +104,80 @@ WORLD_PROMPTS = PROMPT_LISTS.names()
 def read_prompts(source: str, num: int = 0) -> list[str]:
     """The prompts of a named list (:data:`PROMPT_LISTS`) or of a text file; the first `num` (0: all).
 
-    A file holds one prompt per line; empty lines and ``#`` comments are skipped.
+    A file holds one prompt per line (UTF-8, a byte-order mark allowed); empty lines and ``#``
+    comments are skipped. A file that is missing, not a regular file, unreadable, larger than
+    :data:`MAX_PROMPT_FILE_BYTES`, not UTF-8 text or without any prompt raises :class:`ConfigError`
+    with one line naming it.
     """
     if source in PROMPT_LISTS:
         prompts = PROMPT_LISTS.build(source)
     else:
-        lines = [line.strip() for line in resolve_path(source).read_text(encoding="utf-8").splitlines()]
+        lines = [line.strip() for line in _prompt_file_text(source).splitlines()]
         prompts = [line for line in lines if line and not line.startswith("#")]
         if not prompts:
             raise ConfigError(f"The prompt file {source!r} has no prompts; write one prompt per line.")
     return prompts[:num] if num else prompts
 
 
-def check_prompt_source(source, where: str) -> None:
-    """A prompt list name or an existing file; `where` ends the message (what to give instead)."""
-    if source not in PROMPT_LISTS and not resolve_path(source).is_file():
+MAX_PROMPT_FILE_BYTES = 64 * 2**20  # a prompt file is text: anything larger is the wrong file
+_PROMPT_FIX = "give a UTF-8 text file with one prompt per line."
+
+
+def _prompt_file_text(source: str) -> str:
+    """The decoded text of a prompt file; one-line :class:`ConfigError` for anything that is not UTF-8 text."""
+    path = resolve_path(source)
+    if not path.exists():
+        raise ConfigError(f"The prompt file {source!r} does not exist; {_PROMPT_FIX}")
+    if path.is_dir():
+        raise ConfigError(f"The prompt file {source!r} is a folder, not a file; {_PROMPT_FIX}")
+    if not path.is_file():
+        raise ConfigError(f"The prompt file {source!r} is not a regular file (a pipe or a device); {_PROMPT_FIX}")
+    try:
+        if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+            raise ConfigError(
+                f"The prompt file {source!r} is larger than {MAX_PROMPT_FILE_BYTES // 2**20} MiB, so it is not a "
+                f"prompt file; {_PROMPT_FIX}"
+            )
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(
+            f"The prompt file {source!r} cannot be read ({error.strerror or error}); {_PROMPT_FIX}"
+        ) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(
+            f"The prompt file {source!r} is not UTF-8 text (an invalid byte on line {line}); save it as UTF-8 "
+            "with one prompt per line."
+        ) from None
+    if "\x00" in text:
+        raise ConfigError(
+            f"The prompt file {source!r} holds NUL bytes, so it is not UTF-8 text (UTF-16?); save it as UTF-8 "
+            "with one prompt per line."
+        )
+    return text
+
+
+def check_prompt_source(source, where: str, field: str = "") -> None:
+    """Refuses a prompt source :func:`read_prompts` could not read, before anything is created.
+
+    A named list passes; a file must exist and is read and decoded in full (so a file that is
+    not UTF-8 text, or holds no prompt, is refused at validation, not after the run began).
+
+    Args:
+        source: the configured prompt list name or file.
+        where: ends the message for a missing file (what to give instead).
+        field: the config field, prefixed to the other messages (e.g. ``"prompts.train_file"``).
+    """
+    if source in PROMPT_LISTS:
+        return
+    if not isinstance(source, str) or not source.strip() or not resolve_path(source).exists():
         raise ConfigError(f"The prompt file {source!r} {where}")
+    try:
+        read_prompts(source)
+    except ConfigError as error:
+        raise ConfigError(f"{field}: {error}" if field else str(error)) from None
 
 
 # ----------------------------------------------------------------------------- adapters
@@ -194,36 +252,53 @@ RESAMPLERS = Registry("smc.resampling", "das.resampling:RESAMPLERS", sort=True)
 SELECTIONS = Registry("smc.selection", "das.smc:SELECTIONS")
 
 
-def sampler_kwargs(smc, **overrides) -> dict:
-    """Keyword arguments of :class:`das.DASSampler` from a ``config.smc`` section (`overrides` win)."""
-    kwargs = dict(
+def settings_from_config(smc, progress: bool = False, **overrides):
+    """The :class:`~das.smc_settings.DASSettings` of a ``config.smc`` section (`overrides`: settings fields, they win).
+
+    The section's tempering fields (``tempering``, ``tempering_gamma``, ``tempering_start``)
+    become one schedule object and its gradient fields one
+    :class:`~das.proposals.GradientOptions`; fields a section lacks (``selection``,
+    ``tempering_start``, the gradient and ``autocast`` fields) take their defaults.
+    """
+    from dataclasses import replace
+
+    from das.proposals import GradientOptions
+    from das.smc_settings import DASSettings
+    from das.tempering import tempering_from_options
+
+    ess_threshold = float(smc.ess_threshold)
+    tempering = tempering_from_options(
+        smc.tempering,
+        start=int(smc.get("tempering_start", 0)),
+        gamma=float(smc.tempering_gamma),
+        ess_threshold=ess_threshold if ess_threshold > 0 else 0.5,  # adaptive tempering's ESS target
+    )
+    gradient = GradientOptions(
+        smc.get("gradient", "auto"),
+        every=int(smc.get("gradient_every", 1)),
+        after=float(smc.get("gradient_after", 0.0)),
+        reuse=bool(smc.get("gradient_reuse", False)),
+    )
+    settings = DASSettings(
         kl_coeff=float(smc.kl_coeff),
         num_particles=int(smc.num_particles),
         resampling=smc.resampling,
-        ess_threshold=float(smc.ess_threshold),
-        tempering=smc.tempering,
-        tempering_gamma=float(smc.tempering_gamma),
+        ess_threshold=ess_threshold,
+        tempering=tempering,
+        selection=smc.get("selection", "max_weight"),
+        gradient=gradient,
         max_chunk_rows=int(smc.max_chunk_rows) or None,
+        autocast=smc.get("autocast", "") or None,
+        progress=progress,
     )
-    for field in ("tempering_start", "selection"):
-        if field in smc:
-            kwargs[field] = int(smc[field]) if field == "tempering_start" else smc[field]
-    if smc.get("gradient", "auto") != "auto":
-        kwargs["gradient"] = smc.gradient
-    for field, cast in (("gradient_every", int), ("gradient_after", float), ("gradient_reuse", bool)):
-        if field in smc:
-            kwargs[field] = cast(smc[field])
-    if smc.get("autocast", ""):
-        kwargs["autocast"] = smc.autocast
-    kwargs.update(overrides)
-    return kwargs
+    return replace(settings, **overrides) if overrides else settings
 
 
-def make_das(adapter, reward, smc, progress: bool = False, **overrides):
-    """A :class:`~das.smc.DASSampler` with the ``config.smc`` settings (`overrides` win)."""
+def make_das(adapter, smc, progress: bool = False, proposal_adapter=None, **overrides):
+    """A :class:`~das.smc.DASSampler` on `adapter` with the ``config.smc`` settings (`overrides` win)."""
     from das.smc import DASSampler
 
-    return DASSampler(adapter, reward, **sampler_kwargs(smc, progress=progress, **overrides))
+    return DASSampler(adapter, settings_from_config(smc, progress, **overrides), proposal_adapter)
 
 
 __all__ = [
@@ -243,5 +318,5 @@ __all__ = [
     "make_das",
     "read_prompts",
     "resolve_path",
-    "sampler_kwargs",
+    "settings_from_config",
 ]

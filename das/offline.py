@@ -14,12 +14,19 @@ created; :func:`run` samples every prompt with DAS (or the realigned chain, see
 
 Under ``accelerate launch`` prompts are split across processes and results gathered on the
 main process, which alone writes the run directory.
+
+One writer per run name: the main process holds ``<output_dir>/.<run_name>.lock``
+(:func:`das.run_dirs.lock_run_name`) from before any model loads until the outputs are in
+place; a second run of the same name stops with one line. Under the lock, the temporary
+folders a killed run of this name left are removed, and the run directory is checked again
+right before the swap, so an output is never replaced without ``overwrite``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +36,14 @@ from das.config_checks import ConfigError, check_flag, check_number, check_share
 from das.factory import build_adapter, build_reward, check_prompt_source, check_reward_section, make_das, read_prompts
 from das.images import image_grid, save_png, to_uint8
 from das.realign_sweep import PlainSampler, build_realign_pair, realign_enabled, run_sweep, validate_realign
-from das.run_dirs import DAS_SAMPLE_KIND, RunDirError, RunPlace, write_run_directory
+from das.run_dirs import (
+    DAS_SAMPLE_KIND,
+    RunDirError,
+    RunPlace,
+    clean_run_leftovers,
+    lock_run_name,
+    write_run_directory,
+)
 
 
 def validate(config) -> None:
@@ -41,7 +55,11 @@ def validate(config) -> None:
     check_number(config.num_prompts, "num_prompts (0: all)", integer=True, minimum=0)
     check_number(config.batch_prompts, "batch_prompts", integer=True, minimum=1)
     check_flag(config.overwrite, "overwrite")
-    check_prompt_source(config.prompt_file, "does not exist; set prompt_file to a text file with one prompt per line.")
+    check_prompt_source(  # read and decoded in full: an empty or non-UTF-8 file stops here
+        config.prompt_file,
+        "does not exist; set prompt_file to a text file with one prompt per line.",
+        field="prompt_file",
+    )
     try:
         run_place(config).check(config.overwrite)
     except RunDirError as error:
@@ -53,13 +71,15 @@ def run_place(config) -> RunPlace:
     return RunPlace(config.output_dir, config.run_name, DAS_SAMPLE_KIND, example="outputs/das", reuse_empty=False)
 
 
-def sample_prompts(sampler, prompts: Sequence[str], batch: int, seed: int, offset: int) -> list[dict]:
-    """Runs the sampler over `prompts` in batches; one record per prompt (CPU/numpy only)."""
+def sample_prompts(sampler_and_reward, prompts: Sequence[str], batch: int, seed: int, offset: int) -> list[dict]:
+    """Runs the sampler over `prompts` in batches towards its reward (:func:`build_sampler`'s pair); one record per
+    prompt (CPU/numpy only)."""
+    sampler, reward = sampler_and_reward
     records = []
     for start in range(0, len(prompts), batch):
         chunk = list(prompts[start : start + batch])
         generator = torch.Generator(device=sampler.adapter.device).manual_seed(seed + offset + start)
-        result = sampler.sample(chunk, generator)
+        result = sampler.sample(chunk, reward, generator)
         selected = result.selected_index
         for b, prompt in enumerate(chunk):
             records.append(
@@ -74,7 +94,7 @@ def sample_prompts(sampler, prompts: Sequence[str], batch: int, seed: int, offse
                     "ess": result.ess[:, b].tolist(),
                     "lam": result.lam[:, b].tolist(),
                     "resampled": result.resampled[:, b].tolist(),
-                    "reward_trace": result.reward_trace[:, b].tolist(),
+                    "reward_trace": result.trace.reward[:, b].tolist(),
                     "log_normalizer": float(result.log_normalizer[b]),
                 }
             )
@@ -82,9 +102,11 @@ def sample_prompts(sampler, prompts: Sequence[str], batch: int, seed: int, offse
 
 
 def write_outputs(run_dir: Path, config, records: list[dict]) -> None:
-    """Writes the run directory atomically (a temporary sibling renamed into place)."""
+    """Writes the run directory atomically (a temporary sibling renamed into place, the place checked again first)."""
     records = sorted(records, key=lambda r: r["index"])
-    write_run_directory(run_dir, lambda tmp: _write_files(tmp, config, records), DAS_SAMPLE_KIND)
+    write_run_directory(
+        run_dir, lambda tmp: _write_files(tmp, config, records), DAS_SAMPLE_KIND, overwrite=bool(config.overwrite)
+    )
 
 
 def _write_files(tmp: Path, config, records: list[dict]) -> None:
@@ -146,15 +168,62 @@ def _write_files(tmp: Path, config, records: list[dict]) -> None:
 
 
 def run(config) -> Path:
-    """Validates `config`, samples every prompt with DAS, writes the run directory; returns it."""
+    """Validates `config`, takes the run name's lock, samples every prompt with DAS, writes the run directory.
+
+    Returns:
+        The run directory ``<output_dir>/<run_name>``.
+
+    Raises:
+        ConfigError: a bad configuration or prompt file, before anything is created.
+        RunDirError: another run of this name is running, or its directory appeared meanwhile.
+    """
     from accelerate import PartialState
 
     validate(config)
     prompts = read_prompts(config.prompt_file, config.num_prompts)
     state = PartialState(cpu=config.device == "cpu")
+    with claim_run(config, state):
+        return _sample_and_write(config, state, prompts)
+
+
+@contextlib.contextmanager
+def claim_run(config, state) -> Iterator[None]:
+    """Holds the run name's lock (:func:`das.run_dirs.lock_run_name`) on the main process for the whole run.
+
+    Under the lock, before any model loads, the folders a killed run of this name left are
+    tidied (:func:`das.run_dirs.clean_run_leftovers`) and the run directory is checked again, so
+    a run started second stops here (``RunDirError``, on every process) instead of replacing
+    the first one's outputs.
+    """
+    lock, error = None, None
+    if state.is_main_process:
+        try:
+            lock = lock_run_name(config.output_dir, config.run_name)
+            clean_run_leftovers(run_place(config).path, DAS_SAMPLE_KIND)
+            run_place(config).check(config.overwrite)
+        except RunDirError as caught:
+            error = str(caught)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        error = broadcast_object_list([error])[0]
+    try:
+        if error is not None:
+            raise RunDirError(error)
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _sample_and_write(config, state, prompts: Sequence[str]) -> Path:
+    """Builds the models, samples every prompt (or the λ sweep) and writes the run directory on the main process."""
     device = config.device or str(state.device)
     torch.manual_seed(config.seed)
-
     reward = build_reward(config.reward, device)
     run_dir = run_place(config).path
     if realign_enabled(config) and config.realign.sweep:
@@ -171,17 +240,20 @@ def run(config) -> Path:
     return run_dir
 
 
-def build_sampler(config, reward, device: str, progress: bool):
-    """DAS on ``model.path``; with ``realign.enabled`` the realigned chain, sampled plainly or as DAS's proposal."""
+def build_sampler(config, reward, device: str, progress: bool) -> tuple:
+    """The run's sampler and `reward`, the pair :func:`sample_prompts` takes.
+
+    DAS on ``model.path``; with ``realign.enabled`` the realigned chain, sampled plainly or as DAS's proposal.
+    """
     if not realign_enabled(config):
-        return make_das(build_adapter(config.model, device), reward, config.smc, progress)
+        return make_das(build_adapter(config.model, device), config.smc, progress), reward
     from das.adapters.realigned import RealignedAdapter
 
     reference, aligned = build_realign_pair(config, device)
     adapter = RealignedAdapter(reference, aligned, config.realign.lam)
     if config.realign.smc:  # DAS towards p_ref·exp(r/smc.kl_coeff), the realigned chain as its proposal
-        return make_das(reference, reward, config.smc, progress, proposal_adapter=adapter)
-    return PlainSampler(adapter, reward, config.smc.num_particles)
+        return make_das(reference, config.smc, progress, proposal_adapter=adapter), reward
+    return PlainSampler(adapter, config.smc.num_particles), reward
 
 
 def _sample_on_every_process(state, sampler, prompts: Sequence[str], config) -> list[dict]:

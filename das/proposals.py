@@ -3,7 +3,9 @@
 DAS proposes ``x_{t-1} ~ N(μ_t + σ_t² λ_{t-1} g_t / α, σ_t²)`` and weights each draw by the
 exact ``log p_pre(x_{t-1}|x_t) − log q(x_{t-1}|x_t)`` of the shift it actually applied
 (:class:`~das.smc.DASSampler`). Any ``g_t`` that is a function of the particle's past keeps
-the target exact, so it may be cheap. :class:`ProposalGradient` picks it:
+the target exact, so it may be cheap. :class:`GradientOptions` (a field of
+:class:`~das.smc_settings.DASSettings`) picks it, and :class:`ProposalGradient` takes it on
+one chain for one reward:
 
 * ``"full"``: ``g_t = ∇_{x_t} r(decode(x̂0(x_t)))`` by autograd through the model (the
   paper's DAS);
@@ -63,80 +65,91 @@ def alpha_bars(adapter: DenoiserAdapter) -> list[float]:
 
 
 @dataclass(frozen=True)
-class ProposalGradient:
-    """The proposal's gradient: its mode and the steps that take it (see the module docstring).
+class GradientOptions:
+    """Which gradient shifts DAS's proposal, and on which steps (see the module docstring).
 
     Args:
-        mode: ``"full"``, ``"jacobian_free"`` or ``"none"``.
+        kind: ``"full"``, ``"jacobian_free"``, ``"none"``, or ``"auto"`` (the default):
+            ``"full"`` for a reward whose ``differentiable`` flag is set, else ``"none"``.
+        every: take the gradient every this many steps (1: every step), counted back from the last.
+        after: take none during the first fraction `after` of the steps, in [0, 1).
+        reuse: on steps without a fresh gradient, shift by the last one taken instead of not at all.
+
+    Raises:
+        ValueError: an option is out of range.
+    """
+
+    kind: str = "auto"
+    every: int = 1
+    after: float = 0.0
+    reuse: bool = False
+
+    def __post_init__(self):
+        if self.kind not in ("auto", *GRADIENTS):
+            raise ValueError(f"Unknown gradient {self.kind!r}; choose one of: auto, {', '.join(GRADIENTS)}.")
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"GradientOptions.every must be an integer of at least 1, got {self.every!r}.")
+        if not 0.0 <= self.after < 1.0:
+            raise ValueError(f"GradientOptions.after must lie in [0, 1), got {self.after}.")
+
+    def kind_for(self, reward: Reward) -> str:
+        """The gradient `reward` gets: `kind`, with ``"auto"`` decided by the reward's ``differentiable`` flag.
+
+        Raises:
+            ValueError: a gradient is asked of a reward that is not differentiable.
+        """
+        differentiable = bool(getattr(reward, "differentiable", False))
+        if self.kind == "auto":
+            return "full" if differentiable else "none"
+        if self.kind != "none" and not differentiable:
+            raise ValueError(
+                f"gradient {self.kind!r} needs a differentiable reward; this one is not (use gradient 'none' or "
+                f"'auto')."
+            )
+        return self.kind
+
+
+@dataclass(frozen=True)
+class ProposalGradient:
+    """The proposal's gradient for one reward on one chain: its kind and the steps that take it.
+
+    Args:
+        kind: ``"full"``, ``"jacobian_free"`` or ``"none"`` (already decided, see :meth:`GradientOptions.kind_for`).
         every: take the gradient every this many steps (1: every step).
         after: take none during the first fraction `after` of the steps, in [0, 1).
         reuse: on steps without a fresh gradient, shift by the last one taken instead of not at all.
         inverse_sqrt_alpha_bars: ``1/√ᾱ_t`` per step (``"jacobian_free"`` only); see :meth:`for_adapter`.
     """
 
-    mode: str = "full"
+    kind: str = "full"
     every: int = 1
     after: float = 0.0
     reuse: bool = False
     inverse_sqrt_alpha_bars: tuple[float, ...] = ()
 
     def __post_init__(self):
-        if self.mode not in GRADIENTS:
-            raise ValueError(f"Unknown gradient {self.mode!r}; choose one of: {', '.join(GRADIENTS)}.")
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
-            raise ValueError(f"gradient_every must be an integer of at least 1, got {self.every!r}.")
-        if not 0.0 <= self.after < 1.0:
-            raise ValueError(f"gradient_after must lie in [0, 1), got {self.after}.")
+        if self.kind not in GRADIENTS:
+            raise ValueError(f"Unknown gradient {self.kind!r}; choose one of: {', '.join(GRADIENTS)}.")
+        GradientOptions(self.kind, self.every, self.after, self.reuse)  # the same range checks
 
     @classmethod
     def for_adapter(
-        cls, adapter: DenoiserAdapter, mode: str = "full", every: int = 1, after: float = 0.0, reuse: bool = False
+        cls, adapter: DenoiserAdapter, kind: str = "full", every: int = 1, after: float = 0.0, reuse: bool = False
     ) -> ProposalGradient:
-        """The strategy for `adapter`'s chain (reads ``ᾱ_t`` for ``"jacobian_free"``)."""
-        scales = ()
-        if mode == "jacobian_free":
-            scales = tuple(1.0 / math.sqrt(a) for a in alpha_bars(adapter))
-        return cls(mode, every, after, reuse, scales)
-
-    @classmethod
-    def resolve(
-        cls,
-        adapter: DenoiserAdapter,
-        reward: Reward,
-        use_gradient: bool | None = None,
-        mode: str | None = None,
-        every: int = 1,
-        after: float = 0.0,
-        reuse: bool = False,
-    ) -> ProposalGradient:
-        """:class:`~das.smc.DASSampler`'s strategy from its arguments.
-
-        `mode` None keeps the older switch: ``"full"`` when `use_gradient` (by default the
-        reward's ``differentiable`` flag), else ``"none"``.
+        """The strategy for `adapter`'s chain (reads ``ᾱ_t`` for ``"jacobian_free"``).
 
         Raises:
-            ValueError: a gradient is asked of a non-differentiable reward, `use_gradient`
-                contradicts `mode`, or an option is out of range.
+            ValueError: ``"jacobian_free"`` on an adapter without ``scheduler.alphas_cumprod`` and timesteps.
         """
-        differentiable = bool(getattr(reward, "differentiable", False))
-        if use_gradient and not differentiable:
-            raise ValueError(
-                "use_gradient=True needs a differentiable reward; this one is not (set use_gradient=False)."
-            )
-        if mode is None:
-            mode = "full" if (differentiable if use_gradient is None else use_gradient) else "none"
-        elif use_gradient is not None and bool(use_gradient) != (mode != "none"):
-            raise ValueError(f"use_gradient={use_gradient} contradicts gradient={mode!r}; set only one of them.")
-        if mode in GRADIENTS and mode != "none" and not differentiable:
-            raise ValueError(
-                f"gradient={mode!r} needs a differentiable reward; this one is not (use gradient='none')."
-            )
-        return cls.for_adapter(adapter, mode, every, after, reuse)
+        scales = ()
+        if kind == "jacobian_free":
+            scales = tuple(1.0 / math.sqrt(a) for a in alpha_bars(adapter))
+        return cls(kind, every, after, reuse, scales)
 
     @property
     def uses_gradient(self) -> bool:
         """Whether any step takes a gradient."""
-        return self.mode != "none"
+        return self.kind != "none"
 
     def takes_gradient(self, step: int, num_steps: int) -> bool:
         """Whether chain step `step` (the transition the gradient shifts) takes a fresh gradient."""
@@ -162,7 +175,7 @@ class ProposalGradient:
             with torch.no_grad():
                 transition = adapter.transition(x, step, cond)
                 return transition, reward(adapter.decode(transition.x0_hat), list(prompts)), None
-        if self.mode == "full":
+        if self.kind == "full":
             x = x.requires_grad_(True)
             with torch.enable_grad():
                 transition = adapter.transition(x, step, cond)
@@ -177,4 +190,4 @@ class ProposalGradient:
         return transition, value, grad.mul_(self.inverse_sqrt_alpha_bars[step])
 
 
-__all__ = ["GRADIENTS", "ProposalGradient", "alpha_bars"]
+__all__ = ["GRADIENTS", "GradientOptions", "ProposalGradient", "alpha_bars"]

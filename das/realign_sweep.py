@@ -154,14 +154,14 @@ class PlainSampler:
     tilt), and the reward trace holds the final mean reward (nothing is traced).
     """
 
-    def __init__(self, adapter, reward, num_particles: int):
+    def __init__(self, adapter, num_particles: int):
         self.adapter = adapter
-        self.reward = reward
         self.num_particles = int(num_particles)
 
     @torch.no_grad()
-    def sample(self, prompts: Sequence[str], generator: torch.Generator):
-        from das.smc import SMCResult
+    def sample(self, prompts: Sequence[str], reward, generator: torch.Generator):
+        """`K` samples of each of the ``B`` `prompts`, scored by `reward`, as a :class:`~das.smc.SMCResult`."""
+        from das.smc import SMCResult, SMCTrace
 
         adapter, k, b = self.adapter, self.num_particles, len(prompts)
         rows = [p for p in prompts for _ in range(k)]
@@ -171,7 +171,7 @@ class PlainSampler:
             tr = adapter.transition(x, step, cond)
             x = tr.mean + tr.std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         images = adapter.decode(x).float()
-        rewards = self.reward(images, rows).float().reshape(b, k).cpu()
+        rewards = reward(images, rows).float().reshape(b, k).cpu()
         images = images.reshape(b, k, *images.shape[1:]).cpu()
         t = adapter.num_steps
         return SMCResult(
@@ -180,11 +180,13 @@ class PlainSampler:
             rewards=rewards,
             log_weights=torch.full((b, k), -math.log(k)),
             log_normalizer=torch.zeros(b),
-            ess=torch.full((t + 1, b), float(k)),
-            lam=torch.zeros(t + 1, b),
-            resampled=torch.zeros(t, b, dtype=torch.bool),
-            reward_trace=rewards.mean(1).expand(t + 1, b).clone(),
-            degenerate_steps=torch.zeros(b, dtype=torch.long),
+            trace=SMCTrace(
+                ess=torch.full((t + 1, b), float(k)),
+                lam=torch.zeros(t + 1, b),
+                resampled=torch.zeros(t, b, dtype=torch.bool),
+                reward=rewards.mean(1).expand(t + 1, b).clone(),
+                degenerate_steps=torch.zeros(b, dtype=torch.long),
+            ),
             selected_index=torch.zeros(b, dtype=torch.long),
             selected=images[:, 0],
         )
@@ -242,8 +244,9 @@ def _sweep_cell(config, reference, aligned, reward, prompts, lam: float, das_alp
     alpha = aligned_alpha(config)
     entry = {"lam": lam, "emulated_alpha": alpha / lam if alpha and lam > 0 else None}  # None: ∞ (λ = 0) or α unknown
     start = time.time()
-    plain = PlainSampler(RealignedAdapter(reference, aligned, lam), reward, 1)
-    images = plain.sample(rows, torch.Generator(device=reference.device).manual_seed(config.seed)).images[:, 0]
+    plain = PlainSampler(RealignedAdapter(reference, aligned, lam), 1)
+    generator = torch.Generator(device=reference.device).manual_seed(config.seed)
+    images = plain.sample(rows, reward, generator).images[:, 0]
     images = images.reshape(len(prompts), m, *images.shape[1:])
     entry["realigned"] = {
         **sweep_metrics(images, prompts, reward, config.reward.name),
@@ -254,8 +257,9 @@ def _sweep_cell(config, reference, aligned, reward, prompts, lam: float, das_alp
         return entry, columns
     start = time.time()
     if lam > 0:
-        das = make_das(reference, reward, config.smc, kl_coeff=das_alpha / lam, selection="sample")
-        das_images = das.sample(rows, torch.Generator(device=reference.device).manual_seed(config.seed)).selected
+        das = make_das(reference, config.smc, kl_coeff=das_alpha / lam, selection="sample")
+        generator = torch.Generator(device=reference.device).manual_seed(config.seed)
+        das_images = das.sample(rows, reward, generator).selected
         das_images = das_images.detach().float().cpu().reshape(len(prompts), m, *das_images.shape[1:])
         entry["das"] = {
             **sweep_metrics(das_images, prompts, reward, config.reward.name),
@@ -325,4 +329,4 @@ def _write_sweep(run_dir: Path, config, summary: dict, picture: np.ndarray) -> N
         (tmp / "realign_sweep.md").write_text(sweep_table(summary))
         (tmp / "config.json").write_text(config.to_json_best_effort(indent=1))
 
-    write_run_directory(run_dir, fill, DAS_SAMPLE_KIND)
+    write_run_directory(run_dir, fill, DAS_SAMPLE_KIND, overwrite=bool(config.overwrite))

@@ -4,8 +4,15 @@ Both command-line tools (``python -m das`` and ``online/online_main_smc.py``) wr
 ``<output_dir>/<run_name>``. This module is the only place that decides whether such a
 directory may be emptied: it must be a plain child of ``output_dir`` (``run_name`` is a
 plain name, no separators, not ``.`` or ``..``), a real directory (not a symlink), and it
-must carry this project's marker file ``run.json`` naming the same kind of run. Anything
-else is refused with one line, so a typo can never remove a user's files.
+must carry this project's marker file ``run.json`` naming the same kind of run, and hold
+no other run inside it. Anything else is refused with one line, so a typo can never remove
+a user's files. A folder counts as a run only through that marker, never because a
+``config.json`` is there. A new run may not be placed inside another run, whether directly
+or through a link (:func:`enclosing_run`), so overwriting one run never deletes another.
+
+An overwrite never empties the old run in place: the new run is created (and locked) first,
+then the old one is renamed aside (:func:`move_aside`) and deleted only once the new one is
+in its place (:func:`remove_aside`).
 
 A run directory is locked with an OS file lock (``fcntl.flock`` on ``<dir>/.lock``) for
 the run's whole life. The lock is released by the kernel when the process ends, however it
@@ -26,6 +33,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from das.stopping import deferred
 
 MARKER = "run.json"
 LOCK = ".lock"
@@ -74,7 +83,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # the permissions an ordinary open() would give
+        os.fchmod(fd, 0o666 & ~process_umask())  # the permissions an ordinary open() would give
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -85,10 +94,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def process_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022  # the usual default where /proc is not available
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -115,16 +129,19 @@ class DirectoryLock:
     Args:
         directory: the run directory (created if missing).
         what: how the error message names the directory's user ("run", "evaluation").
+        filename: the lock file's name in `directory` (``python -m das`` locks a run name with
+            ``.<run_name>.lock`` beside the run directory, see :func:`lock_run_name`).
     """
 
-    def __init__(self, directory: Path, what: str = "run"):
+    def __init__(self, directory: Path, what: str = "run", filename: str = LOCK):
         self.directory = Path(directory)
         self.what = what
+        self.filename = filename
         self._handle = None
 
     def acquire(self) -> DirectoryLock:
         self.directory.mkdir(parents=True, exist_ok=True)
-        handle = open(self.directory / LOCK, "a+", encoding="utf-8")
+        handle = open(self.directory / self.filename, "a+", encoding="utf-8")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -183,6 +200,80 @@ def check_removable(path: Path, output_dir: Path, kind: str) -> None:
             f"Refusing to overwrite {str(path)!r}: it is a {marker.get('kind')!r} run, not a {kind!r} one; "
             "choose another run_name."
         )
+    inner = nested_run(path)
+    if inner is not None:
+        raise RunDirError(
+            f"Refusing to overwrite {str(path)!r}: another run lies inside it ({str(inner)!r}); "
+            "move that run out first or choose another run_name."
+        )
+
+
+def enclosing_run(path: Path) -> Path | None:
+    """The run directory of this project that `path` lies in (or is), directly or through links; else None.
+
+    Both the path as given and the path with every link resolved are walked up to the root, so
+    a folder reached through a link into a run counts as inside it, and so does a link inside a
+    run that leads out of it.
+    """
+    given = Path(os.path.abspath(path))
+    for start in (given, given.resolve()):
+        for folder in (start, *start.parents):
+            if read_marker(folder) is not None:
+                return folder
+    return None
+
+
+def nested_run(path: Path) -> Path | None:
+    """A run directory of this project strictly inside `path` (links are not followed), or None."""
+    for folder, subfolders, files in os.walk(path, followlinks=False):
+        if Path(folder) != Path(path) and MARKER in files and read_marker(Path(folder)) is not None:
+            return Path(folder)
+        subfolders[:] = [name for name in subfolders if not (Path(folder) / name).is_symlink()]
+    return None
+
+
+ASIDE_INFIX = ".old."
+
+
+def move_aside(path: Path, output_dir: Path, kind: str) -> Path:
+    """Renames a recognized `kind` run out of the way before an overwrite; returns the folder holding it.
+
+    The run ends up as ``<output_dir>/.<name>.old.<random>.tmp/run``; nothing is deleted here.
+    :func:`remove_aside` deletes it once its replacement is in place.
+    """
+    check_removable(path, output_dir, kind)
+    path = Path(path)
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}{ASIDE_INFIX}", suffix=TEMP_SUFFIX, dir=path.parent))
+    os.replace(path, aside / "run")
+    return aside
+
+
+def remove_aside(aside: Path, kind: str) -> None:
+    """Deletes a folder made by :func:`move_aside`, after checking it holds a `kind` run and nothing else."""
+    aside = Path(aside)
+    if not aside.name.startswith(".") or ASIDE_INFIX not in aside.name or not aside.name.endswith(TEMP_SUFFIX):
+        raise RunDirError(f"Refusing to delete {str(aside)!r}: it is not a folder this tool set aside.")
+    children = [child.name for child in aside.iterdir()]
+    marker = read_marker(aside / "run")
+    if children != ["run"] or marker is None or marker.get("kind") != kind:
+        raise RunDirError(f"Refusing to delete {str(aside)!r}: it does not hold exactly one {kind!r} run.")
+    shutil.rmtree(aside)
+
+
+def set_aside_runs(path: Path, kind: str) -> list[Path]:
+    """Folders :func:`move_aside` made for the run name of `path` that still hold a `kind` run."""
+    path = Path(path)
+    found = []
+    for aside in sorted(path.parent.glob(f".{glob_escape(path.name)}{ASIDE_INFIX}*{TEMP_SUFFIX}")):
+        marker = read_marker(aside / "run") if aside.is_dir() and not aside.is_symlink() else None
+        if marker is not None and marker.get("kind") == kind:
+            found.append(aside)
+    return found
+
+
+def glob_escape(name: str) -> str:
+    """`name` with glob's special characters matched literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 class RunPlace:
@@ -216,6 +307,12 @@ class RunPlace:
         if not self.output_dir_given.strip():
             raise RunDirError(f"output_dir is empty; set --config.output_dir to a folder such as {self.example}.")
         check_output_dir(self.output_dir)
+        inside = enclosing_run(self.output_dir)
+        if inside is not None:
+            raise RunDirError(
+                f"output_dir {self.output_dir_given!r} lies inside the run directory {str(inside)!r} "
+                "(directly or through a link); choose an output_dir outside every run."
+            )
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
             raise RunDirError(f"{str(self.path)!r} exists and is not a directory; choose another run_name.")
         if not self.path.exists() or (self.reuse_empty and not has_content(self.path)):
@@ -248,43 +345,113 @@ def check_output_dir(output_dir: Path) -> None:
         )
 
 
-def write_run_directory(run_dir: Path, fill, kind: str) -> None:
+def write_run_directory(run_dir: Path, fill, kind: str, overwrite: bool = False) -> None:
     """Calls ``fill(tmp)`` on a temporary sibling of `run_dir`, marks it as a `kind` run, then swaps it into place.
 
-    An earlier output there (validated before: a `kind` run, with overwrite=True) is
-    renamed aside first and deleted last, so a crash never loses both.
+    The temporary sibling is ``.<run_name>.<random>.tmp``. Right before the swap the place is
+    checked again: an existing `run_dir` is replaced only with `overwrite` and only when it is a
+    `kind` run (:func:`check_removable`); it is renamed aside first (:func:`move_aside`) and
+    deleted last, so a crash never loses both. Otherwise the new outputs are discarded with a
+    :class:`RunDirError` and nothing is overwritten. The caller holds :func:`lock_run_name`.
     """
+    run_dir = Path(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".tmp", dir=run_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=TEMP_SUFFIX, dir=run_dir.parent))
+    aside = None
     try:
+        os.chmod(tmp, 0o777 & ~process_umask())  # mkdtemp's 0700 would hide the outputs from everyone but their writer
         fill(tmp)
         write_marker(tmp, kind)
+        if (run_dir.exists() or run_dir.is_symlink()) and not overwrite:
+            raise RunDirError(
+                f"The run directory {str(run_dir)!r} appeared while this run was working; nothing was "
+                "overwritten and this run's outputs were discarded; choose another --config.run_name, or pass "
+                "--config.overwrite=True."
+            )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # the temporary folder is ours; the old outputs are untouched
         raise
-    if run_dir.exists() or run_dir.is_symlink():
-        check_removable(run_dir, run_dir.parent, kind)
-        old = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.old.", suffix=".tmp", dir=run_dir.parent))
-        os.replace(run_dir, old / "run")  # swap first, delete after
+    with deferred():  # a stop never lands between the two renames of the swap
+        if run_dir.exists() or run_dir.is_symlink():
+            aside = move_aside(run_dir, run_dir.parent, kind)  # swap first, delete after
         os.replace(tmp, run_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, run_dir)
+    if aside is not None:
+        remove_aside(aside, kind)
 
 
-def empty_run_directory(path: Path, output_dir: Path, kind: str) -> None:
-    """Removes everything inside a recognized run directory except its lock file.
+RUN_NAME_LOCK = ".{}.lock"  # python -m das: the lock of <output_dir>/<run_name>, beside it
+_LOCK_CONTENT = re.compile(r"^(process \d+)?$")
+_RANDOM = r"[a-z0-9_]{8}"  # tempfile.mkdtemp's random part
 
-    The caller holds the directory's lock; :func:`check_removable` is applied first.
+
+def lock_run_name(output_dir: Path, run_name: str) -> DirectoryLock:
+    """Takes the exclusive lock of ``<output_dir>/<run_name>`` for a run that creates it only at its end.
+
+    The lock file is ``<output_dir>/.<run_name>.lock`` (the run directory itself does not
+    exist until :func:`write_run_directory` swaps it in). It is left in place after the run; the
+    kernel releases the lock when the holder ends, however it ends.
+
+    Raises:
+        RunDirError: another process holds it, or a file of the user's is in the lock file's place.
     """
-    check_removable(path, output_dir, kind)
-    for child in Path(path).iterdir():
-        if child.name == LOCK:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
+    path = Path(output_dir) / RUN_NAME_LOCK.format(run_name)
+    if path.is_symlink() or (path.exists() and not _is_lock_file(path)):
+        raise RunDirError(
+            f"{str(path)!r} is in the way of this run's lock file (it is not a lock file of this tool); move it away "
+            "or choose another --config.run_name."
+        )
+    try:
+        return DirectoryLock(output_dir, "run", filename=path.name).acquire()
+    except RunDirError:
+        holder = path.read_text(encoding="utf-8", errors="replace").strip() or "another process"
+        raise RunDirError(
+            f"The run {run_name!r} in {str(output_dir)!r} is being made by {holder}; wait for it to finish, "
+            "or choose another --config.run_name."
+        ) from None
+
+
+def _is_lock_file(path: Path) -> bool:
+    """Whether `path` is a regular file holding what :class:`DirectoryLock` writes (or nothing)."""
+    try:
+        if not path.is_file() or path.stat().st_size > 64:
+            return False
+        return bool(_LOCK_CONTENT.match(path.read_text(encoding="utf-8").strip()))
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def clean_run_leftovers(run_dir: Path, kind: str) -> list[Path]:
+    """Tidies what a killed :func:`write_run_directory` left beside `run_dir`; returns what it removed.
+
+    The caller holds :func:`lock_run_name`, so no live writer of this run name owns these. Only
+    real folders (not links) named exactly ``.<run_name>.<random>.tmp`` (outputs being written)
+    or ``.<run_name>.old.<random>.tmp`` (earlier outputs set aside) are touched. When the kill
+    came between the two renames (`run_dir` missing, earlier `kind` outputs set aside), those
+    earlier outputs are put back in place rather than deleted.
+    """
+    run_dir = Path(run_dir)
+    name = re.escape(run_dir.name)
+    temp = re.compile(rf"^\.{name}\.{_RANDOM}\.tmp$")
+    old = re.compile(rf"^\.{name}\.old\.{_RANDOM}\.tmp$")
+    removed = []
+    for aside in (a for a in set_aside_runs(run_dir, kind) if old.match(a.name)):
+        if not run_dir.exists() and not run_dir.is_symlink():
+            os.replace(aside / "run", run_dir)  # the earlier outputs, back where the killed swap took them from
+            os.rmdir(aside)
         else:
-            child.unlink()
+            remove_aside(aside, kind)
+        removed.append(aside)
+    for folder in sorted(run_dir.parent.iterdir()) if run_dir.parent.is_dir() else []:
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        children = [child.name for child in folder.iterdir()]
+        if old.match(folder.name) and not children:  # set aside before the earlier outputs were moved in
+            os.rmdir(folder)
+            removed.append(folder)
+        elif temp.match(folder.name) and children != ["run"]:  # ["run"]: the run '<name>.old's aside, not ours
+            shutil.rmtree(folder)
+            removed.append(folder)
+    return removed
 
 
 __all__ = [
@@ -296,12 +463,19 @@ __all__ = [
     "RunPlace",
     "atomic_write_bytes",
     "atomic_write_text",
+    "process_umask",
     "check_output_dir",
     "check_removable",
     "check_run_name",
+    "clean_run_leftovers",
     "clean_temp_files",
-    "empty_run_directory",
+    "enclosing_run",
+    "move_aside",
+    "nested_run",
+    "remove_aside",
+    "set_aside_runs",
     "has_content",
+    "lock_run_name",
     "read_marker",
     "write_run_directory",
     "write_marker",

@@ -28,11 +28,16 @@ instead; the incremental weight then carries the exact log-density ratio of the 
 Gaussians (see :class:`DASSampler`).
 
 Structure, in the spirit of ``particles``' ``SMC.__next__`` and blackjax's ``init``/``step``:
-the particle system is an :class:`~das.smc_state.SMCState` (particles, log-weights, ``λ``, the
-:class:`~das.smc_state.Evaluation` at the particles, ``log Z``), built by ``_init`` at ``x_T``;
-:meth:`DASSampler.sample` runs, once per transition, the stages ``_resample`` →
-``_propose`` → ``_reweight`` → record (a :class:`~das.smc_state.TraceRecorder`), and returns
-the samples with their diagnostics trace (:class:`~das.smc_state.SMCResult`).
+the sampler holds the model (its adapter, and a proposal adapter if any) and frozen
+:class:`~das.smc_settings.DASSettings`; the reward is an argument of every call.
+:meth:`DASSampler.init` builds the particle system at ``x_T`` (an
+:class:`~das.smc_state.SMCState`: particles, log-weights, ``λ``, the
+:class:`~das.smc_state.Evaluation` at the particles, ``log Z``, the prompts and the trace so
+far); :meth:`DASSampler.step` runs one transition, the stages ``_resample`` → ``_propose`` →
+``_reweight``, and returns the new state with a :class:`~das.smc_state.StepInfo`;
+:meth:`DASSampler.finish` picks the samples and returns them with their diagnostics trace
+(:class:`~das.smc_state.SMCResult`). :meth:`DASSampler.sample` is ``init``, ``num_steps``
+steps (calling an optional callback after each) and ``finish``.
 """
 
 from __future__ import annotations
@@ -40,33 +45,36 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from das.adapters.base import Conditioning, DenoiserAdapter
-from das.proposals import ProposalGradient
+from das.proposals import GradientOptions, ProposalGradient, alpha_bars
 from das.resampling import effective_sample_size, get_resampler, normalize_with_log_sum
 from das.rewards.base import Reward
-from das.smc_state import Evaluation, SMCResult, SMCState, SMCTrace, TraceRecorder
-from das.tempering import Schedule, TemperingInfo, tempering_from_options
+from das.smc_settings import AUTOCAST_DTYPES, SELECTIONS, DASSettings
+from das.smc_state import Evaluation, PromptBatch, SMCResult, SMCState, SMCTrace, StepInfo, TraceRecorder
+from das.tempering import TemperingInfo
 
-__all__ = ["AUTOCAST_DTYPES", "SELECTIONS", "DASSampler", "Evaluation", "SMCResult", "SMCState", "SMCTrace"]
+__all__ = [
+    "AUTOCAST_DTYPES",
+    "SELECTIONS",
+    "DASSampler",
+    "DASSettings",
+    "Evaluation",
+    "GradientOptions",
+    "SMCResult",
+    "SMCState",
+    "SMCTrace",
+    "StepCallback",
+    "StepInfo",
+]
 
-SELECTIONS = ("max_weight", "sample", "all")
-#: The dtypes of the opt-in ``autocast`` of the model passes.
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class _Batch:
-    """One call's prompts: `N` row prompts and the adapters' conditioning, rows repeated ``K`` times."""
-
-    num_prompts: int
-    row_prompts: list[str]
-    conds: tuple[Conditioning, Conditioning | None]  # the adapter's and the proposal adapter's (None without one)
+#: ``callback(state, info)``, called by :meth:`DASSampler.sample` after every transition.
+StepCallback = Callable[[SMCState, StepInfo], None]
 
 
 class _Proposal(NamedTuple):
@@ -110,36 +118,14 @@ class DASSampler:
 
     Args:
         adapter: the pretrained model's adapter.
-        reward: a :class:`~das.rewards.Reward`.
-        kl_coeff: α, the KL weight of the target ``p_pre · exp(r/α)``.
-        num_particles: K particles per prompt.
-        resampling: scheme name (see :mod:`das.resampling`).
-        ess_threshold: resample a prompt when its ESS < ``ess_threshold · K``; in [0, 1].
-        tempering: a schedule name (see :mod:`das.tempering`) or a schedule object.
-        tempering_gamma: γ for the exponential schedule.
-        tempering_start: the start index ``s`` of the schedule: ``λ_j = 0`` for ``j ≤ s`` (the
-            twists of ``x_T`` and of the particles after the first ``s`` transitions) except
-            with ``"none"``.
-        selection: ``"max_weight"`` (the paper), ``"sample"`` (one draw by weight) or
-            ``"all"``.
-        use_gradient: take the reward gradient for the proposal; defaults to the reward's
-            ``differentiable`` flag. ``False`` gives the gradient-free mode (pretrained
-            proposal, reward only in the weights).
-        max_chunk_rows: at most this many rows per model forward/backward, to bound memory;
-            None processes all ``B·K`` rows at once.
-        progress: show a progress bar over denoising steps.
+        settings: how to sample (:class:`~das.smc_settings.DASSettings`).
         proposal_adapter: a separate base proposal over the same chain (same ``num_steps``
             and particle shape), e.g. a :class:`~das.adapters.realigned.RealignedAdapter`
             over `adapter`; None (the default) proposes from `adapter` itself. See below.
-        gradient: the proposal's gradient (:mod:`das.proposals`): ``"full"`` (autograd
-            through the model), ``"jacobian_free"`` (at ``x̂0``, mapped back by ``1/√ᾱ_t``) or
-            ``"none"``; None follows `use_gradient`. The weights stay exact for each.
-        gradient_every: take the gradient every this many steps (counted back from the last).
-        gradient_after: take no gradient during this first fraction of the steps, in [0, 1).
-        gradient_reuse: steps without a fresh gradient shift by the last one taken (else not at all).
-        autocast: ``"bf16"`` or ``"fp16"`` runs the model passes (UNet, decode, reward) under
-            ``torch.autocast`` in that dtype; particles, weights and log-weights stay in the
-            adapter's dtype and float32. None (the default) runs them as they are.
+
+    The reward is an argument of :meth:`sample`, :meth:`init` and :meth:`step`, so one
+    sampler serves any number of rewards (e.g. a fresh Thompson draw per call); a chain's
+    steps must use the reward its :meth:`init` used.
 
     A separate proposal. The target stays ``p_adapter · exp(r/α)``: the target path is
     `adapter`'s chain ``p(x_{t-1}|x_t) = N(μ_t, σ_t²)`` twisted by ``ψ_t``, the twist read
@@ -162,96 +148,148 @@ class DASSampler:
     ``α/λ`` (``benchmarks/bench_realign.py``). Each step evaluates both adapters.
 
     Raises:
-        ValueError: an argument is out of range, or the proposal adapter's chain length or
+        ValueError: `settings` is not a :class:`DASSettings`, ``"jacobian_free"`` gradients are
+            asked of an adapter without ``ᾱ_t``, or the proposal adapter's chain length or
             particle shape differs from the adapter's.
     """
 
     def __init__(
-        self,
-        adapter: DenoiserAdapter,
-        reward: Reward,
-        kl_coeff: float,
-        num_particles: int = 4,
-        resampling: str = "ssp",
-        ess_threshold: float = 0.5,
-        tempering: str | Schedule = "exponential",
-        tempering_gamma: float = 0.008,
-        tempering_start: int = 0,
-        selection: str = "max_weight",
-        use_gradient: bool | None = None,
-        max_chunk_rows: int | None = None,
-        progress: bool = False,
-        proposal_adapter: DenoiserAdapter | None = None,
-        gradient: str | None = None,
-        gradient_every: int = 1,
-        gradient_after: float = 0.0,
-        gradient_reuse: bool = False,
-        autocast: str | None = None,
+        self, adapter: DenoiserAdapter, settings: DASSettings, proposal_adapter: DenoiserAdapter | None = None
     ):
-        if kl_coeff <= 0:
-            raise ValueError(f"kl_coeff (α) must be positive, got {kl_coeff}.")
-        if num_particles < 1:
-            raise ValueError(f"num_particles must be at least 1, got {num_particles}.")
-        if not 0.0 <= ess_threshold <= 1.0:
-            raise ValueError(f"ess_threshold must lie in [0, 1], got {ess_threshold}.")
-        if selection not in SELECTIONS:
-            raise ValueError(f"Unknown selection {selection!r}; choose one of: {', '.join(SELECTIONS)}.")
-        if max_chunk_rows is not None and max_chunk_rows < 1:
-            raise ValueError(f"max_chunk_rows must be at least 1, got {max_chunk_rows}.")
-        if autocast is not None and autocast not in AUTOCAST_DTYPES:
-            raise ValueError(f"Unknown autocast {autocast!r}; choose one of: {', '.join(AUTOCAST_DTYPES)} or None.")
-        self.proposal_gradient = ProposalGradient.resolve(
-            adapter, reward, use_gradient, gradient, gradient_every, gradient_after, gradient_reuse
-        )
+        if not isinstance(settings, DASSettings):
+            raise ValueError(
+                f"DASSampler takes a DASSettings (das.smc.DASSettings(kl_coeff=...)), got {type(settings).__name__}."
+            )
         if proposal_adapter is not None:
             _check_proposal(adapter, proposal_adapter)
         self.adapter = adapter
         self.proposal_adapter = proposal_adapter
-        self.reward = reward
-        self.kl_coeff = float(kl_coeff)
-        self.num_particles = int(num_particles)
-        self.resample = get_resampler(resampling)
-        self.ess_threshold = float(ess_threshold)
-        if isinstance(tempering, str):
-            # adaptive tempering takes the resampling threshold as its ESS target (0.5 where that is 0)
-            target = ess_threshold if ess_threshold > 0 else 0.5
-            tempering = tempering_from_options(
-                tempering, start=tempering_start, gamma=tempering_gamma, ess_threshold=target
-            )
-        self.tempering: Schedule = tempering
-        self.selection = selection
-        self.use_gradient = self.proposal_gradient.uses_gradient
-        self.max_chunk_rows = max_chunk_rows
-        self.progress = progress
-        self.autocast_dtype = None if autocast is None else AUTOCAST_DTYPES[autocast]
+        self.settings = settings
+        self.tempering = settings.schedule()
+        self._resampler = get_resampler(settings.resampling)
+        options = settings.gradient
+        self._jacobian_free_scales = (
+            tuple(1.0 / math.sqrt(a) for a in alpha_bars(adapter)) if options.kind == "jacobian_free" else ()
+        )
 
-    # ------------------------------------------------------------------ the loop
-    def sample(self, prompts: Sequence[str], generator: torch.Generator | None = None) -> SMCResult:
-        """Runs DAS for every prompt at once.
+    @property
+    def num_steps(self) -> int:
+        """The chain's transitions: a state is finished when its ``step`` reaches this."""
+        return self.adapter.num_steps
+
+    @property
+    def num_particles(self) -> int:
+        """K, the particles per prompt."""
+        return self.settings.num_particles
+
+    @property
+    def kl_coeff(self) -> float:
+        """α."""
+        return self.settings.kl_coeff
+
+    def proposal_gradient(self, reward: Reward) -> ProposalGradient:
+        """The proposal's gradient for `reward` (``"auto"`` decided by its ``differentiable`` flag).
+
+        Raises:
+            ValueError: a gradient is asked of a reward that is not differentiable.
+        """
+        options = self.settings.gradient
+        kind = options.kind_for(reward)
+        scales = self._jacobian_free_scales if kind == "jacobian_free" else ()
+        return ProposalGradient(kind, options.every, options.after, options.reuse, scales)
+
+    # ------------------------------------------------------------------ the public steps
+    def sample(
+        self,
+        prompts: Sequence[str],
+        reward: Reward,
+        generator: torch.Generator,
+        callback: StepCallback | None = None,
+    ) -> SMCResult:
+        """Runs DAS for every prompt at once: :meth:`init`, :meth:`step` to the chain's end, :meth:`finish`.
 
         Args:
             prompts: ``B`` prompts (any strings for unconditional models).
+            reward: the :class:`~das.rewards.Reward` of the target ``p_pre · exp(r/α)``.
             generator: the source of all randomness (noise, resampling, selection); on the
                 adapter's device.
+            callback: called as ``callback(state, info)`` after every transition.
 
         Returns:
             An :class:`SMCResult`.
         """
-        if len(prompts) == 0:
-            raise ValueError("sample() needs at least one prompt.")
-        if generator is None:
-            generator = torch.Generator(device=self.adapter.device).manual_seed(0)
-        batch = self._batch(prompts)
-        state = self._init(batch, generator)
-        trace = TraceRecorder.start(state)
-        for _ in tqdm(range(self.adapter.num_steps), desc="DAS", disable=not self.progress, leave=False):
-            state, ess, resampled = self._resample(state, generator)
-            proposal = self._propose(state, generator)
-            state = self._reweight(state, proposal, batch)
-            trace.record(ess, resampled, state)
-        return self._result(state, trace.finish(state), generator)
+        state = self.init(prompts, reward, generator)
+        steps = range(state.step, self.num_steps)
+        for _ in tqdm(steps, desc="DAS", disable=not self.settings.progress, leave=False):
+            state, info = self.step(state, reward, generator)
+            if callback is not None:
+                callback(state, info)
+        return self.finish(state, generator)
 
-    def _batch(self, prompts: Sequence[str]) -> _Batch:
+    def init(self, prompts: Sequence[str], reward: Reward, generator: torch.Generator) -> SMCState:
+        """The particle system at ``x_T``: weights ``∝ exp(λ_0 r(x̂0(x_T))/α)``, ``λ_0`` from the schedule.
+
+        Args:
+            prompts: ``B`` prompts.
+            reward: the reward (see :meth:`sample`).
+            generator: draws ``x_T``.
+
+        Raises:
+            ValueError: no prompts, or a gradient is asked of a reward that is not differentiable.
+        """
+        if len(prompts) == 0:
+            raise ValueError("DAS needs at least one prompt.")
+        strategy = self.proposal_gradient(reward)
+        batch = self._batch(prompts)
+        b, k, device = batch.num_prompts, self.num_particles, self.adapter.device
+        x = self.adapter.initial_noise(b * k, generator)
+        evaluation = self._evaluate(x, 0, batch, reward, strategy)
+        uniform = torch.zeros(b, k, device=device)
+        lam = self.tempering(self._info(0, torch.zeros(b, device=device), uniform, evaluation, x))
+        rewards = evaluation.reward.view(b, k)
+        log_w, log_z = normalize_with_log_sum(lam.unsqueeze(-1) * rewards / self.kl_coeff)  # normalized from here on
+        degenerate = torch.zeros(b, device=device, dtype=torch.long)
+        state = SMCState(x, log_w, lam, evaluation, log_z - math.log(k), degenerate, step=0, batch=batch)
+        return replace(state, trace=TraceRecorder.start(lam, state.weighted_reward))
+
+    def step(self, state: SMCState, reward: Reward, generator: torch.Generator) -> tuple[SMCState, StepInfo]:
+        """One transition: resample the prompts whose ESS is low, propose, reweight.
+
+        Args:
+            state: a state of this sampler's chain with steps left (``state.step < num_steps``).
+            reward: the reward its :meth:`init` used.
+            generator: draws the resampling and the proposal's noise.
+
+        Returns:
+            The new state and what the step did (:class:`StepInfo`).
+
+        Raises:
+            ValueError: the state's chain has ended.
+        """
+        if state.step >= self.num_steps:
+            raise ValueError(f"The chain has ended (step {state.step} of {self.num_steps}); call finish(state).")
+        state, ess, resampled = self._resample(state, generator)
+        proposal = self._propose(state, generator)
+        new, log_increment = self._reweight(state, proposal, reward, self.proposal_gradient(reward))
+        info = StepInfo(new.step, ess, resampled, new.lam, new.weighted_reward, log_increment)
+        return replace(new, trace=state.trace.record(info)), info
+
+    def finish(self, state: SMCState, generator: torch.Generator) -> SMCResult:
+        """The samples of a finished chain, the chosen one(s) (``settings.selection``) and the trace.
+
+        Args:
+            state: the state after the last :meth:`step`.
+            generator: draws the chosen particle for ``selection="sample"``.
+
+        Raises:
+            ValueError: the chain has steps left.
+        """
+        if state.step != self.num_steps:
+            raise ValueError(f"The chain has {self.num_steps - state.step} steps left; step it to the end first.")
+        trace = state.trace.finish(state.log_weights, state.degenerate_steps)
+        return self._result(state, trace, generator)
+
+    def _batch(self, prompts: Sequence[str]) -> PromptBatch:
         """The row prompts and the adapter's and proposal adapter's conditioning, each row repeated ``K`` times."""
         k = self.num_particles
 
@@ -261,19 +299,7 @@ class DASSampler:
             }
 
         conds = encode(self.adapter), None if self.proposal_adapter is None else encode(self.proposal_adapter)
-        return _Batch(len(prompts), [p for p in prompts for _ in range(k)], conds)
-
-    def _init(self, batch: _Batch, generator: torch.Generator) -> SMCState:
-        """``x_T`` with weights ``∝ exp(λ_0 r(x̂0(x_T))/α)``; ``λ_0`` from the schedule at uniform weights."""
-        b, k, device = batch.num_prompts, self.num_particles, self.adapter.device
-        x = self.adapter.initial_noise(b * k, generator)
-        evaluation = self._evaluate(x, 0, batch.conds, batch.row_prompts)
-        uniform = torch.zeros(b, k, device=device)
-        lam = self.tempering(self._info(0, torch.zeros(b, device=device), uniform, evaluation, x))
-        reward = evaluation.reward.view(b, k)
-        log_w, log_z = normalize_with_log_sum(lam.unsqueeze(-1) * reward / self.kl_coeff)  # normalized from here on
-        degenerate = torch.zeros(b, device=device, dtype=torch.long)
-        return SMCState(x, log_w, lam, evaluation, log_z - math.log(k), degenerate, step=0)
+        return PromptBatch(len(prompts), [p for p in prompts for _ in range(k)], conds)
 
     # ------------------------------------------------------------------ stages
     def _resample(self, state: SMCState, generator: torch.Generator) -> tuple[SMCState, torch.Tensor, torch.Tensor]:
@@ -285,13 +311,13 @@ class DASSampler:
         log_w = state.log_weights
         b, k = log_w.shape
         ess = effective_sample_size(log_w, normalized=True)
-        resample = ess < self.ess_threshold * k
+        resample = ess < self.settings.ess_threshold * k
         # On the CPU a host check is free and skips the resampling work on quiet steps;
         # on accelerators every prompt resamples on the device and `where` applies it.
         if state.x.device.type != "cpu" or bool(resample.any()):
             identity = torch.arange(k, device=log_w.device).expand(b, k)
             offsets = (torch.arange(b, device=log_w.device) * k).unsqueeze(-1)  # (B, 1)
-            ancestors = torch.where(resample.unsqueeze(-1), self.resample(log_w, generator), identity)
+            ancestors = torch.where(resample.unsqueeze(-1), self._resampler(log_w, generator), identity)
             log_w = torch.where(resample.unsqueeze(-1), torch.full_like(log_w, -math.log(k)), log_w)
             state = state.take((ancestors + offsets).reshape(-1), log_w)
         return state, ess, resample
@@ -317,20 +343,36 @@ class DASSampler:
         x = torch.addcmul(current.mean, current.std, z)
         return _Proposal(x, lam_next, 0.5 * (_squared_norm(noise) - _squared_norm(z)).view(-1, self.num_particles))
 
-    def _reweight(self, state: SMCState, proposal: _Proposal, batch: _Batch) -> SMCState:
-        """Twists the new particles (Tweedie's reward, the exact one at the end) and updates weights and ``log Z``."""
+    def _reweight(
+        self, state: SMCState, proposal: _Proposal, reward: Reward, strategy: ProposalGradient
+    ) -> tuple[SMCState, torch.Tensor]:
+        """Twists the new particles (Tweedie's reward, the exact one at the end) and updates weights and ``log Z``.
+
+        Returns:
+            The new state and the log of the mean incremental weight `(B,)`.
+        """
         step = state.step + 1
         if step == self.adapter.num_steps:
-            evaluation = self._final_reward(proposal.x, batch.row_prompts)
+            evaluation = self._final_reward(proposal.x, state.batch.row_prompts, reward)
         else:
-            evaluation = self._evaluate(proposal.x, step, batch.conds, batch.row_prompts)
-            if evaluation.grad is None and self.proposal_gradient.reuse:  # the last gradient shifts this step too
+            evaluation = self._evaluate(proposal.x, step, state.batch, reward, strategy)
+            if evaluation.grad is None and strategy.reuse:  # the last gradient shifts this step too
                 evaluation.grad = state.evaluation.grad
         new_reward = evaluation.reward.view_as(state.log_weights)
         twist = proposal.lam.unsqueeze(-1) * new_reward - state.lam.unsqueeze(-1) * state.reward
         log_w, log_sum = normalize_with_log_sum(state.log_weights + (proposal.log_ratio + twist / self.kl_coeff))
         degenerate = state.degenerate_steps + (~torch.isfinite(log_sum)).long()
-        return SMCState(proposal.x, log_w, proposal.lam, evaluation, state.log_normalizer + log_sum, degenerate, step)
+        new = replace(
+            state,
+            x=proposal.x,
+            log_weights=log_w,
+            lam=proposal.lam,
+            evaluation=evaluation,
+            log_normalizer=state.log_normalizer + log_sum,
+            degenerate_steps=degenerate,
+            step=step,
+        )
+        return new, log_sum
 
     def _lam_over_alpha(self, lam_next: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``λ_{t-1}/α`` per particle row, shaped to broadcast over `x` `(N, *event)`."""
@@ -389,44 +431,47 @@ class DASSampler:
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(
-        self, x: torch.Tensor, step: int, conds: tuple[Conditioning, Conditioning | None], prompts: Sequence[str]
+        self, x: torch.Tensor, step: int, batch: PromptBatch, reward: Reward, strategy: ProposalGradient
     ) -> Evaluation:
         """Both transitions at chain step `step`, the reward of ``decode(x̂0)`` and its gradient at `x`, chunked.
 
         Args:
             x: particles, `(N, *event_shape)`.
             step: chain step.
-            conds: the adapter's and the proposal adapter's conditioning (None without one),
-                `N` rows each.
-            prompts: `N` row prompts.
+            batch: the `N` row prompts and their conditioning.
+            reward: the reward.
+            strategy: the proposal's gradient for `reward`.
         """
-        return self._in_chunks(x, lambda rows: self._evaluate_rows(x, rows, step, conds, prompts))
+        return self._in_chunks(x, lambda rows: self._evaluate_rows(x[rows], rows, step, batch, reward, strategy))
 
-    def _final_reward(self, x: torch.Tensor, prompts: Sequence[str]) -> Evaluation:
+    def _final_reward(self, x: torch.Tensor, prompts: Sequence[str], reward: Reward) -> Evaluation:
         """The decoded particles and their exact reward (no gradient needed), chunked."""
-        return self._in_chunks(x, lambda rows: self._final_rows(x[rows], prompts[rows]))
+        return self._in_chunks(x, lambda rows: self._final_rows(x[rows], prompts[rows], reward))
 
     def _in_chunks(self, x: torch.Tensor, evaluate: Callable[[slice], dict[str, torch.Tensor]]) -> Evaluation:
         """Runs `evaluate` over consecutive chunks of at most ``max_chunk_rows`` rows of `x` and joins the results."""
         n = x.shape[0]
-        chunk = self.max_chunk_rows or n
+        chunk = self.settings.max_chunk_rows or n
         return Evaluation.concat([evaluate(slice(start, min(start + chunk, n))) for start in range(0, n, chunk)])
 
     def _evaluate_rows(
         self,
-        x: torch.Tensor,
+        x_chunk: torch.Tensor,
         rows: slice,
         step: int,
-        conds: tuple[Conditioning, Conditioning | None],
-        prompts: Sequence[str],
+        batch: PromptBatch,
+        reward: Reward,
+        strategy: ProposalGradient,
     ) -> dict[str, torch.Tensor]:
-        """:meth:`_evaluate` on the particles `rows`: the fields of an :class:`Evaluation`."""
+        """:meth:`_evaluate` on the particles `x_chunk`, rows `rows`: the fields of an :class:`Evaluation`."""
         out = {}
-        x_chunk = x[rows].detach()
-        cond, proposal_cond = (None if c is None else {key: value[rows] for key, value in c.items()} for c in conds)
+        x_chunk = x_chunk.detach()
+        cond, proposal_cond = (
+            None if c is None else {key: value[rows] for key, value in c.items()} for c in batch.conds
+        )
         with self._model_precision():
-            transition, reward, grad = self.proposal_gradient.evaluate(
-                self.adapter, self.reward, x_chunk, step, cond, prompts[rows]
+            transition, value, grad = strategy.evaluate(
+                self.adapter, reward, x_chunk, step, cond, batch.row_prompts[rows]
             )
             if self.proposal_adapter is not None:
                 with torch.no_grad():
@@ -438,22 +483,23 @@ class DASSampler:
             out["proposal_std"] = _full_std(proposal.std, proposal.mean)
         out["mean"] = transition.mean.detach().to(x_chunk.dtype)
         out["std"] = _full_std(transition.std, transition.mean)
-        out["reward"] = reward.detach().float()
+        out["reward"] = value.detach().float()
         return out
 
     @torch.no_grad()
-    def _final_rows(self, x: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def _final_rows(self, x: torch.Tensor, prompts: Sequence[str], reward: Reward) -> dict[str, torch.Tensor]:
         """:meth:`_final_reward` on one chunk of particles."""
         with self._model_precision():
             images = self.adapter.decode(x)
-            reward = self.reward(images, list(prompts)).float()
-        return {"images": images if self.autocast_dtype is None else images.to(x.dtype), "reward": reward}
+            value = reward(images, list(prompts)).float()
+        return {"images": images if self.settings.autocast is None else images.to(x.dtype), "reward": value}
 
     def _model_precision(self) -> contextlib.AbstractContextManager:
         """``torch.autocast`` in the ``autocast`` dtype for the model passes; a no-op context without one."""
-        if self.autocast_dtype is None:
+        dtype = self.settings.autocast_dtype
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.adapter.device.type, dtype=self.autocast_dtype)
+        return torch.autocast(device_type=self.adapter.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------ result
     def _result(self, state: SMCState, trace: SMCTrace, generator: torch.Generator) -> SMCResult:
@@ -479,9 +525,10 @@ class DASSampler:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The selected particle indices and images (see ``selection``)."""
         b = log_w.shape[0]
-        if self.selection == "all":
+        selection = self.settings.selection
+        if selection == "all":
             return torch.arange(self.num_particles, device=log_w.device).expand(b, -1), images
-        if self.selection == "max_weight":
+        if selection == "max_weight":
             index = log_w.argmax(dim=-1)
         else:
             index = torch.multinomial(log_w.exp(), 1, generator=generator).squeeze(-1)

@@ -1,17 +1,20 @@
 """The SMC sampler's data: the evaluation at the particles, the state between steps, the trace, the result.
 
-:class:`~das.smc.DASSampler` moves an :class:`SMCState` through named stages (resample,
-propose, reweight, record); a :class:`TraceRecorder` collects the per-step diagnostics into
-an :class:`SMCTrace`, and :class:`SMCResult` holds the samples with that trace. All ``B``
-prompts' ``K`` particles live in ``N = B·K`` rows, prompt-major (row ``b·K + k``).
+:class:`~das.smc.DASSampler` builds an :class:`SMCState` (``init``) and moves it one
+transition at a time (``step``: resample, propose, reweight), reporting each transition as a
+:class:`StepInfo`; the state carries its prompts' conditioning (:class:`PromptBatch`) and the
+diagnostics so far (:class:`TraceRecorder`), and ``finish`` turns it into an
+:class:`SMCResult` with its :class:`SMCTrace`. All ``B`` prompts' ``K`` particles live in
+``N = B·K`` rows, prompt-major (row ``b·K + k``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
+from das.adapters.base import Conditioning
 from das.resampling import effective_sample_size
 
 _SCALAR_OR_ROWS = ("std", "proposal_std")  # a scalar tensor when the step's std is one, else (N, *event)
@@ -60,6 +63,81 @@ class Evaluation:
         return cls(**{key: _cat(key, [chunk[key] for chunk in chunks]) for key in chunks[0]})
 
 
+@dataclass(frozen=True)
+class PromptBatch:
+    """One chain's prompts: `N` row prompts and the adapters' conditioning, each prompt's row repeated ``K`` times.
+
+    Attributes:
+        num_prompts: ``B``.
+        row_prompts: the `N` row prompts.
+        conds: the adapter's conditioning and the proposal adapter's (None without one), `N` rows each.
+    """
+
+    num_prompts: int
+    row_prompts: list[str]
+    conds: tuple[Conditioning, Conditioning | None]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What one transition did, per prompt (what ``step`` returns beside the state, and the callback gets).
+
+    Attributes:
+        step: the transitions the particles have taken after this one (1 after the first).
+        ess: the ESS before this step's resampling decision, `(B,)`.
+        resampled: whether each prompt resampled, `(B,)` bool.
+        lam: ``λ`` of the twist at the new particles, `(B,)`.
+        reward: the weighted mean of the twist's reward at the new particles (the exact reward
+            after the last transition), `(B,)`.
+        log_increment: the log of the mean incremental weight, added to ``log Z``, `(B,)`.
+    """
+
+    step: int
+    ess: torch.Tensor
+    resampled: torch.Tensor
+    lam: torch.Tensor
+    reward: torch.Tensor
+    log_increment: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TraceRecorder:
+    """The per-step diagnostics of a chain so far; tuples of `(B,)` tensors, stacked by :meth:`finish`.
+
+    Immutable: :meth:`record` returns a new recorder, so a state stepped twice keeps its own trace.
+    """
+
+    ess: tuple[torch.Tensor, ...] = ()
+    lam: tuple[torch.Tensor, ...] = ()
+    resampled: tuple[torch.Tensor, ...] = ()
+    reward: tuple[torch.Tensor, ...] = ()
+
+    @classmethod
+    def start(cls, lam: torch.Tensor, reward: torch.Tensor) -> TraceRecorder:
+        """A recorder holding ``λ`` `(B,)` and the weighted mean reward `(B,)` at ``x_T``."""
+        return cls(lam=(lam,), reward=(reward,))
+
+    def record(self, info: StepInfo) -> TraceRecorder:
+        """This trace followed by one step."""
+        return TraceRecorder(
+            ess=(*self.ess, info.ess),
+            lam=(*self.lam, info.lam),
+            resampled=(*self.resampled, info.resampled),
+            reward=(*self.reward, info.reward),
+        )
+
+    def finish(self, log_weights: torch.Tensor, degenerate_steps: torch.Tensor) -> SMCTrace:
+        """The trace, ending with the ESS of the final normalized `log_weights` `(B, K)`."""
+        ess = effective_sample_size(log_weights, normalized=True)
+        return SMCTrace(
+            ess=torch.stack([*self.ess, ess]),
+            lam=torch.stack(self.lam),
+            resampled=torch.stack(self.resampled),
+            reward=torch.stack(self.reward),
+            degenerate_steps=degenerate_steps,
+        )
+
+
 @dataclass
 class SMCState:
     """The particle system between two steps.
@@ -72,6 +150,8 @@ class SMCState:
         log_normalizer: the running estimate of ``log E_pre[exp(λ r/α)]``, `(B,)`.
         degenerate_steps: per prompt, the steps whose weights had no finite entry, `(B,)`.
         step: the chain's transitions the particles have taken (0 at ``x_T``).
+        batch: the prompts and their conditioning.
+        trace: the diagnostics of the steps so far.
     """
 
     x: torch.Tensor
@@ -80,12 +160,19 @@ class SMCState:
     evaluation: Evaluation
     log_normalizer: torch.Tensor
     degenerate_steps: torch.Tensor
-    step: int = 0
+    step: int
+    batch: PromptBatch
+    trace: TraceRecorder = TraceRecorder()
 
     @property
     def reward(self) -> torch.Tensor:
         """The twist's reward at the particles, `(B, K)`."""
         return self.evaluation.reward.view_as(self.log_weights)
+
+    @property
+    def weighted_reward(self) -> torch.Tensor:
+        """The weighted mean of :attr:`reward` per prompt, `(B,)`."""
+        return (self.log_weights.exp() * self.reward).sum(-1)
 
     def take(self, rows: torch.Tensor, log_weights: torch.Tensor) -> SMCState:
         """The state with particles `rows` `(N,)` (resampled) and the given log-weights `(B, K)`."""
@@ -114,44 +201,6 @@ class SMCTrace:
     degenerate_steps: torch.Tensor
 
 
-@dataclass
-class TraceRecorder:
-    """Collects an :class:`SMCTrace` step by step; lists of `(B,)` tensors, stacked at the end."""
-
-    ess: list[torch.Tensor] = field(default_factory=list)
-    lam: list[torch.Tensor] = field(default_factory=list)
-    resampled: list[torch.Tensor] = field(default_factory=list)
-    reward: list[torch.Tensor] = field(default_factory=list)
-
-    @classmethod
-    def start(cls, state: SMCState) -> TraceRecorder:
-        """A recorder holding ``λ`` and the weighted mean reward of the initial `state` (at ``x_T``)."""
-        recorder = cls()
-        recorder._record_state(state)
-        return recorder
-
-    def record(self, ess: torch.Tensor, resampled: torch.Tensor, state: SMCState) -> None:
-        """Records one step: its ESS before resampling, the prompts that resampled, and the new `state`."""
-        self.ess.append(ess)
-        self.resampled.append(resampled)
-        self._record_state(state)
-
-    def _record_state(self, state: SMCState) -> None:
-        self.lam.append(state.lam)
-        self.reward.append((state.log_weights.exp() * state.reward).sum(-1))
-
-    def finish(self, state: SMCState) -> SMCTrace:
-        """The trace, ending with the final `state`'s ESS and its degenerate-step counts."""
-        ess = effective_sample_size(state.log_weights, normalized=True)
-        return SMCTrace(
-            ess=torch.stack([*self.ess, ess]),
-            lam=torch.stack(self.lam),
-            resampled=torch.stack(self.resampled),
-            reward=torch.stack(self.reward),
-            degenerate_steps=state.degenerate_steps,
-        )
-
-
 def _from_trace(name: str, shape: str) -> property:
     """A read-only property of :class:`SMCResult` that reads ``trace.<name>``."""
 
@@ -162,7 +211,7 @@ def _from_trace(name: str, shape: str) -> property:
     return property(read)
 
 
-@dataclass(init=False)
+@dataclass
 class SMCResult:
     """Everything one sampler call produced: the samples, and the diagnostics in :attr:`trace`.
 
@@ -174,11 +223,8 @@ class SMCResult:
         log_normalizer: estimate of ``log E_pre[exp(r/α)]`` per prompt, `(B,)`.
         selected_index: the chosen particle per prompt, `(B,)`, or all of them, `(B, K)`.
         selected: the chosen images, `(B, ...)`, or all, `(B, K, ...)`.
-        trace: the :class:`SMCTrace`; its fields also read as ``ess``, ``lam``, ``resampled``,
-            ``reward_trace`` and ``degenerate_steps``.
-
-    Built with ``trace=`` or, as before the trace existed, with the trace's fields as keywords
-    (``ess=..., lam=..., resampled=..., reward_trace=..., degenerate_steps=...``).
+        trace: the :class:`SMCTrace`; its fields ``ess``, ``lam``, ``resampled`` and
+            ``degenerate_steps`` also read as attributes of the result.
     """
 
     samples: torch.Tensor
@@ -190,30 +236,6 @@ class SMCResult:
     selected: torch.Tensor
     trace: SMCTrace
 
-    def __init__(
-        self,
-        *,
-        samples: torch.Tensor,
-        images: torch.Tensor,
-        rewards: torch.Tensor,
-        log_weights: torch.Tensor,
-        log_normalizer: torch.Tensor,
-        selected_index: torch.Tensor,
-        selected: torch.Tensor,
-        trace: SMCTrace | None = None,
-        **trace_fields: torch.Tensor,
-    ):
-        self.samples, self.images, self.rewards = samples, images, rewards
-        self.log_weights, self.log_normalizer = log_weights, log_normalizer
-        self.selected_index, self.selected = selected_index, selected
-        if trace is None:
-            if "reward_trace" in trace_fields:
-                trace_fields["reward"] = trace_fields.pop("reward_trace")
-            trace = SMCTrace(**trace_fields)
-        elif trace_fields:
-            raise TypeError(f"SMCResult takes trace= or the trace's fields, not both: {sorted(trace_fields)}.")
-        self.trace = trace
-
     @property
     def weights(self) -> torch.Tensor:
         """Normalized final weights, `(B, K)`."""
@@ -222,5 +244,4 @@ class SMCResult:
     ess = _from_trace("ess", "(T + 1, B)")
     lam = _from_trace("lam", "(T + 1, B)")
     resampled = _from_trace("resampled", "(T, B)")
-    reward_trace = _from_trace("reward", "(T + 1, B)")
     degenerate_steps = _from_trace("degenerate_steps", "(B,)")

@@ -75,8 +75,8 @@ class TemperingSchedule(ABC):
         name: the registered name.
         needs_gradient_norms: whether the sampler must fill ``info.guidance_norm`` and
             ``info.drift_norm`` (work it skips otherwise).
-        sampler_options: which of :class:`~das.smc.DASSampler`'s tempering options
-            (``start``, ``gamma``, ``ess_threshold``) the constructor takes.
+        sampler_options: which of the shared tempering options (``start``, ``gamma``,
+            ``ess_threshold``; :func:`tempering_from_options`) the constructor takes.
     """
 
     name: ClassVar[str]
@@ -266,6 +266,6 @@ def make_tempering(name: str, **kwargs) -> TemperingSchedule:
 
 
 def tempering_from_options(name: str, **options) -> TemperingSchedule:
-    """Builds schedule `name` from the sampler's options, passing it those in its ``sampler_options``."""
+    """Builds schedule `name` from the shared options (a config's), passing it those in its ``sampler_options``."""
     cls = tempering_class(name)
     return cls(**{key: value for key, value in options.items() if key in cls.sampler_options})

@@ -43,7 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-METHOD_NAMES = {"ucb": "UCB", "bootstrap": "Bootstrap", "gp": "GP", "greedy": "Greedy"}
+METHOD_NAMES = {"ucb": "UCB", "bootstrap": "Bootstrap", "gp": "GP", "greedy": "Greedy"}  # greedy: runs before 0.2
+#: Methods named by their surrogate kind and optimistic acquisition (``acquisition.kind``), when not the kind's own.
+ACQUISITION_METHOD_NAMES = {("ucb", "mean"): "Greedy"}
 REFERENCE_NAMES = {"none": "Pretrained", "oracle": "Ceiling"}
 CROSS_ORACLES = ("jpeg", "colorfulness", "rare")
 NOMINAL = (0.5, 0.8, 0.95)
@@ -62,15 +64,17 @@ class Run:
     @property
     def method(self) -> str:
         """The method, from the config: its ``method`` name when given, else ``Pretrained``
-        (guidance none), ``Ceiling`` (guidance by the true oracle), or the surrogate (and the
-        guidance when not optimistic)."""
+        (guidance none), ``Ceiling`` (guidance by the true oracle), or the surrogate (``Greedy``
+        for the UCB surrogate's mean as its optimistic acquisition), and the guidance when not
+        optimistic."""
         if str(self.config.get("method", "")).strip():
             return str(self.config["method"]).strip()
         guidance = self.config.get("smc", {}).get("guidance", "optimistic")
         if guidance in REFERENCE_NAMES:
             return REFERENCE_NAMES[guidance]
         kind = self.config.get("surrogate", {}).get("kind", "?")
-        name = METHOD_NAMES.get(kind, kind)
+        acquisition = self.config.get("acquisition", {}).get("kind")
+        name = ACQUISITION_METHOD_NAMES.get((kind, acquisition)) or METHOD_NAMES.get(kind, kind)
         return name if guidance == "optimistic" else f"{name} ({guidance})"
 
     @property

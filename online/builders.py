@@ -13,10 +13,14 @@ after :mod:`online.validation` has accepted the config.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from das import factory
 from das.factory import Registry, resolve_path
+from online.guidance import guidance_acquisition
 from online.oracles import ExternalCommandOracle, Oracle, QueryPolicy, reward_as_oracle
 
 SURROGATES = Registry("surrogate.kind", "surrogate:SURROGATES", sort=True)
@@ -31,14 +35,42 @@ def read_prompts(source: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- featurizers
-@FEATURIZERS.register("clip")
+CLIP_FEATURE_DIM = 768  # CLIP ViT-L/14 image embeddings
+
+
+class FeaturizerKind:
+    """A featurizer's registry entry: how to build it, and its feature dimension without building a model.
+
+    Args:
+        build: ``config -> featurizer``.
+        dim: ``config -> int``, cheap (validation asks it before any model is loaded).
+    """
+
+    def __init__(self, build: Callable[[Any], Any], dim: Callable[[Any], int]):
+        self.build, self.dim = build, dim
+
+    def __call__(self, config):
+        return self.build(config)
+
+
+def register_featurizer(name: str, dim: Callable[[Any], int]) -> Callable:
+    """Decorator: registers ``build(config)`` as featurizer kind ``name`` with its dimension ``dim(config)``."""
+
+    def add(build: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        FEATURIZERS.register(name)(FeaturizerKind(build, dim))
+        return build
+
+    return add
+
+
+@register_featurizer("clip", dim=lambda config: CLIP_FEATURE_DIM)
 def _clip_featurizer(config):
     from das.clip import CLIPImageFeaturizer
 
     return CLIPImageFeaturizer.from_pretrained(config.featurizer.path)
 
 
-@FEATURIZERS.register("world")
+@register_featurizer("world", dim=lambda config: _world_featurizer(config).dim)  # a small fixed network: cheap
 def _world_featurizer(config):
     from world import WorldFeaturizer
 
@@ -46,10 +78,8 @@ def _world_featurizer(config):
 
 
 def featurizer_dim(config) -> int:
-    """The feature dimension the configured featurizer produces (cheap: builds no model)."""
-    if config.featurizer.kind == "world":
-        return FEATURIZERS.build("world", config).dim
-    return 768  # CLIP ViT-L/14 image embeddings
+    """The feature dimension the configured featurizer produces (from its registry entry; builds no large model)."""
+    return FEATURIZERS.get(config.featurizer.kind).dim(config)
 
 
 def build_featurizer(config, device: torch.device):
@@ -145,18 +175,40 @@ def query_policy(config) -> QueryPolicy:
 
 # ----------------------------------------------------------------------------- surrogate, sampler, model
 def build_surrogate(config, input_dim: int):
-    from surrogate import make_surrogate
+    from surrogate import hyperparameter_names, make_surrogate
 
     kwargs = dict(config.surrogate.kwargs)
-    if config.surrogate.kind in ("ucb", "greedy", "bootstrap", "gp"):
+    if "label_noise_std" in hyperparameter_names(config.surrogate.kind):
         # the loop knows the label noise it adds: the calibrated std then counts only the model's error
         kwargs.setdefault("label_noise_std", float(config.oracle.noise_std))
     return make_surrogate(config.surrogate.kind, input_dim=input_dim, **kwargs)
 
 
-def sampler_kwargs(config) -> dict:
-    """Keyword arguments of :class:`das.DASSampler` from ``config.smc``; the loop keeps every particle."""
-    return factory.sampler_kwargs(config.smc, selection="all")
+def acquisition_name(config) -> str:
+    """The acquisition ``smc.guidance`` asks for (``"optimistic"``: the run's ``acquisition.kind``)."""
+    return guidance_acquisition(config.smc.guidance, config.acquisition.kind)
+
+
+def acquisition_draws(config) -> bool:
+    """Whether the run's acquisition is a random draw, made anew (with its own generator) per sampler call."""
+    from surrogate import ACQUISITIONS
+
+    return ACQUISITIONS[acquisition_name(config)].draws
+
+
+def build_acquisition(config, surrogate, generator: torch.Generator | None = None):
+    """The run's acquisition on ``surrogate`` (settings from ``config.acquisition``; ``generator`` for a draw)."""
+    from surrogate import make_acquisition
+
+    settings = config.acquisition
+    return make_acquisition(
+        acquisition_name(config), surrogate, beta=settings.beta, clip=settings.clip, generator=generator
+    )
+
+
+def sampler_settings(config, **overrides):
+    """The :class:`das.DASSettings` of ``config.smc`` (`overrides` win); the loop keeps every particle."""
+    return factory.settings_from_config(config.smc, selection="all", **overrides)
 
 
 def quiet_model_loading(progress: bool) -> None:

@@ -1,4 +1,4 @@
-"""The surrogate as the sampler's reward: featurize the decoded image, score the features.
+"""The surrogate as the sampler's reward: featurize the decoded image, score the features by an acquisition.
 
 This is the only place where a surrogate meets the sampler: ``das`` sees a plain
 differentiable reward, ``surrogate`` sees feature vectors.
@@ -6,50 +6,42 @@ differentiable reward, ``surrogate`` sees feature vectors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-SURROGATE_MODES = ("optimistic", "mean", "thompson")
-# The loop's smc.guidance: a surrogate mode, or a reference point for comparisons:
-# "none" samples the pretrained model every round; "oracle" (the ceiling) guides DAS by the
-# true oracle itself, without its label noise (gradient-free when the oracle has no gradient).
-GUIDANCE_MODES = SURROGATE_MODES + ("none", "oracle")
-# Surrogate kinds that can draw a function from their posterior (``surrogate.thompson(generator)``).
-THOMPSON_KINDS = ("ucb", "bootstrap")
+# The loop's smc.guidance: an acquisition on the surrogate ("optimistic": the run's
+# acquisition.kind; "mean": the posterior mean; "thompson": a posterior draw per sampler call),
+# or a reference point for comparisons: "none" samples the pretrained model every round;
+# "oracle" (the ceiling) guides DAS by the true oracle itself, without its label noise
+# (gradient-free when the oracle has no gradient).
+SURROGATE_GUIDANCE = ("optimistic", "mean", "thompson")
+GUIDANCE_MODES = SURROGATE_GUIDANCE + ("none", "oracle")
+
+
+def guidance_acquisition(guidance: str, optimistic: str) -> str:
+    """The acquisition a surrogate guidance uses: ``optimistic`` (the run's ``acquisition.kind``) for
+    ``"optimistic"``, else the one the guidance names (``"mean"``, ``"thompson"``)."""
+    return optimistic if guidance == "optimistic" else guidance
 
 
 class SurrogateReward:
-    """``r(x) = surrogate.optimistic(φ(x))`` (or its mean) on images; differentiable.
+    """``r(x) = acquisition(φ(x))`` on images; differentiable.
 
     Args:
         featurizer: frozen, differentiable ``images -> (N, D)``.
-        surrogate: a fitted surrogate over `D`-dimensional features.
-        mode: ``"optimistic"`` (mean + bonus, used while exploring), ``"mean"`` (greedy,
-            used for evaluation) or ``"thompson"`` (one function drawn from the surrogate's
-            posterior when this reward is made: make one per prompt batch).
-        generator: the source of the Thompson draw (``"thompson"`` only).
+        acquisition: ``features (N, D) -> (N,)`` scores on a fitted surrogate
+            (:mod:`surrogate.acquisition`: UCB, the posterior mean, a Thompson draw, the max
+            over heads); a Thompson draw is fixed when it is made: make one per prompt batch.
     """
 
     differentiable = True
 
-    def __init__(self, featurizer, surrogate, mode: str = "optimistic", generator: torch.Generator | None = None):
-        if mode not in SURROGATE_MODES:
-            raise ValueError(f"Unknown surrogate guidance mode {mode!r}; choose one of: {', '.join(SURROGATE_MODES)}.")
-        self.featurizer, self.surrogate, self.mode = featurizer, surrogate, mode
-        if mode == "thompson":
-            if not hasattr(surrogate, "thompson") or surrogate.kind not in THOMPSON_KINDS:
-                raise ValueError(f"Thompson guidance needs a surrogate of kind {' or '.join(THOMPSON_KINDS)}.")
-            if generator is None:
-                raise ValueError("Thompson guidance needs a generator for its posterior draw.")
-            self.score = surrogate.thompson(generator)
-        elif mode == "optimistic":
-            self.score = surrogate.optimistic
-        else:
-            self.score = surrogate.mean
+    def __init__(self, featurizer, acquisition: Callable[[torch.Tensor], torch.Tensor]):
+        self.featurizer, self.acquisition = featurizer, acquisition
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
-        return self.score(self.featurizer(images)).reshape(-1).float()
+        return self.acquisition(self.featurizer(images)).reshape(-1).float()
 
 
 class ZeroReward:

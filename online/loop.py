@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from das.stopping import deferred
 from online import builders, faults
 from online.distributed import broadcast_from_main
 from online.errors import RunError
@@ -36,7 +37,7 @@ from online.run_directory import RoundFiles, RunDirectory
 from online.sampling import SamplingSetup, non_finite_rows, sample_prompts
 from online.seeds import STREAMS, call_seed, rng_record, round_prompts, stream_seed
 from online.tracking import log_round, start_trackers
-from online.validation import resume_config
+from online.validation import resume_config, validate
 
 __all__ = ["STREAMS", "round_prompts", "run_training", "stream_seed"]
 
@@ -76,6 +77,8 @@ def run_training(config, accelerator, overrides: dict | None = None) -> Path:
     """
     if config.resume_from:
         config = resume_config(config, overrides)
+    validate(config)  # pure; every process, before the main one creates anything
+    accelerator.wait_for_everyone()
     with RunDirectory.opened(config, accelerator) as run:
         return _train(config, accelerator, run)
 
@@ -113,6 +116,7 @@ def _prepare_directory(training: Training) -> None:
     if training.main:
         if run.resuming:
             run.verify_for_resume(training.featurizer.dim)
+            run.write_config(config.to_dict())  # the settings in force now (e.g. an extended loop.num_rounds)
         else:
             run.create(config.overwrite, config.to_dict())
     training.accelerator.wait_for_everyone()
@@ -190,21 +194,21 @@ def _sample_round(training: Training, k: int) -> dict | None:
     modes by the surrogate of round ``k − 1``.
     """
     config, accelerator = training.config, training.accelerator
-    sampler_kwargs = builders.sampler_kwargs(config)
     if k == 0 or training.surrogate is None or config.smc.guidance == "none":
         count = config.loop.initial_queries if k == 0 else config.loop.queries_per_round
         per_prompt = 1
         zero = ZeroReward()
         rewards = lambda call: zero  # noqa: E731
-        sampler_kwargs["num_particles"] = 1  # the pretrained chain, nothing else
+        settings = builders.sampler_settings(config, num_particles=1)  # the pretrained chain, nothing else
     else:
         per_prompt = config.loop.images_per_prompt
         count = config.loop.queries_per_round // per_prompt
         rewards = _guidance(config, k, training.featurizer, training.surrogate, accelerator.process_index)
+        settings = builders.sampler_settings(config)
     setup = SamplingSetup(
         training.adapter,
         training.featurizer,
-        sampler_kwargs,
+        settings,
         config.smc.prompts_per_call,
         progress=config.progress and accelerator.is_main_process,
     )
@@ -214,21 +218,21 @@ def _sample_round(training: Training, k: int) -> dict | None:
 
 
 def _guidance(config, k: int, featurizer, surrogate, rank: int):
-    """``call -> reward`` for round `k`: the true oracle (the ceiling), the surrogate's optimistic
-    score or mean, or (Thompson) a fresh posterior draw for every sampler call, seeded from
-    ``(seed, k, rank, call)``."""
-    mode = config.smc.guidance
-    if mode == "oracle":
+    """``call -> reward`` for round `k`: the true oracle (the ceiling), or the run's acquisition on the
+    surrogate (:func:`builders.build_acquisition`); an acquisition that is a random draw (Thompson) is
+    made anew for every sampler call, seeded from ``(seed, k, rank, call)``; one sampler serves every
+    call, each with its own reward."""
+    if config.smc.guidance == "oracle":
         reward = builders.build_oracle_reward(config)
         return lambda call: reward
-    if mode != "thompson":
-        reward = SurrogateReward(featurizer, surrogate, mode=mode)
+    if not builders.acquisition_draws(config):
+        reward = SurrogateReward(featurizer, builders.build_acquisition(config, surrogate))
         return lambda call: reward
     base = stream_seed(config.seed, k, "thompson", rank)
 
     def draw(call: int) -> SurrogateReward:
         generator = torch.Generator().manual_seed(call_seed(base, call))
-        return SurrogateReward(featurizer, surrogate, mode="thompson", generator=generator)
+        return SurrogateReward(featurizer, builders.build_acquisition(config, surrogate, generator))
 
     return draw
 
@@ -239,7 +243,7 @@ def _check_finite(batch: dict, k: int) -> None:
     if bool(bad.any()):
         raise RunError(
             f"Round {k} sampled {int(bad.sum())} of {bad.numel()} images with NaN or inf pixels or features; "
-            "nothing was queried. Lower the guidance strength (raise smc.kl_coeff, lower surrogate beta) or use "
+            "nothing was queried. Lower the guidance strength (raise smc.kl_coeff, lower acquisition.beta) or use "
             "model.dtype=fp32."
         )
 
@@ -254,7 +258,10 @@ def _query_round(training: Training, k: int, files: RoundFiles) -> None:
     oracle = NoisyOracle(training.oracle, config.oracle.noise_std, stream_seed(config.seed, k, "noise"))
 
     def keep(answers: list[dict]) -> None:
-        files.journal.append(answers)
+        faults.crash_point("answered", k)
+        faults.crash_point("torn", k, lambda: faults.write_torn(files.journal.path, answers, files.journal.append))
+        with deferred():  # a SIGINT or SIGTERM now takes effect once these paid answers are on disk
+            files.journal.append(answers)
         faults.crash_point("query", k)
 
     todo = files.unanswered(len(prompts))
@@ -274,7 +281,7 @@ def _fit_round(training: Training, k: int, files: RoundFiles) -> tuple[dict | No
     if training.main:
         shard_rows, _ = files.load_shard()
         calibration = _calibration(training.surrogate, shard_rows)
-        surrogate, fit_info = _fit(training, k)
+        surrogate, fit_info = _fit_or_keep(training, k)
         surrogate.save(files.surrogate_path)
         faults.crash_point("checkpoint", k)
         training.surrogate = surrogate.to(training.device)
@@ -287,17 +294,77 @@ def _fit_round(training: Training, k: int, files: RoundFiles) -> tuple[dict | No
     return shard_rows, calibration, fit_info
 
 
+def _fit_or_keep(training: Training, k: int):
+    """:func:`_fit`, and what a failed fit (any error the surrogate's fit raises) leaves.
+
+    A fit failure never makes a run impossible to resume. In round ``k > 0`` the round keeps
+    the surrogate of round ``k − 1``, read again from its checkpoint (a failed warm start may
+    have changed the one in memory); the run goes on, with a warning and ``fit_failed`` (the
+    reason) and ``kept_surrogate_of_round`` in the round's ``surrogate_fit`` metrics, and the
+    next round fits on every answer again. In round 0 there is no surrogate to keep: the run
+    ends with a :class:`RunError` once the round's answers are in its dataset shard, so a
+    resume asks nothing again and fits anew.
+    """
+    from surrogate import load_surrogate
+
+    try:
+        return _fit(training, k)
+    except RunError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any numerical failure of a fit is handled the same way
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+    run = training.run
+    if k == 0 or (k - 1) not in run.complete_rounds():
+        raise RunError(
+            f"Round {k}'s surrogate fit failed ({reason}); every answer so far is kept in {run.path / 'data'}. "
+            f"Resume the run (--config.resume_from={run.path}) to fit again, which helps when the failure was "
+            "passing (e.g. out of memory); if it fails the same way, start a new run with other surrogate "
+            "settings (surrogate.kind or surrogate.kwargs)."
+        )
+    kept = load_surrogate(
+        run.round(k - 1).surrogate_path,
+        expected_kind=training.config.surrogate.kind,
+        expected_input_dim=training.featurizer.dim,
+        device=training.device,
+    )
+    print(
+        f"warning: round {k}'s surrogate fit failed ({reason}); round {k} keeps the surrogate of round "
+        f"{kept.round} and the run goes on (the next round fits again)."
+    )
+    return kept, {"fit_failed": reason, "kept_surrogate_of_round": int(kept.round)}
+
+
+def _usable(rows: dict) -> torch.Tensor:
+    """The rows `(n,)` a fit or a calibration may use: answered (``valid``), with a reward and
+    features that are finite in float32, the dtype surrogates fit in.
+
+    The oracle's answers outside the float32 range are refused when they arrive
+    (:func:`online.oracles.answer_problem`); this check keeps a shard written by an older
+    version, which may hold one such as ``1e308`` (inf in float32), from wedging the run: the
+    row is treated as a failed answer.
+    """
+    finite = torch.isfinite(rows["rewards"].float()) & torch.isfinite(rows["features"].float()).all(dim=1)
+    return rows["valid"] & finite
+
+
 def _fit(training: Training, k: int):
-    """Fits the surrogate on every valid row of rounds 0..k."""
+    """Fits the surrogate on every usable row of rounds 0..k (:func:`_usable`).
+
+    Raises:
+        RunError: when fewer rows are usable than the surrogate kind needs
+            (``min_fit_rows``): the oracle failed on (nearly) every item.
+    """
     config, previous = training.config, training.surrogate
     data, _, _ = training.run.load_dataset(up_to_round=k)
-    valid = data["valid"]
-    features, rewards = data["features"][valid].float(), data["rewards"][valid].float()
-    if features.shape[0] < 2:
+    usable = _usable(data)
+    features, rewards = data["features"][usable].float(), data["rewards"][usable].float()
+    needed = builders.SURROGATES.get(config.surrogate.kind).min_fit_rows
+    if features.shape[0] < needed:
         raise RunError(
-            f"Only {features.shape[0]} valid oracle answers so far, and the surrogate needs at least 2: the oracle "
-            f"failed on (nearly) every item (its errors are in {training.run.answers_pattern}); fix it, then start "
-            "the run again with --config.overwrite=True (a resume keeps failed answers as failed)."
+            f"Only {features.shape[0]} valid oracle answers so far, and the {config.surrogate.kind} surrogate needs "
+            f"at least {needed}: the oracle failed on (nearly) every item (its errors are in "
+            f"{training.run.answers_pattern}); fix it, then start the run again with --config.overwrite=True "
+            "(a resume keeps failed answers as failed)."
         )
     warm = bool(config.surrogate.warm_start) and previous is not None and previous.kind == config.surrogate.kind
     surrogate = previous if warm else builders.build_surrogate(config, training.featurizer.dim)
@@ -309,14 +376,15 @@ def _fit(training: Training, k: int):
 def _calibration(surrogate, rows: dict) -> dict | None:
     """How well last round's surrogate predicted this round's answers, before seeing them:
     coverage of its 50/80/95% intervals, NLL, RMSE and rank correlation
-    (:func:`surrogate.calibration_metrics`; the noise-free true rewards as ``truth``)."""
+    (:func:`surrogate.calibration_metrics`; the noise-free true rewards as ``truth``), on the
+    round's usable rows (:func:`_usable`)."""
     from surrogate import calibration_metrics
 
-    if surrogate is None or not bool(rows["valid"].any()):
+    usable = _usable(rows)
+    if surrogate is None or not bool(usable.any()):
         return None
-    valid = rows["valid"]
-    features = rows["features"][valid].float().to(surrogate_device(surrogate))
-    return calibration_metrics(surrogate, features, rows["rewards"][valid], truth=rows["true_rewards"][valid])
+    features = rows["features"][usable].float().to(surrogate_device(surrogate))
+    return calibration_metrics(surrogate, features, rows["rewards"][usable], truth=rows["true_rewards"][usable])
 
 
 def surrogate_device(surrogate) -> torch.device:

@@ -59,35 +59,75 @@ def round_metrics(
 
 
 def evaluation_metrics(
-    batch: dict,
-    true: torch.Tensor,
-    predicted: torch.Tensor,
+    staged: dict,
+    answers: dict[int, dict],
     checkpoint: Path,
     oracle: str,
     image_name: Callable[[int], str],
 ) -> dict:
-    """An evaluation's ``metrics.json``: the true rewards `true` `(n,)` (NaN where the oracle
-    failed) and surrogate means `predicted` `(n,)` of `batch`, overall, per prompt and per image
-    (``image_name(i)``: image ``i``'s file)."""
-    values = true.tolist()
+    """An evaluation's ``metrics.json``, strict JSON (``null`` where there is no number).
+
+    Args:
+        staged: the evaluation's staged batch: ``prompts`` (n), ``features`` `(n, D)`, the
+            surrogate means ``predicted`` `(n,)` and the sampler's ``ess_fraction`` (or None).
+        answers: the journaled answers, item index -> journal row (:func:`answered_value`).
+        checkpoint: the surrogate checkpoint the batch was sampled with.
+        oracle: the oracle's kind.
+        image_name: ``i`` -> image ``i``'s file.
+
+    Returns:
+        The counts (``num_images``, ``answered``, ``failed_queries``), the true rewards over the
+        answered items and the surrogate means (``null`` statistics when there are none), the
+        diversity, the ESS, the mean per prompt and a row per image.
+    """
+    prompts = staged["prompts"]
+    values = [answered_value(answers.get(i)) for i in range(len(prompts))]
+    true = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
     per_prompt: dict[str, list[float]] = {}
-    for prompt, value in zip(batch["prompts"], values):
-        per_prompt.setdefault(prompt, []).append(value)
+    for prompt, value in zip(prompts, values):
+        per_prompt.setdefault(prompt, []).extend([] if value is None else [value])
+    answered = sum(value is not None for value in values)
+    predicted = staged["predicted"].double().tolist()
     return {
         "checkpoint": str(checkpoint),
         "oracle": oracle,
-        "num_images": len(batch["prompts"]),
-        "failed_queries": int(torch.isnan(true).sum()),
-        "true_reward": summary(true),
-        "surrogate_mean": summary(predicted),
-        "diversity": diversity(batch["features"]),
-        "ess_fraction": float(batch["ess_fraction"].mean()),
-        "per_prompt_mean": {p: sum(v) / len(v) for p, v in per_prompt.items()},
+        "num_images": len(prompts),
+        "answered": answered,
+        "failed_queries": len(prompts) - answered,
+        "true_reward": strict_summary(true),
+        "surrogate_mean": strict_summary(staged["predicted"]),
+        "diversity": finite_or_none(diversity(staged["features"])),
+        "ess_fraction": finite_or_none(staged["ess_fraction"]),
+        "per_prompt_mean": {p: sum(v) / len(v) if v else None for p, v in per_prompt.items()},
         "images": [
-            {"file": image_name(i), "prompt": p, "true_reward": t}
-            for i, (p, t) in enumerate(zip(batch["prompts"], values))
+            {"file": image_name(i), "prompt": p, "true_reward": t, "surrogate_mean": finite_or_none(m)}
+            for i, (p, t, m) in enumerate(zip(prompts, values, predicted))
         ],
     }
+
+
+def answered_value(row: dict | None) -> float | None:
+    """The true reward an evaluation's journal row holds: a finite number when the item was
+    answered, else None (failed, never asked, or a row that is not this tool's)."""
+    if not isinstance(row, dict) or row.get("status") != "ok":
+        return None
+    value = row.get("true_reward", row.get("value"))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def strict_summary(values: torch.Tensor) -> dict[str, float | None]:
+    """:func:`summary` with None (JSON ``null``) where it has no finite number."""
+    return {key: finite_or_none(value) for key, value in summary(values).items()}
+
+
+def finite_or_none(value) -> float | None:
+    """`value` as a float when it is a finite number, else None."""
+    if value is None or isinstance(value, bool):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def print_table(rows: list[dict]) -> None:

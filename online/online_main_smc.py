@@ -24,7 +24,7 @@ guided by an optimistic surrogate, asks the oracle about it, refits the surrogat
 saves a checkpoint. Evaluate mode samples with a saved round's surrogate.
 
 Methods (config files): UCB_smc.py (MLP + UCB bonus), Bootstrap_smc.py (bootstrap ensemble),
-  GP_smc.py (Gaussian process), Greedy_smc.py (MLP mean, no optimism).
+  GP_smc.py (Gaussian process), Greedy_smc.py (the UCB surrogate's mean, no optimism).
 Variants: {variants}
   tiny_* run the embedded world model on a laptop CPU; aesthetic/jpeg use Stable Diffusion 1.5.
 
@@ -36,18 +36,20 @@ Main fields (override with --config.<field>=<value>):
   seed, device             '' (automatic), 'cpu', 'cuda' or 'cuda:N'
   loop.num_rounds, loop.initial_queries, loop.queries_per_round, loop.images_per_prompt
   smc.num_particles, smc.kl_coeff, smc.tempering, smc.tempering_gamma,
-  smc.guidance             optimistic (mean + β·std), mean (greedy), thompson (a posterior draw per
+  smc.guidance             optimistic (acquisition.kind), mean (greedy), thompson (a posterior draw per
                            call); reference points: none (pretrained samples), oracle (the ceiling:
                            DAS guided by the true oracle)
+  acquisition.kind, .beta, .clip  ucb (mean + min(β·std, clip)), max_heads (ensembles), mean
   method                   the run's name in comparisons (python -m online.analysis); '' derives it
-  surrogate.kwargs.*       e.g. surrogate.kwargs.beta, surrogate.kwargs.hidden
+  surrogate.kwargs.*       e.g. surrogate.kwargs.hidden, surrogate.kwargs.lam
   oracle.kind              jpeg, colorfulness, rare, multi, aesthetic, external, human
   oracle.noise_std, oracle.command (external), oracle.max_retries, oracle.timeout_s
   oracle.host, oracle.port human: where the rating page listens (127.0.0.1 and a free port by default; the link
                            with its token is printed when a round waits for ratings; needs the [human] extra)
   tracker                  '' | tensorboard | wandb: per-round scalars and image grids in
                            <run_dir>/tensorboard or wandb
-  mode=evaluate with reward_model_path=<run_dir>/round_<k>
+  mode=evaluate with reward_model_path=<run_dir>/round_<k>; an interrupted evaluation is resumed
+                           with the same command plus resume_from=<its directory>
 
 Examples:
   python online/online_main_smc.py --config {example} --config.run_name=first
@@ -81,7 +83,7 @@ def run(config, overrides: dict | None = None) -> int:
     from surrogate import SurrogateCheckpointError
 
     try:
-        if config.resume_from and config.mode == "train":
+        if config.resume_from:  # a training run, or (mode=evaluate) an evaluation
             config = resume_config(config, overrides)
         validate(config)
     except ConfigError as error:
@@ -123,17 +125,85 @@ def _fail(error, status: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line's entry point; returns the exit status.
+
+    SIGINT (Ctrl-C) and SIGTERM stop the run cleanly (:mod:`das.stopping`): the answers
+    already given are on disk, a query in flight is abandoned (asked again on resume), the
+    run's lock is released, an external oracle's process group is killed, the rating page is
+    closed; one line says how to resume, and the status is 130 (SIGINT) or 143 (SIGTERM).
+    """
     from das.config_cli import CommandLineError, parse_config_argv, wants_help
+    from das.stopping import Stopped, stop_on_signals
 
     argv = list(sys.argv if argv is None else argv)
     if wants_help(argv):
         print(help_text())
         return 0
-    try:
-        config, overrides = parse_config_argv(argv, EXAMPLE, lock_config=False)
-    except CommandLineError as error:
-        return _fail(error, 2)
-    return run(config, overrides)
+    config = None
+    with stop_on_signals():
+        try:
+            try:
+                config, overrides = parse_config_argv(argv, EXAMPLE, lock_config=False)
+            except CommandLineError as error:
+                return _fail(error, 2)
+            return run(config, overrides)
+        except Stopped as stop:
+            if _main_rank():
+                print(stop_message(stop, argv, config), file=sys.stderr, flush=True)
+            return stop.exit_status
+
+
+def stop_message(stop, argv: list[str], config) -> str:
+    """The one line a stopped run ends with: what is kept, and the command that continues it."""
+    if config is None:
+        return f"stopped by {stop.name} before the run started; nothing was written or paid: run the command again."
+    what = "evaluation" if config.mode == "evaluate" else "run"
+    from online.run_directory import RunDirectory
+
+    path = RunDirectory.for_config(config).path
+    if not (config.resume_from or _made_by_this_process(path)):
+        return (
+            f"stopped by {stop.name} before the {what} directory was ready; no query was paid: "
+            "run the same command again."
+        )
+    return f"stopped by {stop.name}; every answer so far is saved: resume the {what} with {resume_command(argv, path)}"
+
+
+def resume_command(argv: list[str], path) -> str:
+    """`argv` (the same config file, variant and fields) without ``overwrite`` or an earlier
+    ``resume_from``, plus ``--config.resume_from=<path>``, as a line to paste in a shell."""
+    import shlex
+
+    dropped = {"config.overwrite", "noconfig.overwrite", "config.resume_from"}
+    args, skip_value = [], False
+    for arg in argv[1:]:
+        if skip_value:
+            skip_value = False
+            if not arg.startswith("-"):
+                continue
+        name, equals, _ = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and name in dropped:
+            skip_value = not equals and name != "noconfig.overwrite"
+            continue
+        args.append(arg)
+    return shlex.join(["python", "online/online_main_smc.py", *args, f"--config.resume_from={path}"])
+
+
+def _made_by_this_process(path) -> bool:
+    """Whether the directory at `path` carries the marker this process wrote (the run was created here)."""
+    import os
+
+    from das.run_dirs import read_marker
+
+    marker = read_marker(path)
+    return marker is not None and marker.get("pid") == os.getpid()
+
+
+def _main_rank() -> bool:
+    """Whether this is the main process of a launch (only it prints the line a stop ends with)."""
+    import os
+
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,21 @@ Layout of a training run ``<run_dir>``::
     metrics.jsonl               one line per complete round
     reward_vs_queries.png, report/  the run's figure and its offline analysis
 
-An evaluation directory holds ``run.json``, ``config.json``, ``metrics.json``, ``grid.png``
-and ``images/0000.png``, ....
+Layout of an evaluation directory (``mode=evaluate``)::
+
+    run.json            the marker, kind ``online-evaluate``: only this makes a folder an evaluation
+    .lock               the OS lock the evaluation holds for its whole life
+    config.json         the resolved config of the evaluation (a resume uses it)
+    batch.safetensors   the sampled batch (images, features, the surrogate's means), written
+                        before the oracle is asked and kept
+    answers.jsonl       one line per answered item, appended and fsynced
+    images/0000.png, ..., grid.png
+    metrics.json        written last, strict JSON (``null`` where nothing was answered)
+
+An evaluation is resumed (``mode=evaluate`` with ``resume_from`` = its directory) only from a
+directory with that marker: :meth:`RunDirectory.verify_evaluation_for_resume` reads its
+staged batch, the oracle is asked only about items without a journaled answer, and the
+images and ``metrics.json`` are written again from the batch and the journal.
 
 :class:`RunFiles` (and the :class:`RoundFiles` it hands out) own these paths: nothing else
 builds one. A round's query answers are durable as they arrive (``answers.jsonl``), its
@@ -41,6 +54,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -48,15 +64,20 @@ import torch
 from das.run_dirs import (
     LOCK,
     MARKER,
+    TEMP_SUFFIX,
     DirectoryLock,
     RunDirError,
     RunPlace,
     atomic_write_text,
     clean_temp_files,
-    empty_run_directory,
+    move_aside,
+    process_umask,
     read_marker,
+    remove_aside,
+    set_aside_runs,
     write_marker,
 )
+from das.stopping import deferred
 from online.storage import (
     AnswerJournal,
     atomic_touch,
@@ -72,6 +93,7 @@ TRAIN_KIND = "online-train"
 EVALUATE_KIND = "online-evaluate"
 SHARD_FIELDS = ("features", "rewards", "true_rewards", "valid", "images")
 BATCH_FIELDS = ("images", "features")
+EVALUATION_BATCH_FIELDS = ("images", "features", "predicted")
 DATA_FOLDER = "data"
 IMAGES_FOLDER = "images"
 
@@ -216,14 +238,45 @@ class RunFiles:
         """An evaluation image's file, relative to the directory."""
         return f"{IMAGES_FOLDER}/{index:04d}.png"
 
-    def write_evaluation(self, pixels: torch.Tensor, grid, metrics: dict) -> None:
-        """An evaluation's images `(N, 3, H, W)` uint8, their grid, and its ``metrics.json``."""
+    @property
+    def evaluation_batch_path(self) -> Path:
+        return self.path / "batch.safetensors"
+
+    @property
+    def evaluation_journal(self) -> AnswerJournal:
+        return AnswerJournal(self.path / "answers.jsonl")
+
+    @property
+    def evaluation_metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    def stage_evaluation(self, batch: dict, predicted: torch.Tensor) -> None:
+        """Stages an evaluation's sampled batch (images, features, prompts) with the surrogate's
+        means `predicted` `(n,)` and the sampler's mean ESS fraction, before the oracle sees any of it."""
+        stats = {"ess_fraction": float(batch["ess_fraction"].mean())}
+        tensors = {"images": batch["images"], "features": batch["features"], "predicted": predicted}
+        save_rows(self.evaluation_batch_path, tensors, batch["prompts"], 0, stats)
+
+    def load_evaluation_batch(self) -> dict:
+        """The staged batch: ``images``, ``features``, ``predicted``, ``prompts`` and ``ess_fraction``."""
+        tensors, prompts = load_rows(self.evaluation_batch_path)
+        try:
+            ess = float(load_stats(self.evaluation_batch_path)["ess_fraction"])
+        except (ValueError, KeyError, TypeError):
+            ess = None  # statistics lost (a hand-edited file): reported as unknown
+        return {**tensors, "prompts": prompts, "ess_fraction": ess}
+
+    def write_evaluation(self, pixels, grid, metrics: dict) -> None:
+        """An evaluation's images `(N, H, W, 3)` uint8, their grid, and last its ``metrics.json``
+        (strict JSON: a NaN there is a bug, refused before anything is written)."""
         from das.images import save_png
 
+        text = json.dumps(metrics, indent=2, allow_nan=False)
+        (self.path / IMAGES_FOLDER).mkdir(exist_ok=True)
         for i, image in enumerate(pixels):
             save_png(image, self.path / self.image_name(i))
         save_png(grid, self.path / "grid.png")
-        atomic_write_json(self.path / "metrics.json", metrics)
+        atomic_write_text(self.evaluation_metrics_path, text)
 
 
 def complete_rounds(run_dir: Path | str) -> list[int]:
@@ -257,9 +310,9 @@ class RunDirectory(RunFiles):
 
     @classmethod
     def for_config(cls, config) -> RunDirectory:
-        if config.resume_from and config.mode != "evaluate":
-            return cls(Path(config.resume_from), None, TRAIN_KIND)
         kind = EVALUATE_KIND if config.mode == "evaluate" else TRAIN_KIND
+        if config.resume_from:  # a training run, or (mode=evaluate) an evaluation, continued where it is
+            return cls(Path(config.resume_from), None, kind)
         return cls(Path(config.output_dir) / str(config.run_name), config.output_dir, kind, config.run_name)
 
     @property
@@ -277,12 +330,20 @@ class RunDirectory(RunFiles):
         RunPlace(self.output_dir_given, self.run_name, self.kind, what=what, hint=hint).check(overwrite)
 
     def _check_resumable(self) -> None:
+        if self.kind == EVALUATE_KIND:
+            self._check_evaluation_resumable()
+            return
         if self.path.is_symlink() or not self.path.is_dir():
             raise RunDirError(
                 f"Cannot resume from {str(self.path)!r}: it is not a run directory; check --config.resume_from."
             )
         marker = read_marker(self.path)
-        if marker is not None and marker.get("kind") != TRAIN_KIND:
+        if marker is None:
+            raise RunDirError(
+                f"Cannot resume from {str(self.path)!r}: it holds no {MARKER} marker of this tool, so it is not a "
+                "run this tool made (a copied config.json is not enough); check --config.resume_from."
+            )
+        if marker.get("kind") != TRAIN_KIND:
             raise RunDirError(
                 f"Cannot resume from {str(self.path)!r}: it is a {marker.get('kind')!r} directory, not a training run."
             )
@@ -290,6 +351,24 @@ class RunDirectory(RunFiles):
             raise RunDirError(
                 f"Cannot resume from {str(self.path)!r}: it holds no config.json of a run; check --config.resume_from."
             )
+
+    def _check_evaluation_resumable(self) -> None:
+        """An evaluation is resumed only from a real directory carrying this tool's
+        ``online-evaluate`` marker and its ``config.json`` (a copied config.json is not enough)."""
+        where = f"Cannot resume the evaluation {str(self.path)!r}"
+        fix = "point --config.resume_from at the directory of an evaluation (mode=evaluate) this tool made"
+        if self.path.is_symlink() or not self.path.is_dir():
+            raise RunDirError(f"{where}: it is not a directory; {fix}.")
+        marker = read_marker(self.path)
+        if marker is None:
+            raise RunDirError(f"{where}: it holds no {MARKER} marker of this tool, so it is not an evaluation; {fix}.")
+        if marker.get("kind") != EVALUATE_KIND:
+            raise RunDirError(
+                f"{where}: it is a {marker.get('kind')!r} directory, not an evaluation; {fix} "
+                "(a training run is resumed in mode=train)."
+            )
+        if not self.config_path.is_file():
+            raise RunDirError(f"{where}: it holds no config.json; start a new evaluation instead.")
 
     def stored_config(self) -> dict:
         """The ``config.json`` of a run being resumed (validated as JSON)."""
@@ -307,13 +386,10 @@ class RunDirectory(RunFiles):
     @classmethod
     @contextlib.contextmanager
     def opened(cls, config, accelerator):
-        """Validates `config` on every process, then yields its directory, locked on the main
-        process while the block runs (at once when it exists: a resume or an overwrite; else
-        when :meth:`create` makes it)."""
-        from online.validation import validate
+        """Yields the directory of a validated `config`, locked on the main process while the block
+        runs (at once when it exists: a resume or an overwrite; else when :meth:`create` makes it).
 
-        validate(config)
-        accelerator.wait_for_everyone()  # every process has validated before the main one creates anything
+        The caller has validated `config` on every process (:func:`online.validation.validate`)."""
         run = cls.for_config(config)
         main = accelerator.is_main_process
         if main and run.path.exists():
@@ -333,28 +409,62 @@ class RunDirectory(RunFiles):
         self._lock.release()
 
     def create(self, overwrite: bool, config_dict: dict) -> None:
-        """Makes the directory of a new run (emptying a recognized old run when `overwrite`)."""
+        """Makes the directory of a new run; with `overwrite`, replaces a recognized old run of this kind.
+
+        The new run is made whole and locked first, in a temporary sibling; only then is the old
+        run renamed aside, the new one renamed into its place, and the old one deleted. A crash
+        at any point leaves the old run intact (in place, or whole in ``.<name>.old.<random>.tmp``).
+        """
         self.check(overwrite)  # again: the directory may have changed since validation
-        existed = self.path.exists() and _has_content(self.path)
-        self.lock()
-        if existed:
-            empty_run_directory(self.path, self.output_dir, self.kind)
-        write_marker(self.path, self.kind)
+        if not (self.path.exists() and _has_content(self.path)):
+            self.lock()
+            self._fill(self.path, config_dict)
+            return
+        fresh = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.new.", suffix=TEMP_SUFFIX, dir=self.path.parent))
+        os.chmod(fresh, 0o777 & ~process_umask())  # mkdtemp's 0700 would hide the run from everyone but its writer
+        fresh_lock = DirectoryLock(fresh, self._lock.what).acquire()
+        try:
+            self._fill(fresh, config_dict)
+            with deferred():  # a stop never lands between the two renames
+                aside = move_aside(self.path, self.output_dir, self.kind)
+                try:
+                    os.replace(fresh, self.path)
+                except BaseException:
+                    os.replace(aside / "run", self.path)  # the old run goes back where it was
+                    aside.rmdir()
+                    raise
+        except BaseException:
+            fresh_lock.release()
+            shutil.rmtree(fresh, ignore_errors=True)  # ours, and nothing was asked in it
+            raise
+        self._lock.release()  # the old run's lock, now inside `aside`
+        fresh_lock.directory = self.path
+        self._lock = fresh_lock
+        remove_aside(aside, self.kind)
+        for leftover in set_aside_runs(self.path, self.kind):  # from an overwrite interrupted after its swap
+            remove_aside(leftover, self.kind)
+
+    def write_config(self, config_dict: dict) -> None:
+        """Rewrites the run's top-level ``config.json`` (a resume records the settings it runs with)."""
         atomic_write_text(self.config_path, json.dumps(config_dict, indent=2, default=str))
+
+    def _fill(self, folder: Path, config_dict: dict) -> None:
+        """The marker and ``config.json`` of a new run (and an evaluation's image folder) in `folder`."""
+        write_marker(folder, self.kind)
+        atomic_write_text(folder / self.config_path.name, json.dumps(config_dict, indent=2, default=str))
         if self.kind == EVALUATE_KIND:
-            (self.path / IMAGES_FOLDER).mkdir(parents=True, exist_ok=True)
+            (folder / IMAGES_FOLDER).mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ resume
     def verify_for_resume(self, feature_dim: int) -> list[int]:
         """Checks every file a resume relies on, before anything is sampled or queried.
 
-        Removes the temporary files of interrupted writes, marks a run from an older version
-        of the tool, and reads every dataset shard, the staged batch of the round in
-        progress and the last checkpoint's header. Returns the complete rounds.
+        Removes the temporary files of interrupted writes and reads every dataset shard, the
+        staged batch of the round in progress and the last checkpoint's header. Returns the
+        complete rounds.
         """
+        self._check_resumable()  # again, under the lock
         clean_temp_files(self.path)
-        if read_marker(self.path) is None:
-            write_marker(self.path, TRAIN_KIND)
         done = self.complete_rounds()
         if done != list(range(len(done))):
             raise RunDirError(
@@ -377,6 +487,28 @@ class RunDirectory(RunFiles):
         elif current.has_batch():
             _verify_rows(current.batch_path, BATCH_FIELDS, feature_dim)
         return done
+
+    def verify_evaluation_for_resume(self, feature_dim: int) -> bool:
+        """Checks an evaluation being resumed, before anything is sampled or queried; returns
+        whether its batch is staged.
+
+        Removes the temporary files of interrupted writes and reads the staged batch. Without a
+        staged batch only an evaluation that paid for nothing yet (no ``answers.jsonl``, no
+        ``metrics.json``: interrupted while sampling) may go on, by sampling again; any other
+        (e.g. one made by an older version of the tool) would be asked everything a second time.
+        """
+        self._check_resumable()  # again, under the lock
+        clean_temp_files(self.path)
+        if self.evaluation_batch_path.exists():
+            _verify_rows(self.evaluation_batch_path, EVALUATION_BATCH_FIELDS, feature_dim)
+            return True
+        if self.evaluation_journal.path.exists() or self.evaluation_metrics_path.exists():
+            raise RunDirError(
+                f"Cannot resume the evaluation {str(self.path)!r}: it holds answers or metrics but no staged batch "
+                f"({self.evaluation_batch_path.name}) to match them to, so resuming would pay for every image again; "
+                "start a new evaluation (another --config.run_name, or --config.overwrite=True)."
+            )
+        return False
 
 
 def _has_content(path: Path) -> bool:

@@ -5,22 +5,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
 
-from das.smc import DASSampler
+from das.smc import DASSampler, DASSettings
 from online.distributed import gather_to_main, shard
 
 
 def sample_batch(
-    adapter,
+    sampler: DASSampler,
     reward_for_call: Callable[[int], object],
     featurizer,
     prompts: list[str],
     images_per_prompt: int,
-    sampler_kwargs: dict,
     prompts_per_call: int,
     generator: torch.Generator,
     progress: bool = False,
@@ -28,7 +27,8 @@ def sample_batch(
     """Samples every prompt with DAS and keeps the `images_per_prompt` heaviest particles.
 
     The prompts go to the sampler `prompts_per_call` at a time; call ``i`` uses the reward
-    ``reward_for_call(i)`` (the same reward each time, or a fresh Thompson draw per call).
+    ``reward_for_call(i)`` (the same reward each time, or a fresh Thompson draw per call),
+    all with the one `sampler`.
 
     Returns:
         A dict with ``images`` `(n, C, H, W)` float in [0, 1] on the CPU, ``features``
@@ -37,9 +37,8 @@ def sample_batch(
     images, features, kept_prompts, ess, log_z = [], [], [], [], []
     chunks = range(0, len(prompts), prompts_per_call)
     for call, start in enumerate(tqdm(chunks, desc="sampling", disable=not progress or len(chunks) == 1, leave=False)):
-        sampler = DASSampler(adapter, reward_for_call(call), progress=progress, **sampler_kwargs)
         chunk = prompts[start : start + prompts_per_call]
-        result = sampler.sample(chunk, generator)
+        result = sampler.sample(chunk, reward_for_call(call), generator)
         order = result.log_weights.argsort(dim=-1, descending=True)[:, :images_per_prompt]
         picked = result.images[torch.arange(len(chunk)).unsqueeze(-1), order].flatten(0, 1)
         with torch.no_grad():
@@ -73,16 +72,20 @@ class SamplingSetup:
     Attributes:
         adapter: the denoiser adapter.
         featurizer: ``images -> (N, D)`` features.
-        sampler_kwargs: keyword arguments of :class:`das.DASSampler`.
+        settings: the sampler's :class:`das.DASSettings`.
         prompts_per_call: prompts per sampler call.
         progress: show progress bars.
     """
 
     adapter: object
     featurizer: object
-    sampler_kwargs: dict
+    settings: DASSettings
     prompts_per_call: int
     progress: bool = False
+
+    def build_sampler(self) -> DASSampler:
+        """The one sampler of a batch, whatever reward each of its calls takes."""
+        return DASSampler(self.adapter, replace(self.settings, progress=self.progress))
 
 
 def sample_prompts(
@@ -105,12 +108,11 @@ def sample_prompts(
     part = None
     if mine:
         part = sample_batch(
-            setup.adapter,
+            setup.build_sampler(),
             reward_for_call,
             setup.featurizer,
             mine,
             per_prompt,
-            setup.sampler_kwargs,
             setup.prompts_per_call,
             generator,
             progress=setup.progress,

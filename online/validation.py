@@ -11,14 +11,16 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 from das.config_checks import ConfigError, check_choice, check_flag, check_number, check_shared_sections
 from das.factory import check_prompt_source, resolve_path
 from das.run_dirs import RunDirError
 from online.builders import FEATURIZERS, ORACLES, SURROGATES, featurizer_dim
-from online.guidance import GUIDANCE_MODES, THOMPSON_KINDS
+from online.guidance import GUIDANCE_MODES, SURROGATE_GUIDANCE, guidance_acquisition
 from online.run_directory import RunDirectory
 
 MODES = ("train", "evaluate")
@@ -50,6 +52,9 @@ ADDED_FIELDS = {
     "smc.gradient_every": 1,
     "smc.gradient_after": 0.0,
     "smc.gradient_reuse": False,
+    "smc.autocast": "",
+    "model.channels_last": False,
+    "model.compile_unet": False,
 }
 
 
@@ -59,7 +64,7 @@ def validate(config) -> None:
     _validate_choices(config)
     check_shared_sections(config)
     _validate_run_settings(config)
-    _validate_loop(config.loop, config.smc)
+    _validate_loop(config.loop, config.smc, config.surrogate.kind)
     _validate_evaluate_section(config.evaluate, config.smc)
     _validate_surrogate(config.surrogate)
     _validate_oracle(config.oracle)
@@ -80,17 +85,35 @@ def _validate_choices(config) -> None:
     ORACLES.check(config.oracle.kind)
     SURROGATES.check(config.surrogate.kind)
     check_choice(config.smc.guidance, GUIDANCE_MODES, "smc.guidance")
-    if config.smc.guidance == "thompson" and config.surrogate.kind not in THOMPSON_KINDS:
-        raise ConfigError(
-            f"smc.guidance='thompson' draws from the surrogate's posterior, which the {config.surrogate.kind!r} "
-            f"surrogate does not offer; use surrogate kind {' or '.join(THOMPSON_KINDS)}, or another guidance."
-        )
+    _validate_acquisition(config)
     if config.smc.guidance == "oracle" and config.oracle.kind in ("external", "human"):
         what = "an external command" if config.oracle.kind == "external" else "a person"
         raise ConfigError(
             f"smc.guidance='oracle' (the ceiling) guides the sampler by the oracle itself, which {what} "
             "cannot do (it would be queried at every sampler step); use a built-in oracle kind, or another guidance."
         )
+
+
+def _validate_acquisition(config) -> None:
+    """The acquisition section, and whether the surrogate kind offers what the guidance's acquisition
+    needs (its class's capabilities: no kind lists here)."""
+    from surrogate import ACQUISITIONS, check_acquisition
+
+    acquisition = config.acquisition
+    check_choice(acquisition.kind, tuple(sorted(ACQUISITIONS)), "acquisition.kind")
+    check_number(acquisition.beta, "acquisition.beta", minimum=0)
+    if acquisition.clip is not None:
+        check_number(acquisition.clip, "acquisition.clip (None: no clip)", above=0)
+    if config.smc.guidance not in SURROGATE_GUIDANCE:
+        return
+    name = guidance_acquisition(config.smc.guidance, acquisition.kind)
+    try:
+        check_acquisition(name, SURROGATES.get(config.surrogate.kind))
+    except ValueError as error:
+        field = "acquisition.kind" if config.smc.guidance == "optimistic" else "smc.guidance"
+        raise ConfigError(
+            f"{field}={name!r}: {str(error).rstrip('.')}; choose another acquisition or surrogate.kind."
+        ) from None
 
 
 def _validate_run_settings(config) -> None:
@@ -107,11 +130,18 @@ def _validate_run_settings(config) -> None:
     check_flag(config.surrogate.warm_start, "surrogate.warm_start")
 
 
-def _validate_loop(loop, smc) -> None:
-    """``config.loop`` and the loop's own ``smc`` fields: rounds, query counts and how they divide."""
+def _validate_loop(loop, smc, surrogate_kind: str) -> None:
+    """``config.loop`` and the loop's own ``smc`` fields: rounds, query counts and how they divide,
+    and enough initial queries for the surrogate kind's first fit (its ``min_fit_rows``)."""
     check_number(smc.prompts_per_call, "smc.prompts_per_call", integer=True, minimum=1, maximum=100_000)
     check_number(loop.num_rounds, "loop.num_rounds", integer=True, minimum=1, maximum=1_000_000)
     check_number(loop.initial_queries, "loop.initial_queries", integer=True, minimum=1, maximum=MAX_QUERIES)
+    needed = SURROGATES.get(surrogate_kind).min_fit_rows
+    if loop.initial_queries < needed:
+        raise ConfigError(
+            f"loop.initial_queries ({loop.initial_queries}) is below the {needed} answers the surrogate.kind "
+            f"{surrogate_kind!r} needs for its first fit; set loop.initial_queries to at least {needed}."
+        )
     check_number(loop.queries_per_round, "loop.queries_per_round", integer=True, minimum=1, maximum=MAX_QUERIES)
     check_number(loop.images_per_prompt, "loop.images_per_prompt", integer=True, minimum=1)
     if loop.images_per_prompt > smc.num_particles:
@@ -160,8 +190,22 @@ def _validate_oracle(oracle) -> None:
             raise ConfigError(
                 "oracle.kind='external' needs oracle.command, an argv list such as ('python', 'rate.py')."
             )
+        _check_program(command[0])
     if oracle.kind == "human":
         _validate_human_oracle(oracle)
+
+
+def _check_program(program: str) -> None:
+    """The external oracle's program exists and can be run (a typo must not cost an overwritten run)."""
+    if os.sep in program:
+        found = Path(program).is_file() and os.access(program, os.X_OK)
+    else:
+        found = shutil.which(program) is not None
+    if not found:
+        raise ConfigError(
+            f"oracle.command's program {program!r} was not found or is not executable; fix the first element of "
+            "oracle.command (a program on PATH or a path to an executable file)."
+        )
 
 
 HOST_PATTERN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
@@ -202,9 +246,11 @@ def _validate_files(config) -> None:
             f"The model folder {config.model.path!r} does not exist; set --config.model.path to a saved "
             "pixel-space model."
         )
-    for field in ("train_file", "eval_file"):
+    for field in ("train_file", "eval_file"):  # read and decoded in full: an empty or non-UTF-8 file stops here
         check_prompt_source(
-            config.prompts[field], f"(prompts.{field}) does not exist; give a text file with one prompt per line."
+            config.prompts[field],
+            f"(prompts.{field}) does not exist; give a text file with one prompt per line.",
+            field=f"prompts.{field}",
         )
 
 
@@ -244,7 +290,8 @@ def surrogate_path(path: Path) -> Path:
 
 # ---------------------------------------------------------------------------- resume
 def resume_config(config, overrides: dict | None = None):
-    """The config a resumed run uses: its stored ``config.json`` plus the allowed changes.
+    """The config a resumed run (or, with ``mode="evaluate"``, a resumed evaluation) uses: its
+    stored ``config.json`` plus the allowed changes.
 
     Args:
         config: the config built from the command line (file, variant and overrides).
@@ -264,6 +311,7 @@ def resume_config(config, overrides: dict | None = None):
         raise ConfigError(str(error)) from None
     if config.overwrite:
         raise ConfigError("resume_from and overwrite=True contradict each other; a resume never deletes anything.")
+    stored = upgrade_pre_acquisition_config(stored, RunDirectory.for_config(config).config_path)
     wanted, kept = _flatten(config.to_dict()), _flatten(stored)
     for field, value in ADDED_FIELDS.items():  # a run older than the field ran with its old behaviour
         if field not in kept and field in wanted:
@@ -277,13 +325,13 @@ def resume_config(config, overrides: dict | None = None):
         and _canonical(wanted.get(field, "<absent>")) != _canonical(kept.get(field, "<absent>"))
     ]
     if differ:
-        field = differ[0]
+        field, what = differ[0], "evaluation" if config.mode == "evaluate" else "run"
         more = f" (and {len(differ) - 1} more: {', '.join(differ[1:4])})" if len(differ) > 1 else ""
         raise ConfigError(
             f"Cannot resume {config.resume_from!r} with different settings: {field} is "
             f"{kept.get(field, '<absent>')!r} in its config.json but {wanted.get(field, '<absent>')!r} here{more}; "
-            f"resume with the run's own config file and variant and no such override (only "
-            f"{', '.join(SAFE_TO_CHANGE_ON_RESUME)} may change), or start a new run."
+            f"resume with the {what}'s own config file and variant and no such override (only "
+            f"{', '.join(SAFE_TO_CHANGE_ON_RESUME)} may change), or start a new {what}."
         )
     resumed = ml_collections.ConfigDict(stored)
     # a safe field is taken from the command line when given there, or when the run (from an
@@ -294,6 +342,44 @@ def resume_config(config, overrides: dict | None = None):
     resumed.resume_from = config.resume_from
     resumed.overwrite = False
     return resumed
+
+
+def upgrade_pre_acquisition_config(stored: dict, path: Path | str = "config.json") -> dict:
+    """A stored run config from before 0.2 in the current format (deprecated; removed in 0.4.0).
+
+    Before 0.2 the acquisition lived in the surrogate: ``surrogate.kwargs.beta`` (and ``clip``,
+    ``optimism``) and the kind ``"greedy"``. Such a config (one without an ``acquisition``
+    section) gets the ``acquisition`` section those meant (``kind``, ``beta``, ``clip``, from the
+    surrogate class's own ``legacy_acquisition`` / ``deprecated_kinds``), the surrogate kind it
+    loads as, and its kwargs without those fields, with a ``FutureWarning``; any other config
+    (or one whose surrogate kind is unknown: validation names it) is returned as it is.
+
+    Args:
+        stored: The run's ``config.json``.
+        path: Its file, for the warning.
+    """
+    from surrogate import SURROGATES as CLASSES
+    from surrogate.deprecation import deprecate
+
+    surrogate = stored.get("surrogate")
+    if "acquisition" in stored or not isinstance(surrogate, dict) or not isinstance(surrogate.get("kwargs"), dict):
+        return stored
+    kind, kwargs = surrogate.get("kind"), surrogate["kwargs"]
+    aliases = {alias: cls for cls in CLASSES.values() for alias in cls.deprecated_kinds}
+    cls = CLASSES.get(kind) if isinstance(kind, str) else None
+    if cls is None and kind in aliases:
+        cls, settings = aliases[kind], dict(aliases[kind].deprecated_kinds[kind])
+    elif cls is not None:
+        settings = cls.legacy_acquisition(kwargs)
+    else:
+        return stored
+    deprecate(
+        f"The pre-0.2 run config {str(path)!r} (the acquisition in surrogate.kind/surrogate.kwargs)",
+        "it resumes with the acquisition section those meant, and the resumed run records it",
+    )
+    kept = {name: value for name, value in kwargs.items() if name not in cls.legacy_hyperparameters}
+    acquisition = {"kind": settings["kind"], "beta": settings["beta"], "clip": settings["clip"]}
+    return {**stored, "surrogate": {**surrogate, "kind": cls.kind, "kwargs": kept}, "acquisition": acquisition}
 
 
 def _with_field(tree: dict, field: str, value) -> dict:

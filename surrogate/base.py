@@ -1,16 +1,16 @@
 """The surrogate interface and the small helpers every surrogate shares.
 
-A surrogate maps feature vectors `(N, D)` to a posterior mean and standard deviation
-`(N,)` and an optimistic score `(N,)` (mean + exploration bonus). Every output is a
-differentiable function of the features (the sampler takes their gradient), computed in
-one batched pass on the device the model lives on.
+A surrogate maps feature vectors `(N, D)` to a posterior (:class:`surrogate.posterior.Posterior`):
+a mean and standard deviation `(N,)`, and, by kind, posterior draws and per-head predictions.
+Every output is a differentiable function of the features (the sampler takes their gradient),
+computed in one batched pass on the device the model lives on. How optimistic to be is not the
+model's business: acquisitions (:mod:`surrogate.acquisition`) turn any posterior into scores.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import numbers
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -29,6 +29,15 @@ from surrogate.checkpoint import (
     save_checkpoint,
     tensor_info,
 )
+from surrogate.deprecation import deprecate
+from surrogate.hyperparameters import (
+    HyperparameterError,
+    HyperparameterSpec,
+    check_class_hyperparameters,
+    choice,
+    integer,
+)
+from surrogate.posterior import Posterior
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -143,31 +152,15 @@ def _recorder(name: str, annotation: Any) -> Callable[[Any], Any]:
     return lambda value: None if value is None else record(value)
 
 
-def fixed_value_message(where: str, name: str, kind: str, value: Any, reason: str, got: Any) -> str:
-    """The one-line refusal of a value other than the one a kind fixes (e.g. greedy's ``beta``)."""
-    shown = int(value) if isinstance(value, float) and value.is_integer() else value
-    text = repr(got)
-    text = text if len(text) <= 80 else text[:77] + "..."
-    return f"{where}.{name} must be {shown!r} for the {kind!r} surrogate, {reason}, got {text}."
-
-
-def is_fixed_value(got: Any, value: Any) -> bool:
-    """Whether ``got`` is the number (or value) ``value`` a kind fixes; ``bool`` is never a number here."""
-    if isinstance(value, numbers.Real):
-        return isinstance(got, numbers.Real) and not isinstance(got, bool) and got == value
-    return got == value
-
-
 def records_hyperparameters(init: Callable[..., None]) -> Callable[..., None]:
     """Decorate a surrogate constructor so that its arguments become the recorded hyperparameters.
 
     In the spirit of diffusers' ``register_to_config``: the constructor's signature is the list of
     hyperparameters (every argument is annotated and keyword-passable; no ``**kwargs``). Each call
-    first applies the class's :attr:`Surrogate.fixed_hyperparameters` (their value is the default,
-    and any other value is refused with a one-line ``ValueError``), runs the constructor, then
-    records every argument, defaults included, as JSON (``int``, ``float``, ``str``, a list of
-    ints for ``hidden``, the dtype's name) in ``self._hparams``. :attr:`Surrogate.hyperparameters`,
-    the checkpoint header and ``cls(**hyperparameters)`` on load all read that one record.
+    runs the constructor, then records every argument, defaults included, as JSON (``int``,
+    ``float``, ``str``, a list of ints for ``hidden``, the dtype's name) in ``self._hparams``.
+    :attr:`Surrogate.hyperparameters`, the checkpoint header and ``cls(**hyperparameters)`` on load
+    all read that one record.
     """
     signature = inspect.signature(init)
     parameters = list(signature.parameters.values())[1:]  # drop self
@@ -178,12 +171,6 @@ def records_hyperparameters(init: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(init)
     def construct(self, *args: Any, **kwargs: Any) -> None:
         bound = signature.bind(self, *args, **kwargs)
-        for name, value in type(self).fixed_hyperparameters.items():
-            got = bound.arguments.get(name, value)
-            if not is_fixed_value(got, value):
-                where = type(self).__name__
-                raise ValueError(fixed_value_message(where, name, self.kind, value, self.fixed_reason, got))
-            bound.arguments[name] = value
         init(*bound.args, **bound.kwargs)
         bound.apply_defaults()
         self._hparams = {name: record(bound.arguments[name]) for name, record in recorders.items()}
@@ -193,17 +180,21 @@ def records_hyperparameters(init: Callable[..., None]) -> Callable[..., None]:
 
 # ------------------------------------------------------------------------------ the base
 class Surrogate(ABC):
-    """Reward model with uncertainty: `(N, D)` features -> mean, std, optimistic score.
+    """Reward model with uncertainty: `(N, D)` features -> a posterior (mean, std, draws).
 
     The base class owns what every kind shares: the hyperparameter record (constructors are
     decorated with :func:`records_hyperparameters`), the fit bookkeeping (:meth:`fit`: seeding,
     data checks, warm-start decision, ``n_data``, ``round``, ``fitted`` and ``fit_info``), and
     the checkpoint state (:meth:`save`, :meth:`load`, moving between devices, and the
     standardizers and scalar tensors the class declares in ``_standardizers`` / ``_scalars``).
-    A kind sets ``kind`` and implements :meth:`_fit`, :meth:`posterior`, :meth:`optimistic`,
-    :meth:`_model_tensors`, :meth:`_expected_model_tensors` and :meth:`_load_model_tensors`. A
-    surrogate is rebuilt on load as ``cls(**header["hyperparameters"])`` once they have passed
-    :func:`surrogate.hyperparameters.check_hyperparameters`.
+
+    A kind is one class that owns its knowledge: it sets ``kind``, its ``hyperparameter_specs``
+    (extending its parent's), its ``capabilities``, its memory count :meth:`implied_elements`,
+    and implements :meth:`_fit`, :meth:`posterior`, :meth:`_model_tensors`,
+    :meth:`_expected_model_tensors` and :meth:`_load_model_tensors`; registering it in
+    :data:`surrogate.SURROGATES` is the one other edit. A surrogate is rebuilt on load as
+    ``cls(**header["hyperparameters"])`` once they have passed
+    :func:`surrogate.hyperparameters.check_class_hyperparameters`.
 
     Args:
         input_dim: Feature dimension `D`.
@@ -211,10 +202,24 @@ class Surrogate(ABC):
     """
 
     kind: ClassVar[str] = "abstract"
-    #: Hyperparameters a setting of a class fixes (their default and their only accepted value).
-    fixed_hyperparameters: ClassVar[dict[str, Any]] = {}
-    #: Why they are fixed, for the refusal message (a clause after the kind's name).
-    fixed_reason: ClassVar[str] = ""
+    #: Bounds of every constructor argument (a kind extends its parent's dict).
+    hyperparameter_specs: ClassVar[dict[str, HyperparameterSpec]] = {
+        "input_dim": integer(1, 2**20),
+        "dtype": choice(tuple(_DTYPES)),
+    }
+    #: What the posterior offers beyond mean and std: ``"sample"`` (:meth:`Posterior.sample`, Thompson
+    #: sampling) and ``"heads"`` (:attr:`Posterior.heads`, an ensemble's max over heads).
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: Constructor arguments of versions before 0.2 that were acquisition settings (``beta``...):
+    #: dropped from old checkpoint headers with a deprecation warning, refused in new configs.
+    legacy_hyperparameters: ClassVar[tuple[str, ...]] = ()
+    #: Kind names of versions before 0.2 that this class now loads, each with the acquisition settings
+    #: it meant (``"greedy"``: the UCB model's posterior mean).
+    deprecated_kinds: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: The fewest rows a fit of this kind needs (the online loop refuses fewer initial queries at
+    #: validation). Two for every kind so far: one row gives the rewards no spread to standardize by
+    #: (and the GP's PCA fails on it); a kind that needs more overrides this.
+    min_fit_rows: ClassVar[int] = 2
     #: :class:`Standardizer` attributes; saved as ``<name>.mean`` / ``<name>.std``, std > 0 on load.
     _standardizers: ClassVar[tuple[str, ...]] = ()
     #: Checkpoint name -> float attribute; saved as a float64 `(1,)` tensor, > 0 on load.
@@ -273,26 +278,61 @@ class Surrogate(ABC):
         """Fit on checked data `x (N, D)`, `y (N,)` in the model dtype; return the fit statistics."""
 
     @abstractmethod
-    def posterior(
-        self, features: torch.Tensor, *, observation_noise: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return `(mean, std)`, each of shape `(...)`, for features `(..., D)`.
+    def posterior(self, features: torch.Tensor, *, observation_noise: bool = False) -> Posterior:
+        """Return the posterior at features `(..., D)`: mean and std of shape `(...)` (it unpacks as them).
 
         With ``observation_noise=True`` the std is the predictive std of a new noisy
-        observation (epistemic + noise); otherwise the epistemic std of the mean.
+        observation (epistemic + noise); otherwise the epistemic std of the mean. Draws
+        (:meth:`Posterior.sample`) and heads are there when the kind's ``capabilities`` say so.
         """
-
-    @abstractmethod
-    def optimistic(self, features: torch.Tensor) -> torch.Tensor:
-        """Return mean + exploration bonus, shape `(...)`, for features `(..., D)`."""
 
     def mean(self, features: torch.Tensor) -> torch.Tensor:
         """Posterior mean `(...)` (the evaluation / greedy score)."""
         return self.posterior(features)[0]
 
-    def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        """Alias of :meth:`optimistic`."""
-        return self.optimistic(features)
+    @classmethod
+    def implied_elements(cls, values: Mapping[str, Any]) -> tuple[str, int, str]:
+        """Tensor elements a model with these hyperparameters allocates: `(field, count, what it was computed for)`.
+
+        Args:
+            values: Every constructor argument (defaults filled in; ``input_dim`` 1 when unknown).
+
+        Returns:
+            The field to name when the count is over the cap, the count, and a clause for the message.
+        """
+        return "", 0, ""
+
+    @classmethod
+    def legacy_acquisition(cls, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        """The acquisition settings (``kind``, ``beta``, ``clip``) the optimistic score of a pre-0.2 model
+        with these hyperparameters meant (they held ``legacy_hyperparameters``)."""
+        raise NotImplementedError(f"The {cls.kind!r} surrogate has no pre-0.2 format.")
+
+    @classmethod
+    def upgrade_header(cls, header: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+        """A checkpoint header of this class in the current format (a deprecation warning when it was not).
+
+        A pre-0.2 header (a kind in ``deprecated_kinds``, or hyperparameters holding
+        ``legacy_hyperparameters``) gets this class's kind and loses those hyperparameters;
+        the acquisition settings they meant are kept under ``"legacy_acquisition"``. Any other
+        header is returned as it is (a foreign kind is refused later by ``check_header``).
+        """
+        kind, hparams = header["kind"], header["hyperparameters"]
+        legacy = sorted(name for name in cls.legacy_hyperparameters if name in hparams)
+        if kind not in cls.deprecated_kinds and not (kind == cls.kind and legacy):
+            return header
+        old = f"kind {kind!r}" + (f" with {', '.join(legacy)} among its hyperparameters" if legacy else "")
+        deprecate(
+            f"Surrogate checkpoint {str(path)!r} is of the pre-0.2 format ({old}), which",
+            f"it loads as a {cls.kind!r} surrogate; choose the acquisition in the run config (acquisition.*) "
+            "and re-save the checkpoint",
+        )
+        if kind in cls.deprecated_kinds:
+            acquisition = dict(cls.deprecated_kinds[kind])
+        else:
+            acquisition = cls.legacy_acquisition(hparams)
+        kept = {name: value for name, value in hparams.items() if name not in cls.legacy_hyperparameters}
+        return {**header, "kind": cls.kind, "hyperparameters": kept, "legacy_acquisition": acquisition}
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
@@ -338,7 +378,7 @@ class Surrogate(ABC):
             SurrogateCheckpointError: A mismatch with the expected kind or dimension, or a
                 file that fails any check (the message names the file and the field or tensor).
         """
-        header = read_header(path)
+        header = cls.upgrade_header(read_header(path), path)
         check_header(header, path, cls.kind, expected_input_dim)
         return cls._load_untrusted(path, header, device)
 
@@ -346,7 +386,7 @@ class Surrogate(ABC):
     def _load_untrusted(cls, path: str | os.PathLike, header: dict[str, Any], device: torch.device | str) -> Surrogate:
         """Rebuild a surrogate from a checkpoint whose header has passed :func:`read_header`.
 
-        Order: (1) the header's hyperparameters pass ``check_hyperparameters`` (bounded
+        Order: (1) the header's hyperparameters pass ``check_class_hyperparameters`` (bounded
         sizes, so constructing cannot exhaust memory) and agree with its ``input_dim``; (2)
         the model is constructed; (3) the file's tensor table (names, dtypes, shapes) is
         compared with what the model expects, before any tensor is read; (4) the tensors are
@@ -367,12 +407,10 @@ class Surrogate(ABC):
     @classmethod
     def _construct_from_header(cls, path: str | os.PathLike, header: dict[str, Any]) -> Surrogate:
         """Steps (1) and (2) of :meth:`_load_untrusted`: check the header's hyperparameters, then build."""
-        from surrogate.hyperparameters import HyperparameterError, check_hyperparameters  # imports the kinds
-
         where = f"Surrogate checkpoint {str(path)!r} hyperparameters"
         hparams = header["hyperparameters"]
         try:
-            check_hyperparameters(cls.kind, hparams, where=where)
+            check_class_hyperparameters(cls, hparams, where=where)
         except HyperparameterError as error:
             raise SurrogateCheckpointError(str(error)) from None
         if hparams.get("input_dim") != header["input_dim"]:

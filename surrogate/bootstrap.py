@@ -6,13 +6,12 @@ split and its own initialization, and all heads take their Adam steps together.
 
 * ``posterior``: mean over heads and the calibrated epistemic std
   `sqrt(a·s(x)² + b)`, `s(x)` the heads' sample std (``correction=1``); with
-  ``observation_noise=True`` the label-noise variance ``noise_std²`` is added.
-* ``optimistic``: ``optimism="max"`` (reference: max over heads) or ``"std"``
-  (mean + `β`·calibrated std).
+  ``observation_noise=True`` the label-noise variance ``noise_std²`` is added. It carries
+  every head's prediction (capability ``"heads"``: the reference's optimism is the max over
+  heads, :class:`surrogate.acquisition.MaxOverHeads`; mean + `β`·std is
+  :class:`surrogate.acquisition.UCB`), and a draw (capability ``"sample"``) is one head chosen
+  with the generator (Thompson sampling).
 * evaluation: the mean (:meth:`Surrogate.mean`).
-* Thompson sampling: :meth:`BootstrapEnsembleSurrogate.thompson` draws one head with a
-  generator and returns a callable scoring with that head only; or
-  :meth:`set_active_head` makes ``optimistic`` use one head until reset with ``None``.
 
 Calibration. The raw spread of 4 heads is too narrow: on the 16-d benchmark function (1024
 noisy answers, 1024 held-out points) mean ± 2·spread covered the true function at 57% of
@@ -48,15 +47,15 @@ held-out error there is label noise, which an unknown-noise fit attributes to th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from surrogate.base import as_feature_matrix, records_hyperparameters
+from surrogate.hyperparameters import integer
 from surrogate.mlp import DEFAULT_HIDDEN, MLPSurrogate, mlp_arguments
-
-OPTIMISM_MODES = ("max", "std")
+from surrogate.posterior import Posterior
 
 #: Weight of the pooled (mean) spread variance in the calibrated variance; the rest is the
 #: point's own head spread (see the module docstring).
@@ -71,8 +70,6 @@ class BootstrapEnsembleSurrogate(MLPSurrogate):
         num_heads: Number of heads `M` (reference: 4).
         hidden: Hidden widths of every head.
         dropout: Dropout probability during training.
-        optimism: ``"max"`` (max over heads, reference) or ``"std"`` (mean + β·std).
-        beta: Multiplier of the std for ``optimism="std"``.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         batch_size: Mini-batch size per head.
@@ -83,6 +80,9 @@ class BootstrapEnsembleSurrogate(MLPSurrogate):
     """
 
     kind = "bootstrap"
+    hyperparameter_specs = {**MLPSurrogate.hyperparameter_specs, "num_heads": integer(2, 256)}
+    capabilities = frozenset({"sample", "heads"})
+    legacy_hyperparameters = ("optimism", "beta")
     _scalars = {
         "noise_std": "noise_std",
         "calibration.spread_scale": "spread_scale",
@@ -96,8 +96,6 @@ class BootstrapEnsembleSurrogate(MLPSurrogate):
         num_heads: int = 4,
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = 0.1,
-        optimism: str = "max",
-        beta: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         batch_size: int = 256,
@@ -107,17 +105,19 @@ class BootstrapEnsembleSurrogate(MLPSurrogate):
         label_noise_std: float | None = None,
         dtype: str | torch.dtype = "float32",
     ) -> None:
-        if optimism not in OPTIMISM_MODES:
-            raise ValueError(f"Unknown optimism {optimism!r}; valid: {list(OPTIMISM_MODES)}.")
         if num_heads < 2:
             raise ValueError(f"A bootstrap ensemble needs num_heads >= 2, got {num_heads}.")
         super().__init__(num_heads=num_heads, **mlp_arguments(locals()))
         self.num_heads = int(num_heads)
-        self.optimism = optimism
-        self.beta = float(beta)
         self.spread_scale = 1.0  # multiplier of the head spread in the calibrated std
         self.floor_std = 0.0  # constant part of the calibrated std, reward units (> 0 once fitted)
-        self.active_head: int | None = None
+
+    @classmethod
+    def legacy_acquisition(cls, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        """Before 0.2 the optimistic score was the max over heads (``optimism="max"``) or mean + `β`·std."""
+        if hyperparameters.get("optimism", "max") == "max":
+            return {"kind": "max_heads", "beta": hyperparameters.get("beta", 1.0), "clip": None}
+        return {"kind": "ucb", "beta": hyperparameters.get("beta", 1.0), "clip": None}
 
     def _train_rows(self, train: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A bootstrap resample (with replacement) of the training split per head, `(M, n_train)`."""
@@ -160,36 +160,15 @@ class BootstrapEnsembleSurrogate(MLPSurrogate):
             var = var + self.noise_std**2
         return var.sqrt()
 
-    def posterior(
-        self, features: torch.Tensor, *, observation_noise: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior(self, features: torch.Tensor, *, observation_noise: bool = False) -> Posterior:
         preds = self.head_predictions(features)
-        return preds.mean(0), self._calibrated_std(preds, observation_noise)
+        return Posterior(
+            preds.mean(0),
+            self._calibrated_std(preds, observation_noise),
+            sampler=lambda g: preds[self._head(g)],
+            heads=preds,
+        )
 
-    def optimistic(self, features: torch.Tensor) -> torch.Tensor:
-        preds = self.head_predictions(features)
-        if self.active_head is not None:
-            return preds[self.active_head]
-        if self.optimism == "max":
-            return preds.max(0).values
-        return preds.mean(0) + self.beta * self._calibrated_std(preds)
-
-    def sample_head(self, generator: torch.Generator) -> int:
-        """Draw a head index uniformly with ``generator``."""
+    def _head(self, generator: torch.Generator) -> int:
+        """A head index drawn uniformly with ``generator`` (a posterior draw is one head)."""
         return int(torch.randint(0, self.num_heads, (1,), generator=generator).item())
-
-    def thompson(self, generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Thompson sampling: draw one head and return `features (..., D) -> (...)` using it only."""
-        head = self.sample_head(generator)
-
-        def score(features: torch.Tensor) -> torch.Tensor:
-            return self.head_predictions(features)[head]
-
-        score.head = head  # type: ignore[attr-defined]
-        return score
-
-    def set_active_head(self, head: int | None) -> None:
-        """Make ``optimistic`` score with one head (``None`` restores the configured optimism)."""
-        if head is not None and not 0 <= head < self.num_heads:
-            raise ValueError(f"Head {head} out of range; the ensemble has {self.num_heads} heads.")
-        self.active_head = head

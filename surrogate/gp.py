@@ -57,7 +57,7 @@ on both (0.97 and 0.93, the exact GP on 512 points 0.955 and 0.93) with the lowe
 three (RMSE 0.405 and 0.015; ELBO 0.457 and 0.021; exact GP on 512 points 0.446 and 0.027).
 
 ``posterior`` is the GP posterior (exact: no LOVE / fast variances; sparse: `q(f)`) with its
-variance multiplied by a calibrated scale `s` (below); ``optimistic`` is mean + `β`·std.
+variance multiplied by a calibrated scale `s` (below); the UCB acquisition adds `β`·std to the mean.
 
 Calibration of the epistemic std. The marginal likelihood explains what the kernel cannot fit
 as noise, so on embedded-world data the GP's posterior std is too narrow against the noise-free
@@ -105,6 +105,8 @@ from sklearn.decomposition import PCA
 from surrogate.base import Standardizer, Surrogate, as_feature_matrix, draw_seed, records_hyperparameters
 from surrogate.calibration import heldout_variance_split
 from surrogate.checkpoint import SurrogateCheckpointError, TensorInfo, tensor_info
+from surrogate.hyperparameters import choice, integer, number
+from surrogate.posterior import Posterior
 
 _CHOLESKY_ALWAYS = 1_000_000
 
@@ -251,7 +253,6 @@ class GPSurrogate(Surrogate):
         input_dim: Feature dimension `D`.
         pca_dim: Reduce to this many principal components when ``input_dim > pca_dim``
             (``None``: never reduce).
-        beta: UCB multiplier: optimistic = mean + `β`·std.
         max_points: The most points the exact GP is fitted on: with ``method="auto"`` the
             size up to which the exact GP is used (the sparse GP on every point beyond it);
             with ``method="exact"`` a cap (a random subset of this many is fitted when given
@@ -276,6 +277,20 @@ class GPSurrogate(Surrogate):
     """
 
     kind = "gp"
+    hyperparameter_specs = {
+        **Surrogate.hyperparameter_specs,
+        "pca_dim": integer(1, 4096, optional=True),
+        "max_points": integer(1, 8192),  # the exact GP's size (method "auto": the exact/sparse switch)
+        "max_iter": integer(1, 100_000),
+        "method": choice(GP_METHODS),
+        "inducing_points": integer(1, 4096),
+        "epochs": integer(0, 100_000),
+        "batch_size": integer(1, 2**16),
+        "lr": number(0.0, low_open=True),
+        "objective": choice(GP_OBJECTIVES),
+        "label_noise_std": number(0.0, optional=True),
+    }
+    legacy_hyperparameters = ("beta",)
     _standardizers = ("y_norm",)
     _movable = ("pca_components", "pca_mean", "lower", "span", "variance_scale", "model", "likelihood")
 
@@ -284,7 +299,6 @@ class GPSurrogate(Surrogate):
         self,
         input_dim: int,
         pca_dim: int | None = 32,
-        beta: float = 2.0,
         max_points: int = 512,
         max_iter: int = 100,
         dtype: str | torch.dtype = "float32",
@@ -304,7 +318,6 @@ class GPSurrogate(Surrogate):
         self.label_noise_std = None if label_noise_std is None else float(label_noise_std)
         self.max_iter = int(max_iter)
         self.pca_dim = pca_dim
-        self.beta = float(beta)
         self.max_points = int(max_points)
         self.method = str(method)
         self.inducing_points = int(inducing_points)
@@ -322,6 +335,31 @@ class GPSurrogate(Surrogate):
         self.likelihood: gpytorch.likelihoods.GaussianLikelihood | None = None  # the model's noise
         self._template_state: dict[str, torch.Tensor] = {}  # a fresh GP's state, while a checkpoint loads
         self._template_fixed: dict[str, torch.Tensor] = {}  # its buffers' only valid values
+
+    @classmethod
+    def implied_elements(cls, values: Mapping[str, Any]) -> tuple[str, int, str]:
+        """The `k x D` PCA components plus the larger of what the methods allocate.
+
+        The exact GP's `N x N` kernel matrix and `N x k` inputs for `N = max_points` (methods
+        ``"auto"`` and ``"exact"``, and the sparse GP's hyperparameter fit with
+        ``objective="mll_subset"``); the sparse GP's three `m x m` matrices (`q(u)` factor, `K_uu`
+        and its factor), `m x k` inducing inputs and `batch_size x m` cross-covariance for
+        `m = inducing_points` (``"auto"`` and ``"sparse"``).
+        """
+        input_dim, pca_dim, method = int(values["input_dim"]), values["pca_dim"], values["method"]
+        points, k = int(values["max_points"]), input_dim if pca_dim is None else min(int(pca_dim), input_dim)
+        exact = points * points + points * k
+        inducing, batch = int(values["inducing_points"]), int(values["batch_size"])
+        sparse = 3 * inducing * inducing + inducing * k + batch * inducing
+        exact_used = method != "sparse" or values["objective"] == "mll_subset"  # the subset fit is exact
+        exact, sparse = (exact if exact_used else 0), (sparse if method != "exact" else 0)
+        field, count = ("max_points", exact) if exact >= sparse else ("inducing_points", sparse)  # one at a time
+        return field, count + k * input_dim, f"input_dim={input_dim}, pca_dim={pca_dim} and method={method!r}"
+
+    @classmethod
+    def legacy_acquisition(cls, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        """Before 0.2 the optimistic score was mean + `β`·std with the model's ``beta`` (default 2), unclipped."""
+        return {"kind": "ucb", "beta": hyperparameters.get("beta", 2.0), "clip": None}
 
     @property
     def sparse(self) -> bool:
@@ -618,9 +656,7 @@ class GPSurrogate(Surrogate):
         }
 
     # --------------------------------------------------------------- predict
-    def posterior(
-        self, features: torch.Tensor, *, observation_noise: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior(self, features: torch.Tensor, *, observation_noise: bool = False) -> Posterior:
         self._check_fitted()
         assert self.model is not None and self.likelihood is not None
         x, lead = as_feature_matrix(features, self.input_dim)
@@ -633,11 +669,7 @@ class GPSurrogate(Surrogate):
             var = var + self.likelihood.noise.reshape(-1)[0]
         std = var.clamp_min(1e-30).sqrt() * self.y_norm.std[0]
         mean = self.y_norm.inverse(mean.unsqueeze(-1)).squeeze(-1)
-        return mean.to(self.dtype).reshape(lead), std.to(self.dtype).reshape(lead)
-
-    def optimistic(self, features: torch.Tensor) -> torch.Tensor:
-        mean, std = self.posterior(features)
-        return mean + self.beta * std
+        return Posterior(mean.to(self.dtype).reshape(lead), std.to(self.dtype).reshape(lead))
 
     # ------------------------------------------------------------ checkpoint
     def _move(self, device: torch.device) -> None:

@@ -30,6 +30,7 @@ from torch import nn
 from surrogate.base import Standardizer, Surrogate, draw_seed
 from surrogate.calibration import heldout_variance_split
 from surrogate.checkpoint import TensorInfo, tensor_info
+from surrogate.hyperparameters import int_list, integer, number
 
 # Reference head for 768-d CLIP features: 768 -> 1024 -> 128 -> 64 -> 16 -> 1.
 DEFAULT_HIDDEN: tuple[int, ...] = (1024, 128, 64, 16)
@@ -275,9 +276,29 @@ class MLPSurrogate(Surrogate):
         dtype: ``"float32"`` or ``"float64"``.
     """
 
+    hyperparameter_specs = {
+        **Surrogate.hyperparameter_specs,
+        "hidden": int_list(1, 16384, max_length=64),
+        "dropout": number(0.0, 1.0, high_open=True),
+        "lr": number(0.0, low_open=True),
+        "weight_decay": number(0.0),
+        "batch_size": integer(1, 2**16),
+        "max_epochs": integer(1, 100_000),
+        "patience": integer(1, 100_000),
+        "val_fraction": number(0.0, 0.9),  # above 0.9 a 10-point split can leave no training row
+        "label_noise_std": number(0.0, optional=True),  # known label-noise std (None: unknown), reward units
+    }
     _standardizers = ("x_norm", "y_norm")
     _scalars = {"noise_std": "noise_std"}
     _movable = ("net",)
+
+    @classmethod
+    def implied_elements(cls, values: Mapping[str, Any]) -> tuple[str, int, str]:
+        """The parameter count of the `input_dim -> hidden... -> 1` network times ``num_heads`` (1 if none)."""
+        input_dim, heads = int(values["input_dim"]), int(values.get("num_heads", 1))
+        sizes = [input_dim, *[int(h) for h in values["hidden"]], 1]
+        count = heads * sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+        return "hidden", count, f"input_dim={input_dim} and {heads} head(s)"
 
     def __init__(
         self,

@@ -1,21 +1,21 @@
-"""MLP + UCB surrogate: a calibrated last-layer std `s·sqrt(φᵀ A⁻¹ φ)` and the bonus `β·std`.
+"""MLP + last-layer surrogate: a calibrated std `s·sqrt(φᵀ A⁻¹ φ)`, the std SEIKO's UCB bonus multiplies.
 
-Bonus (:class:`UCBBonus`). `φ` is the MLP's last hidden layer (16 units in the reference
+Width (:class:`UCBBonus`). `φ` is the MLP's last hidden layer (16 units in the reference
 shape). Two choices of the matrix:
 
 * ``covariance="design"`` (default, textbook linear UCB): `A = λI + Σ_i φ_i φ_iᵀ` over
-  the data. It grows with the data, so the bonus at a point shrinks as points near it are
+  the data. It grows with the data, so the width at a point shrinks as points near it are
   added and stays put far from them. The std :meth:`MLPUCBSurrogate.posterior` returns is
-  `s·sqrt(φᵀA⁻¹φ)` with a scale `s` calibrated on held-out data (below); the bonus is
-  `min(β·std, clip)`: the std says how wrong the mean may be, `β` how optimistic to be.
+  `s·sqrt(φᵀA⁻¹φ)` with a scale `s` calibrated on held-out data (below); the UCB acquisition
+  (:class:`surrogate.acquisition.UCB`) adds `min(β·std, clip)`: the std says how wrong the
+  mean may be, `β` how optimistic to be.
 * ``covariance="normalized"`` (the public SEIKO code): `A = (1/N) Σ_i φ_i φ_iᵀ + λI`, the
-  normalized covariance, which does not shrink as data grows. The bonus is then the
-  reference's raw `α·sqrt(φᵀ(Σ+λI)⁻¹φ)` (scale 1, not calibrated). Reference settings:
-  ``beta=0.01, lam=0.001, clip=10.0, bonus_covariance="normalized"``.
+  normalized covariance, which does not shrink as data grows. The std is then the
+  reference's raw `sqrt(φᵀ(Σ+λI)⁻¹φ)` (scale 1, not calibrated). Reference settings:
+  ``lam=0.001, bonus_covariance="normalized"`` with ``UCB(beta=0.01, clip=10.0)``.
 
 Either way the matrix is Cholesky-factorized once per fit (or per :meth:`UCBBonus.update`)
-and every call is one batched triangular solve, differentiable in `φ`; the bonus is
-clipped at ``clip`` (``None`` disables clipping).
+and every call is one batched triangular solve, differentiable in `φ`.
 
 Calibration (what `s` is, and why). The textbook confidence width of the last-layer Bayesian
 linear model, `σ̂·sqrt(φᵀA⁻¹φ)` with `σ̂` the noise std estimated from the data, is what this
@@ -56,45 +56,36 @@ there is noise).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from surrogate.base import as_feature_matrix, records_hyperparameters
 from surrogate.checkpoint import SurrogateCheckpointError, TensorInfo, tensor_info
+from surrogate.hyperparameters import choice, number
 from surrogate.mlp import DEFAULT_HIDDEN, MLPSurrogate, mlp_arguments
+from surrogate.posterior import Posterior
 
 BONUS_COVARIANCES = ("design", "normalized")
 
 
 class UCBBonus:
-    """Exploration bonus `min(β · scale · sqrt(φᵀ A⁻¹ φ), clip)` with a cached Cholesky factor.
+    """The last-layer width `scale · sqrt(φᵀ A⁻¹ φ)` behind the UCB bonus, with a cached Cholesky factor.
 
     Args:
-        beta: Multiplier `β` (the reference's `α_ucb`).
         lam: Ridge `λ` added to the matrix.
         covariance: ``"design"`` (`λI + Σφφᵀ`) or ``"normalized"`` (`Σφφᵀ/N + λI`).
-        clip: Upper clip of the bonus (``None``: no clip).
         scale: Multiplier of `sqrt(φᵀA⁻¹φ)` giving the std (for the design matrix the
             calibrated scale `s` that :class:`MLPUCBSurrogate` fits on held-out data; 1
             reproduces the reference).
     """
 
-    def __init__(
-        self,
-        beta: float = 1.0,
-        lam: float = 1e-3,
-        covariance: str = "design",
-        clip: float | None = 10.0,
-        scale: float = 1.0,
-    ) -> None:
+    def __init__(self, lam: float = 1e-3, covariance: str = "design", scale: float = 1.0) -> None:
         if covariance not in BONUS_COVARIANCES:
             raise ValueError(f"Unknown bonus covariance {covariance!r}; valid: {list(BONUS_COVARIANCES)}.")
-        self.beta = float(beta)
         self.lam = float(lam)
         self.covariance = covariance
-        self.clip = None if clip is None else float(clip)
         self.scale = float(scale)
         self.gram: torch.Tensor | None = None  # Σ φφᵀ, (H, H)
         self.count = 0
@@ -147,11 +138,6 @@ class UCBBonus:
         """`scale · sqrt(φᵀA⁻¹φ)`, `(...)` (the surrogate's epistemic std for the design matrix)."""
         # clamp keeps the gradient finite where φ = 0 (dead ReLUs)
         return self.scale * self.quadratic(phi).clamp_min(1e-30).sqrt()
-
-    def __call__(self, phi: torch.Tensor) -> torch.Tensor:
-        """Bonus `min(β · width(φ), clip)`, `(...)`."""
-        bonus = self.beta * self.width(phi)
-        return bonus if self.clip is None else bonus.clamp(max=self.clip)
 
     def to(self, device: torch.device | str) -> UCBBonus:
         for name in ("gram", "chol"):
@@ -219,24 +205,23 @@ class UCBBonus:
 
 
 class MLPUCBSurrogate(MLPSurrogate):
-    """MLP regressor with a last-layer UCB bonus.
+    """MLP regressor with a last-layer posterior (the model of SEIKO's UCB, kind ``"ucb"``).
 
     ``posterior`` returns the MLP output as the mean and, as std, the calibrated epistemic std
     `s·sqrt(φᵀA⁻¹φ)` (design matrix; `s` fitted on the validation split, see the module
     docstring) or the reference's raw `sqrt(φᵀ(Σ+λI)⁻¹φ)` (normalized switch); with
-    ``observation_noise=True`` the label-noise variance ``noise_std²`` is added. ``optimistic``
-    = mean + `min(β·std, clip)`: `β` is the optimism, the std stays calibrated; with `β = 0` it
-    is the mean itself (no bonus is computed). Inputs and rewards are standardized with
-    statistics stored in the checkpoint.
+    ``observation_noise=True`` the label-noise variance ``noise_std²`` is added. Its draws
+    (capability ``"sample"``) are whole functions from the last layer's posterior. The UCB
+    acquisition adds `min(β·std, clip)`; the posterior mean is the greedy score (the pre-0.2
+    kind ``"greedy"`` loads as this kind). Inputs and rewards are standardized with statistics
+    stored in the checkpoint.
 
     Args:
         input_dim: Feature dimension `D`.
         hidden: Hidden widths (reference: ``(1024, 128, 64, 16)``); the last is `φ`.
         dropout: Dropout probability during training.
-        beta: Bonus multiplier `β`.
         lam: Ridge `λ` of the bonus matrix.
         bonus_covariance: ``"design"`` (default) or ``"normalized"`` (reference).
-        clip: Upper clip of the bonus in reward units (``None``: none).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         batch_size: Mini-batch size.
@@ -252,6 +237,14 @@ class MLPUCBSurrogate(MLPSurrogate):
     """
 
     kind = "ucb"
+    hyperparameter_specs = {
+        **MLPSurrogate.hyperparameter_specs,
+        "lam": number(0.0, low_open=True),
+        "bonus_covariance": choice(BONUS_COVARIANCES),
+    }
+    capabilities = frozenset({"sample"})
+    legacy_hyperparameters = ("beta", "clip")
+    deprecated_kinds = {"greedy": {"kind": "mean", "beta": 0.0, "clip": 10.0}}
     _movable = ("net", "bonus")
 
     @records_hyperparameters
@@ -260,10 +253,8 @@ class MLPUCBSurrogate(MLPSurrogate):
         input_dim: int,
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = 0.1,
-        beta: float = 1.0,
         lam: float = 1e-3,
         bonus_covariance: str = "design",
-        clip: float | None = 10.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         batch_size: int = 256,
@@ -274,12 +265,18 @@ class MLPUCBSurrogate(MLPSurrogate):
         dtype: str | torch.dtype = "float32",
     ) -> None:
         super().__init__(num_heads=1, **mlp_arguments(locals()))
-        self.bonus = UCBBonus(beta=beta, lam=lam, covariance=bonus_covariance, clip=clip)
+        self.bonus = UCBBonus(lam=lam, covariance=bonus_covariance)
 
-    @property
-    def mean_only(self) -> bool:
-        """Whether this is the mean-only setting (the ``"greedy"`` kind): `β` fixed at 0, no posterior draws."""
-        return self.fixed_hyperparameters.get("beta") == 0
+    @classmethod
+    def implied_elements(cls, values: Mapping[str, Any]) -> tuple[str, int, str]:
+        """The network's parameters plus the bonus's `H x H` Gram matrix and factor (`H = hidden[-1]`)."""
+        field, count, context = super().implied_elements(values)
+        return field, count + 2 * int(values["hidden"][-1]) ** 2, context
+
+    @classmethod
+    def legacy_acquisition(cls, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        """Before 0.2 the optimistic score was mean + `min(β·std, clip)` with the model's own ``beta`` and ``clip``."""
+        return {"kind": "ucb", "beta": hyperparameters.get("beta", 1.0), "clip": hyperparameters.get("clip", 10.0)}
 
     def _calibrate(self, xz: torch.Tensor, yz: torch.Tensor, val: torch.Tensor, heldout: bool) -> dict[str, Any]:
         """Factorize the bonus matrix on every row's `φ`, then set ``noise_std`` and the scale `s` (module doc)."""
@@ -315,47 +312,28 @@ class MLPUCBSurrogate(MLPSurrogate):
         phi, _, lead = self._phi_and_mean(features)
         return phi.reshape(*lead, phi.shape[-1])
 
-    def posterior(
-        self, features: torch.Tensor, *, observation_noise: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior(self, features: torch.Tensor, *, observation_noise: bool = False) -> Posterior:
         phi, mean, lead = self._phi_and_mean(features)
         std = self.bonus.width(phi)
         if observation_noise:
             std = (std**2 + self.noise_std**2).sqrt()
-        return mean.reshape(lead), std.reshape(lead)
+        return Posterior(mean.reshape(lead), std.reshape(lead), sampler=lambda g: self._draw(phi, mean, lead, g))
 
-    def optimistic(self, features: torch.Tensor) -> torch.Tensor:
-        phi, mean, lead = self._phi_and_mean(features)
-        if self.bonus.beta == 0:  # the mean-only setting: no bonus to add
-            return mean.reshape(lead)
-        return (mean + self.bonus(phi)).reshape(lead)
+    def _draw(
+        self, phi: torch.Tensor, mean: torch.Tensor, lead: torch.Size, generator: torch.Generator
+    ) -> torch.Tensor:
+        """One function from the last-layer posterior at `φ`: `mean + s·(L⁻¹φ)ᵀz`, `z ~ N(0, I_H)` from ``generator``.
 
-    def thompson(self, generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Thompson sampling: one function drawn from the last-layer posterior.
-
-        The last layer's weights are drawn as `w̃ = ŵ + s·L⁻ᵀz`, `z ~ N(0, I_H)`, where `LLᵀ = A` and
-        `s` is the calibrated scale, so the draw is `f̃(x) = mean(x) + s·(L⁻¹φ(x))ᵀz`: a whole function
-        (the same `z` at every point), whose spread at `x` is exactly :meth:`posterior`'s std.
-
-        Returns:
-            `features (..., D) -> (...)`, differentiable in the features.
+        The last layer's weights are drawn as `w̃ = ŵ + s·L⁻ᵀz`, where `LLᵀ = A` and `s` is the
+        calibrated scale, so the draw is a whole function (the same `z`, hence the same generator
+        state, gives the same function at any point), whose spread at `x` is the posterior's std.
         """
-        if self.mean_only:
-            raise ValueError(
-                f"The {self.kind!r} surrogate has no posterior draws by design; use kind 'ucb' or 'bootstrap'."
-            )
-        self._check_fitted()
         chol = self.bonus.chol
         z = torch.randn(chol.shape[0], generator=generator, dtype=torch.float64).to(
             device=chol.device, dtype=chol.dtype
         )
-
-        def score(features: torch.Tensor) -> torch.Tensor:
-            phi, mean, lead = self._phi_and_mean(features)
-            v = torch.linalg.solve_triangular(chol, phi.reshape(-1, phi.shape[-1]).T, upper=False)  # (H, B)
-            return (mean.reshape(-1) + self.bonus.scale * (v.T @ z)).reshape(lead)
-
-        return score
+        v = torch.linalg.solve_triangular(chol, phi.reshape(-1, phi.shape[-1]).T, upper=False)  # (H, B)
+        return (mean.reshape(-1) + self.bonus.scale * (v.T @ z)).reshape(lead)
 
     def _model_tensors(self) -> dict[str, torch.Tensor]:
         return {**super()._model_tensors(), **self.bonus.state()}
@@ -372,20 +350,3 @@ class MLPUCBSurrogate(MLPSurrogate):
 
     def _check_loaded(self, path: str) -> None:
         self.bonus.check_loaded(path)
-
-
-class GreedyMLPSurrogate(MLPUCBSurrogate):
-    """The mean-only setting of :class:`MLPUCBSurrogate`: `β` fixed at 0, so ``optimistic == mean``.
-
-    Nothing is overridden: it is the UCB surrogate whose ``beta`` defaults to 0 and may only be
-    0 (``fixed_hyperparameters``; checkpoint headers record it), registered as kind
-    ``"greedy"``. ``posterior`` still reports the last-layer std for diagnostics; there are no
-    Thompson draws (:meth:`MLPUCBSurrogate.thompson` refuses).
-
-    Raises:
-        ValueError: For a nonzero (or non-numeric) ``beta``.
-    """
-
-    kind = "greedy"
-    fixed_hyperparameters = {"beta": 0.0}
-    fixed_reason = "which adds no exploration bonus (use kind 'ucb' for one)"

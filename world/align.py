@@ -125,27 +125,26 @@ def _check(args) -> None:
 
 def generate_data(args, reward, gen_seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """DAS samples of ``p_pre·exp(r/α)``: images `(N, 3, H, W)` in [0, 1], prompt labels `(N,)`, stats."""
-    from das.smc import DASSampler
+    from das.smc import DASSampler, DASSettings
+    from das.tempering import ExponentialTempering
     from world.model import load_adapter
 
     adapter = load_adapter(args.init, num_steps=args.das_steps, guidance_scale=args.guidance, eta=DEFAULT_ETA)
-    sampler = DASSampler(
-        adapter,
-        reward,
+    settings = DASSettings(
         kl_coeff=args.alpha,
         num_particles=args.particles,
         resampling="ssp",
         ess_threshold=0.5,
-        tempering="exponential",
-        tempering_gamma=args.tempering_gamma,
+        tempering=ExponentialTempering(gamma=args.tempering_gamma),
         selection=args.selection,
     )
+    sampler = DASSampler(adapter, settings)
     labels = [i for _ in range(args.num_per_prompt) for i in range(len(PROMPTS))]
     images, rewards, particle_rewards = [], [], []
     for start in range(0, len(labels), args.das_batch):
         chunk = labels[start : start + args.das_batch]
         generator = torch.Generator().manual_seed(gen_seed + start)
-        result = sampler.sample([PROMPTS[i] for i in chunk], generator)
+        result = sampler.sample([PROMPTS[i] for i in chunk], reward, generator)
         rows = torch.arange(len(chunk))
         images.append(result.selected.detach().float().clamp(0, 1))
         rewards.append(result.rewards[rows, result.selected_index].detach().float())

@@ -19,9 +19,11 @@ import torch
 
 from das.adapters.base import Conditioning, Transition
 from das.adapters.scheduling import ddim_transition
-from das.config_checks import DTYPES
 
 NEGATIVE = "negative_"
+#: The model dtypes a config may name, with the torch dtype each stands for (the one table; the
+#: config checks read it too).
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

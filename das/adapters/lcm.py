@@ -10,8 +10,6 @@ so the UNet runs one batch, not a doubled one.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from das.adapters.base import Transition
@@ -63,6 +61,8 @@ class LCMAdapter(_LatentPipelineAdapter):
     """
 
     pipeline_name = "Latent Consistency Model pipeline"
+    pipeline_class = "LatentConsistencyModelPipeline"
+    pipeline_kwargs = {"safety_checker": None, "requires_safety_checker": False}
     uses_doubled_guidance = False
 
     def __init__(
@@ -79,20 +79,6 @@ class LCMAdapter(_LatentPipelineAdapter):
 
         scheduler = LCMScheduler.from_config(pipeline.scheduler.config)
         super().__init__(pipeline, scheduler, num_steps, 1.0, guidance_scale, None, height, width, device, dtype)
-
-    @classmethod
-    def from_pretrained(cls, model_id_or_path: str | os.PathLike, dtype: torch.dtype | str = torch.float32, **kwargs):
-        """Loads ``LatentConsistencyModelPipeline`` (no safety checker) from a hub id or local folder.
-
-        Raises:
-            WeightsNotAvailableError: the weights are neither cached nor reachable.
-        """
-        from diffusers import LatentConsistencyModelPipeline
-
-        pipe = cls._load(
-            LatentConsistencyModelPipeline, model_id_or_path, dtype, safety_checker=None, requires_safety_checker=False
-        )
-        return cls(pipe, dtype=dtype, **kwargs)
 
     def _encode(self, prompts):
         with torch.no_grad():

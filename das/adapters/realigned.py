@@ -34,13 +34,13 @@ Two correct compositions for the target ``p_ref · exp(r/α')`` with ``α' = α/
   the aligned model itself; for the toys that is the exact tilt at ``α``).
 * exact (the issue's bar): SMC whose *target path* is the reference chain twisted by
   ``r/α'``, with the realigned transition as its *proposal*:
-  ``DASSampler(reference, reward, kl_coeff=α/λ, proposal_adapter=RealignedAdapter(reference,
+  ``DASSampler(reference, DASSettings(kl_coeff=α/λ), proposal_adapter=RealignedAdapter(reference,
   aligned, λ))``. The incremental log-weight is
   ``log p_ref(x_{t−1}|x_t) − log p_λ(x_{t−1}|x_t) + ψ_{t−1} − ψ_t``, which for the equal
   variances here is ``(‖ε‖² − ‖z + (μ_λ − μ_ref)/σ_t‖²)/2`` for the draw
   ``x = μ_λ + σ_t z``, ``z = ε`` plus DAS's gradient shift ``σ_t λ_{t−1} ∇r/α'`` if used
   (at ``σ_t = 0`` the particle takes ``μ_ref``). The realigned chain already carries the
-  tilt, so ``use_gradient=False, tempering="none"`` is the natural setting; it measured
+  tilt, so ``gradient=GradientOptions("none"), tempering="none"`` is the natural setting; it measured
   0.83–1.00× the EMD floor for every λ ∈ {0.25, 0.5, 1, 2} on both toys
   (``benchmarks/results/realign.json``).
 """

@@ -49,15 +49,28 @@ class _LatentPipelineAdapter(DiffusersAdapter):
         self._cache: dict[str, dict[str, torch.Tensor]] = {}
         self._negative: dict[str, torch.Tensor] | None = None
 
+    #: The diffusers pipeline class a subclass loads (its name in ``diffusers``), and the
+    #: keyword arguments it is loaded with (e.g. no safety checker).
+    pipeline_class = ""
+    pipeline_kwargs: dict = {}
+
     @classmethod
-    def _load(cls, pipeline_cls, model_id, dtype, **pipeline_kwargs):
-        return load_pretrained(
-            pipeline_cls.from_pretrained,
-            model_id,
+    def from_pretrained(cls, model_id_or_path: str | os.PathLike, dtype: torch.dtype | str = torch.float32, **kwargs):
+        """Loads the subclass's :attr:`pipeline_class` from a hub id or a local folder, offline first.
+
+        Raises:
+            WeightsNotAvailableError: the weights are neither cached nor reachable.
+        """
+        import diffusers
+
+        pipeline = load_pretrained(
+            getattr(diffusers, cls.pipeline_class).from_pretrained,
+            model_id_or_path,
             cls.pipeline_name,
             torch_dtype=resolve_dtype(dtype),
-            **pipeline_kwargs,
+            **cls.pipeline_kwargs,
         )
+        return cls(pipeline, dtype=dtype, **kwargs)
 
     # ---------------------------------------------------------------- prompts
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
@@ -143,20 +156,8 @@ class StableDiffusionAdapter(_DDIMPipelineAdapter):
     """
 
     pipeline_name = "Stable Diffusion pipeline"
-
-    @classmethod
-    def from_pretrained(cls, model_id_or_path: str | os.PathLike, dtype: torch.dtype | str = torch.float32, **kwargs):
-        """Loads ``StableDiffusionPipeline`` (no safety checker) from a hub id or local folder.
-
-        Raises:
-            WeightsNotAvailableError: the weights are neither cached nor reachable.
-        """
-        from diffusers import StableDiffusionPipeline
-
-        pipe = cls._load(
-            StableDiffusionPipeline, model_id_or_path, dtype, safety_checker=None, requires_safety_checker=False
-        )
-        return cls(pipe, dtype=dtype, **kwargs)
+    pipeline_class = "StableDiffusionPipeline"
+    pipeline_kwargs = {"safety_checker": None, "requires_safety_checker": False}
 
     def _encode(self, prompts):
         negative = None if self.negative_prompt is None else [self.negative_prompt] * len(prompts)
@@ -189,18 +190,8 @@ class StableDiffusionXLAdapter(_DDIMPipelineAdapter):
     """
 
     pipeline_name = "Stable Diffusion XL pipeline"
-
-    @classmethod
-    def from_pretrained(cls, model_id_or_path: str | os.PathLike, dtype: torch.dtype | str = torch.float32, **kwargs):
-        """Loads ``StableDiffusionXLPipeline`` (no watermarker) from a hub id or local folder.
-
-        Raises:
-            WeightsNotAvailableError: the weights are neither cached nor reachable.
-        """
-        from diffusers import StableDiffusionXLPipeline
-
-        pipe = cls._load(StableDiffusionXLPipeline, model_id_or_path, dtype, add_watermarker=False)
-        return cls(pipe, dtype=dtype, **kwargs)
+    pipeline_class = "StableDiffusionXLPipeline"
+    pipeline_kwargs = {"add_watermarker": False}
 
     def _time_ids(self, pooled: torch.Tensor) -> torch.Tensor:
         pipe = self.pipeline

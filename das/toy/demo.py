@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from das.rewards import FunctionReward
-from das.smc import DASSampler
+from das.smc import DASSampler, DASSettings
 from das.toy.adapter import ToyAdapter
 from das.toy.mixtures import eight_gaussians, emd, nine_gaussians, paper_toy_reward, tilt_quadratic
 
@@ -36,28 +36,25 @@ def run(setting: str, num_samples: int, num_particles: int, num_steps: int, seed
 
     samples, seconds = {}, {}
     start = time.perf_counter()
-    pretrained = DASSampler(adapter, zero, kl_coeff=alpha, num_particles=num_samples, selection="all")
-    samples["pretrained"] = pretrained.sample([""], generator).samples[0]
+    pretrained = DASSampler(adapter, DASSettings(kl_coeff=alpha, num_particles=num_samples, selection="all"))
+    samples["pretrained"] = pretrained.sample([""], zero, generator).samples[0]
     seconds["pretrained"] = time.perf_counter() - start
 
     start = time.perf_counter()
     # Reward guidance alone: the same gradient-shifted proposal, no weights, no resampling.
     guidance = DASSampler(
         adapter,
-        reward,
-        kl_coeff=alpha,
-        num_particles=num_samples,
-        tempering="none",
-        ess_threshold=0.0,
-        selection="all",
+        DASSettings(kl_coeff=alpha, num_particles=num_samples, tempering="none", ess_threshold=0.0, selection="all"),
     )
-    samples["guidance"] = guidance.sample([""], generator).samples[0]
+    samples["guidance"] = guidance.sample([""], reward, generator).samples[0]
     seconds["guidance"] = time.perf_counter() - start
 
     start = time.perf_counter()
     # DAS: one sample drawn by weight from each of `num_samples` independent SMC runs.
-    das = DASSampler(adapter, reward, kl_coeff=alpha, num_particles=num_particles, selection="sample", progress=True)
-    samples["das"] = das.sample([""] * num_samples, generator).selected
+    das = DASSampler(
+        adapter, DASSettings(kl_coeff=alpha, num_particles=num_particles, selection="sample", progress=True)
+    )
+    samples["das"] = das.sample([""] * num_samples, reward, generator).selected
     seconds["das"] = time.perf_counter() - start
 
     samples["target"] = target.sample(num_samples, generator)

@@ -18,18 +18,7 @@ Needs the optional extra ``pip install "das-toolkit[human]"`` (starlette and uvi
 
 from __future__ import annotations
 
-import importlib.util
-
-EXTRA_MODULES = ("starlette", "uvicorn")
-MISSING_EXTRA = (
-    'oracle.kind="human" needs the optional packages starlette and uvicorn; install them with '
-    'pip install "das-toolkit[human]".'
-)
-
-
-def human_extra_installed() -> bool:
-    """Whether the packages the rating page needs are importable (imports nothing)."""
-    return all(importlib.util.find_spec(name) is not None for name in EXTRA_MODULES)
+from online.human.extra import EXTRA_MODULES, MISSING_EXTRA, human_extra_installed
 
 
 def __getattr__(name: str):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from online.errors import RunError
-from online.human import MISSING_EXTRA, human_extra_installed
+from online.human.extra import MISSING_EXTRA, human_extra_installed
 
 SCALE = (1, 10)
 SKIPPED = "skipped by the rater"
@@ -64,9 +64,18 @@ class RatingBoard:
             self.info = {**info, "accepting": True, "session": secrets.token_hex(6)}
 
     def close(self) -> None:
+        """Stops accepting ratings; a rating the loop never took (a stop, an error) is answered
+        "not saved" at once, so no request of the page waits for a loop that has gone."""
         with self._lock:
             self._pending, self._claimed = {}, set()
             self.info = {**self.info, "accepting": False}
+        while True:
+            try:
+                ticket = self.tickets.get_nowait()
+            except queue.Empty:
+                break
+            ticket.error = "the loop stopped before saving it"
+            ticket.done.set()
 
     def snapshot(self) -> dict:
         with self._lock:

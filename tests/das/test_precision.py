@@ -6,7 +6,7 @@ import torch
 from das.adapters import common
 from das.adapters.stable_diffusion import StableDiffusionAdapter
 from das.rewards import FunctionReward
-from das.smc import DASSampler
+from das.smc import DASSampler, DASSettings
 from tests.tiny_components import tiny_sd_pipeline
 
 PROMPTS = ["a cat", "a red dog"]
@@ -18,8 +18,8 @@ def _adapter(**speed):
 
 
 def _sample(adapter, **kwargs):
-    sampler = DASSampler(adapter, REWARD, kl_coeff=0.01, num_particles=3, **kwargs)
-    return sampler.sample(PROMPTS, torch.Generator().manual_seed(0))
+    sampler = DASSampler(adapter, DASSettings(kl_coeff=0.01, num_particles=3, **kwargs))
+    return sampler.sample(PROMPTS, REWARD, torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_a_failing_compile_warns_once_and_runs_eagerly(monkeypatch, reference):
 
 def test_bad_autocast_fails_with_a_clear_message():
     with pytest.raises(ValueError, match="Unknown autocast 'fp8'; choose one of: bf16, fp16 or None"):
-        DASSampler(_adapter(), REWARD, kl_coeff=0.01, autocast="fp8")
+        DASSettings(kl_coeff=0.01, autocast="fp8")
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,8 @@ def test_config_checks_the_speed_fields(section, field, value, message):
     config = base()
     config.device = "cpu"
     check_shared_sections(config)
-    with config[section].unlocked():
+    with config[section].unlocked():  # the declared field is typed: replace it to hand the check a wrong type
+        del config[section][field]
         config[section][field] = value
     with pytest.raises(ConfigError, match=message):
         check_shared_sections(config)
@@ -97,12 +98,11 @@ def test_config_checks_the_speed_fields(section, field, value, message):
 
 def test_factory_passes_autocast_and_leaves_it_off_by_default():
     from config.sd import base
-    from das.factory import sampler_kwargs
+    from das.factory import settings_from_config
 
     smc = base().smc
-    assert "autocast" not in sampler_kwargs(smc)
-    with smc.unlocked():
-        smc.autocast = ""
-    assert "autocast" not in sampler_kwargs(smc)
+    assert smc.autocast == "" and settings_from_config(smc).autocast is None
     smc.autocast = "bf16"
-    assert sampler_kwargs(smc)["autocast"] == "bf16"
+    assert settings_from_config(smc).autocast == "bf16"
+    del smc.autocast  # a section without the field (built by hand): off
+    assert settings_from_config(smc).autocast is None

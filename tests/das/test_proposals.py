@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from das.proposals import ProposalGradient, alpha_bars
+from das.proposals import GradientOptions, ProposalGradient, alpha_bars
 from das.rewards import FunctionReward
-from das.smc import DASSampler
+from das.smc import DASSampler, DASSettings
 from das.toy import nine_gaussians, paper_toy_reward
 from das.toy.adapter import ToyAdapter
 from tests.das import test_smc
@@ -76,15 +76,15 @@ def test_jacobian_free_gradient_is_the_reward_gradient_at_x0_over_sqrt_alpha_bar
     assert not transition.mean.requires_grad  # the model ran without autograd
 
 
-def test_default_and_use_gradient_map_onto_the_modes_bit_for_bit():
+def test_auto_is_full_for_a_differentiable_reward_and_none_for_another_bit_for_bit():
     adapter = ToyAdapter(nine_gaussians(), num_steps=6)
-    options = {"kl_coeff": 0.7, "num_particles": 4, "ess_threshold": 0.8}
-    for old, new in ((dict(), dict(gradient="full")), (dict(use_gradient=False), dict(gradient="none"))):
+    rewards = {"full": paper_toy_reward(), "none": FunctionReward(paper_toy_reward(), differentiable=False)}
+    for kind, reward in rewards.items():
         a, b = (
-            DASSampler(adapter, paper_toy_reward(), **options, **kw).sample(
-                ["a", "b"], torch.Generator().manual_seed(2)
-            )
-            for kw in (old, new)
+            DASSampler(
+                adapter, DASSettings(kl_coeff=0.7, num_particles=4, ess_threshold=0.8, gradient=options)
+            ).sample(["a", "b"], reward, torch.Generator().manual_seed(2))
+            for options in (GradientOptions(), GradientOptions(kind))
         )
         assert torch.equal(a.samples, b.samples) and torch.equal(a.log_weights, b.log_weights)
 
@@ -98,36 +98,38 @@ def test_steps_without_a_gradient_run_the_reward_without_autograd():
 
     reward = FunctionReward(score, differentiable=True)
     adapter = ToyAdapter(nine_gaussians(), num_steps=6)
-    DASSampler(adapter, reward, kl_coeff=1.0, num_particles=3, gradient="full", gradient_every=2).sample(
-        ["a"], torch.Generator().manual_seed(0)
-    )
+    settings = DASSettings(kl_coeff=1.0, num_particles=3, gradient=GradientOptions("full", every=2))
+    DASSampler(adapter, settings).sample(["a"], reward, torch.Generator().manual_seed(0))
     assert calls == [False, True, False, True, False, True, False]  # steps 0..5, then the final reward
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(gradient="half"), "Unknown gradient"),
-        (dict(gradient_every=0), "gradient_every"),
-        (dict(gradient_after=1.0), "gradient_after"),
-        (dict(gradient="none", use_gradient=True), "contradicts"),
+        (dict(kind="half"), "Unknown gradient"),
+        (dict(every=0), "every must be an integer"),
+        (dict(after=1.0), "after must lie in"),
     ],
 )
 def test_bad_gradient_options_fail_with_a_clear_message(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        DASSampler(ToyAdapter(nine_gaussians(), num_steps=2), paper_toy_reward(), kl_coeff=1.0, **kwargs)
+        GradientOptions(**kwargs)
 
 
-def test_gradient_modes_need_a_differentiable_reward_and_jacobian_free_needs_alpha_bars():
+def test_gradient_kinds_need_a_differentiable_reward_and_jacobian_free_needs_alpha_bars():
     reward = FunctionReward(lambda x: x.sum(-1), differentiable=False)
+    settings = DASSettings(kl_coeff=1.0, gradient=GradientOptions("jacobian_free"))
+    sampler = DASSampler(ToyAdapter(nine_gaussians(), num_steps=2), settings)
     with pytest.raises(ValueError, match="differentiable"):
-        DASSampler(ToyAdapter(nine_gaussians(), num_steps=2), reward, kl_coeff=1.0, gradient="jacobian_free")
+        sampler.init(["a"], reward, torch.Generator().manual_seed(0))
 
     class NoScheduler:
         num_steps = 2
 
     with pytest.raises(ValueError, match="alphas_cumprod"):
         ProposalGradient.for_adapter(NoScheduler(), "jacobian_free")
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        DASSampler(NoScheduler(), settings)
 
 
 @pytest.mark.parametrize(
@@ -150,20 +152,14 @@ def test_config_checks_the_gradient_fields(field, value, message):
         check_smc_section(smc, 10)
 
 
-def test_factory_passes_the_gradient_fields_and_auto_keeps_the_old_default():
+def test_factory_builds_the_gradient_options_and_auto_keeps_the_old_default():
     from config.sd import base
-    from das.factory import sampler_kwargs
+    from das.factory import settings_from_config
 
     smc = base().smc
-    assert "gradient" not in sampler_kwargs(smc)
+    assert settings_from_config(smc).gradient == GradientOptions("auto")
     smc.gradient, smc.gradient_every, smc.gradient_after, smc.gradient_reuse = "jacobian_free", 2, 0.5, True
-    kwargs = sampler_kwargs(smc)
-    assert (kwargs["gradient"], kwargs["gradient_every"], kwargs["gradient_after"], kwargs["gradient_reuse"]) == (
-        "jacobian_free",
-        2,
-        0.5,
-        True,
-    )
+    assert settings_from_config(smc).gradient == GradientOptions("jacobian_free", every=2, after=0.5, reuse=True)
 
 
 def test_reward_per_second_compares_at_equal_wall_time_by_log_time_interpolation():

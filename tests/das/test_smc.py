@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from das.proposals import GradientOptions
 from das.resampling import effective_sample_size
 from das.rewards import FunctionReward
-from das.smc import DASSampler, Evaluation, SMCResult, SMCTrace
+from das.smc import DASSampler, DASSettings, Evaluation, SMCTrace
 from das.toy import GaussianMixture, QuadraticReward, emd, nine_gaussians, paper_toy_reward, tilt_quadratic
 from das.toy.adapter import ToyAdapter
+from tests.das.das_reference import settings_of
 
 
 def _gaussian_adapter(num_steps=40, mean=1.0, var=0.5):
@@ -49,7 +51,7 @@ def _tilted_gaussian(m, v, precision, center, alpha):
         dict(tempering="exponential", tempering_gamma=0.05),
         dict(tempering="adaptive", ess_threshold=0.5),
         dict(tempering="none", ess_threshold=1.0, resampling="systematic"),  # resamples every step
-        dict(tempering="exponential", tempering_gamma=0.05, use_gradient=False),  # gradient-free mode
+        dict(tempering="exponential", tempering_gamma=0.05, gradient="none"),  # gradient-free mode
     ],
     ids=["exponential", "adaptive", "always-resample", "gradient-free"],
 )
@@ -60,8 +62,8 @@ def test_gaussian_prior_quadratic_reward_matches_closed_form(options):
     m, v = _chain_marginal(adapter)
     target_mean, target_var, target_log_z = _tilted_gaussian(m, v, precision, center, alpha)
 
-    sampler = DASSampler(adapter, reward, kl_coeff=alpha, num_particles=1500, selection="all", **options)
-    result = sampler.sample(["a", "b", "c", "d"], torch.Generator().manual_seed(0))
+    sampler = DASSampler(adapter, settings_of(dict(kl_coeff=alpha, num_particles=1500, selection="all", **options)))
+    result = sampler.sample(["a", "b", "c", "d"], reward, torch.Generator().manual_seed(0))
     w, x = result.weights.double(), result.samples[..., 0]
     mean = (w * x).sum(-1)
     var = (w * (x - mean.unsqueeze(-1)) ** 2).sum(-1)
@@ -82,14 +84,14 @@ def nine_gaussians_emd(**options) -> tuple[float, float]:
     Each of 500 independent SMC runs (batched as 500 "prompts") returns one particle drawn by
     weight, giving 500 samples; the floor is the EMD between two independent 500-sample
     draws of the exact target. Both are averaged over several target draws to tame the
-    noise of a 500-point EMD. `options` go to :class:`DASSampler`.
+    noise of a 500-point EMD. `options` are the sampler's, named as ``config.smc``'s fields.
     """
     prior, reward, alpha = nine_gaussians(), paper_toy_reward(), 1.0
     target, _ = tilt_quadratic(prior, reward, alpha)
     adapter = ToyAdapter(prior, num_steps=100, eta=1.0)
-    sampler = DASSampler(adapter, reward, kl_coeff=alpha, num_particles=100, selection="sample", **options)
+    sampler = DASSampler(adapter, settings_of(dict(kl_coeff=alpha, num_particles=100, selection="sample", **options)))
     generator = torch.Generator().manual_seed(0)
-    samples = sampler.sample([""] * 500, generator).selected
+    samples = sampler.sample([""] * 500, reward, generator).selected
     das = np.mean([emd(samples, target.sample(500, generator)) for _ in range(4)])
     floor = np.mean([emd(target.sample(500, generator), target.sample(500, generator)) for _ in range(4)])
     return float(das), float(floor)
@@ -106,8 +108,8 @@ def test_chunking_does_not_change_the_result():
     adapter = ToyAdapter(nine_gaussians(), num_steps=8)
     reward = paper_toy_reward()
     results = [
-        DASSampler(adapter, reward, kl_coeff=1.0, num_particles=5, max_chunk_rows=chunk).sample(
-            ["x", "y", "z"], torch.Generator().manual_seed(4)
+        DASSampler(adapter, DASSettings(kl_coeff=1.0, num_particles=5, max_chunk_rows=chunk)).sample(
+            ["x", "y", "z"], reward, torch.Generator().manual_seed(4)
         )
         for chunk in (None, 4)
     ]
@@ -120,13 +122,13 @@ def test_result_shapes_traces_and_selections():
     reward = paper_toy_reward()
     b, k, t = 3, 5, 6
     for selection in ("max_weight", "sample", "all"):
-        result = DASSampler(adapter, reward, kl_coeff=1.0, num_particles=k, selection=selection).sample(
-            ["p"] * b, torch.Generator().manual_seed(0)
+        result = DASSampler(adapter, DASSettings(kl_coeff=1.0, num_particles=k, selection=selection)).sample(
+            ["p"] * b, reward, torch.Generator().manual_seed(0)
         )
         assert result.samples.shape == (b, k, 2) and result.images.shape == (b, k, 2)
         assert result.rewards.shape == result.log_weights.shape == (b, k)
         assert result.ess.shape == (t + 1, b) and result.lam.shape == (t + 1, b)
-        assert result.resampled.shape == (t, b) and result.reward_trace.shape == (t + 1, b)
+        assert result.resampled.shape == (t, b) and result.trace.reward.shape == (t + 1, b)
         assert torch.all(result.lam[-1] == 1.0)
         assert torch.allclose(result.rewards, reward(result.samples.reshape(-1, 2)).view(b, k))
         if selection == "all":
@@ -147,15 +149,17 @@ def test_gradient_free_mode_never_asks_for_gradients():
 
     reward = FunctionReward(score, differentiable=False)
     adapter = ToyAdapter(nine_gaussians(), num_steps=5)
-    DASSampler(adapter, reward, kl_coeff=1.0, num_particles=3).sample(["a", "b"], torch.Generator().manual_seed(0))
+    DASSampler(adapter, DASSettings(kl_coeff=1.0, num_particles=3)).sample(
+        ["a", "b"], reward, torch.Generator().manual_seed(0)
+    )
     assert calls and not any(calls)
 
 
 def test_non_finite_rewards_fall_back_to_uniform_weights():
     reward = FunctionReward(lambda x: torch.full((x.shape[0],), float("nan")), differentiable=False)
     adapter = ToyAdapter(nine_gaussians(), num_steps=4)
-    result = DASSampler(adapter, reward, kl_coeff=1.0, num_particles=3).sample(
-        ["a", "b"], torch.Generator().manual_seed(0)
+    result = DASSampler(adapter, DASSettings(kl_coeff=1.0, num_particles=3)).sample(
+        ["a", "b"], reward, torch.Generator().manual_seed(0)
     )
     assert torch.all(result.degenerate_steps > 0)
     assert torch.allclose(result.weights, torch.full((2, 3), 1 / 3))
@@ -173,17 +177,29 @@ def test_non_finite_rewards_fall_back_to_uniform_weights():
         (dict(max_chunk_rows=0), "max_chunk_rows"),
     ],
 )
-def test_bad_arguments_fail_with_a_clear_message(kwargs, message):
+def test_bad_settings_fail_with_a_clear_message(kwargs, message):
     options = dict(kl_coeff=1.0)
     options.update(kwargs)
     with pytest.raises(ValueError, match=message):
-        DASSampler(ToyAdapter(nine_gaussians(), num_steps=2), paper_toy_reward(), **options)
+        DASSettings(**options)
 
 
-def test_use_gradient_needs_a_differentiable_reward():
+def test_the_sampler_takes_settings_and_no_keywords():
+    adapter = ToyAdapter(nine_gaussians(), num_steps=2)
+    with pytest.raises(ValueError, match="DASSampler takes a DASSettings"):
+        DASSampler(adapter, paper_toy_reward())
+    with pytest.raises(TypeError):
+        DASSampler(adapter, paper_toy_reward(), kl_coeff=1.0)
+
+
+def test_a_gradient_needs_a_differentiable_reward_and_auto_takes_none():
     reward = FunctionReward(lambda x: x.sum(-1), differentiable=False)
-    with pytest.raises(ValueError, match="differentiable"):
-        DASSampler(ToyAdapter(nine_gaussians(), num_steps=2), reward, kl_coeff=1.0, use_gradient=True)
+    adapter = ToyAdapter(nine_gaussians(), num_steps=2)
+    sampler = DASSampler(adapter, DASSettings(kl_coeff=1.0, gradient=GradientOptions("full")))
+    with pytest.raises(ValueError, match="needs a differentiable reward"):
+        sampler.sample(["a"], reward, torch.Generator().manual_seed(0))
+    auto = DASSampler(adapter, DASSettings(kl_coeff=1.0))
+    assert auto.proposal_gradient(reward).kind == "none" and auto.proposal_gradient(paper_toy_reward()).kind == "full"
 
 
 # ---------------------------------------------------------------- a separate base proposal
@@ -203,18 +219,19 @@ def test_proposal_adapter_equal_to_the_adapter_reproduces_the_default_bit_for_bi
 
     adapter = ToyAdapter(nine_gaussians(), num_steps=12)
     other = ToyAdapter(tilt_quadratic(nine_gaussians(), paper_toy_reward(), 1.0)[0], num_steps=12)
-    for use_gradient in (True, False):
-        options = {"kl_coeff": 0.7, "num_particles": 6, "use_gradient": use_gradient, "ess_threshold": 0.8}
-        expected = DASSampler(adapter, paper_toy_reward(), **options).sample(
-            ["a", "b"], torch.Generator().manual_seed(3)
+    for gradient in ("full", "none"):
+        settings = DASSettings(kl_coeff=0.7, num_particles=6, gradient=GradientOptions(gradient), ess_threshold=0.8)
+        expected = DASSampler(adapter, settings).sample(
+            ["a", "b"], paper_toy_reward(), torch.Generator().manual_seed(3)
         )
         # the adapter itself, and a distinct adapter with the same transitions (λ = 0 runs the reference only)
         for proposal in (adapter, RealignedAdapter(adapter, other, 0.0)):
-            result = DASSampler(adapter, paper_toy_reward(), proposal_adapter=proposal, **options).sample(
-                ["a", "b"], torch.Generator().manual_seed(3)
+            result = DASSampler(adapter, settings, proposal_adapter=proposal).sample(
+                ["a", "b"], paper_toy_reward(), torch.Generator().manual_seed(3)
             )
-            for field in ("samples", "log_weights", "log_normalizer", "ess", "resampled", "reward_trace", "selected"):
-                assert torch.equal(getattr(result, field), getattr(expected, field)), (use_gradient, field)
+            for field in ("samples", "log_weights", "log_normalizer", "ess", "resampled", "selected"):
+                assert torch.equal(getattr(result, field), getattr(expected, field)), (gradient, field)
+            assert torch.equal(result.trace.reward, expected.trace.reward)
 
 
 @pytest.mark.parametrize("case", ["realigned-towards-a-shifted-gaussian", "wider-proposal-of-another-gaussian"])
@@ -237,17 +254,11 @@ def test_a_wrong_proposal_adapter_still_gives_the_closed_form(case):
     precision, center, alpha = 2.0, 2.5, 0.8
     m, v = _chain_marginal(adapter)
     target_mean, target_var, target_log_z = _tilted_gaussian(m, v, precision, center, alpha)
-    sampler = DASSampler(
-        adapter,
-        QuadraticReward([precision], [center]),
-        kl_coeff=alpha,
-        num_particles=1500,
-        selection="all",
-        tempering="exponential",
-        tempering_gamma=0.05,
-        proposal_adapter=proposal,
+    settings = settings_of(dict(kl_coeff=alpha, num_particles=1500, selection="all", tempering_gamma=0.05))
+    sampler = DASSampler(adapter, settings, proposal_adapter=proposal)
+    result = sampler.sample(
+        ["a", "b", "c", "d"], QuadraticReward([precision], [center]), torch.Generator().manual_seed(0)
     )
-    result = sampler.sample(["a", "b", "c", "d"], torch.Generator().manual_seed(0))
     w, x = result.weights.double(), result.samples[..., 0]
     mean = (w * x).sum(-1)
     var = (w * (x - mean.unsqueeze(-1)) ** 2).sum(-1)
@@ -261,7 +272,7 @@ def test_proposal_adapter_must_run_the_same_chain():
     one_d = GaussianMixture(torch.zeros(1, 1), torch.ones(1, 1), torch.zeros(1))
     for proposal in (ToyAdapter(nine_gaussians(), num_steps=12), ToyAdapter(one_d, num_steps=10)):
         with pytest.raises(ValueError, match="proposal_adapter must run the adapter's chain"):
-            DASSampler(adapter, paper_toy_reward(), kl_coeff=1.0, proposal_adapter=proposal)
+            DASSampler(adapter, DASSettings(kl_coeff=1.0), proposal_adapter=proposal)
 
 
 # ---------------------------------------------------------------- state, stages and trace
@@ -276,8 +287,8 @@ def test_the_schedule_is_asked_for_lambda_0_to_n_minus_1_and_the_trace_records_e
         return torch.full_like(info.lam, 0.1 * (info.index + 1))
 
     adapter = ToyAdapter(nine_gaussians(), num_steps=5)
-    result = DASSampler(adapter, paper_toy_reward(), kl_coeff=1.0, num_particles=3, tempering=schedule).sample(
-        ["a", "b"], torch.Generator().manual_seed(0)
+    result = DASSampler(adapter, DASSettings(kl_coeff=1.0, num_particles=3, tempering=schedule)).sample(
+        ["a", "b"], paper_toy_reward(), torch.Generator().manual_seed(0)
     )
     assert [index for index, *_ in asked] == [0, 1, 2, 3, 4]
     assert all(num_steps == 5 and shape == (2, 3) for _, num_steps, _, shape in asked)
@@ -288,49 +299,19 @@ def test_the_schedule_is_asked_for_lambda_0_to_n_minus_1_and_the_trace_records_e
         assert torch.allclose(lam, torch.full((2,), 0.1 * index))  # the current λ_{j-1}
 
 
-def test_result_splits_samples_and_trace_and_keeps_the_old_names():
+def test_result_splits_samples_and_trace():
     adapter = ToyAdapter(nine_gaussians(), num_steps=4)
-    sampler = DASSampler(
-        adapter, paper_toy_reward(), kl_coeff=1.0, num_particles=3, ess_threshold=0.9, tempering="none"
-    )
-    result = sampler.sample(["a", "b"], torch.Generator().manual_seed(0))
+    settings = DASSettings(kl_coeff=1.0, num_particles=3, ess_threshold=0.9, tempering="none")
+    result = DASSampler(adapter, settings).sample(["a", "b"], paper_toy_reward(), torch.Generator().manual_seed(0))
     trace = result.trace
     assert isinstance(trace, SMCTrace)
     assert result.ess is trace.ess and result.lam is trace.lam and result.resampled is trace.resampled
-    assert result.reward_trace is trace.reward and result.degenerate_steps is trace.degenerate_steps
+    assert result.degenerate_steps is trace.degenerate_steps
+    assert not hasattr(result, "reward_trace")  # the old name is gone: result.trace.reward
     assert trace.resampled.any()  # ESS threshold 0.9 makes some prompt resample
     final_ess = effective_sample_size(result.log_weights)
     assert torch.allclose(trace.ess[-1], final_ess)
     assert torch.allclose(trace.reward[-1], (result.weights * result.rewards).sum(-1))
-    # built as before the trace existed (e.g. by plain samplers that mimic DAS's result)
-    rebuilt = SMCResult(
-        samples=result.samples,
-        images=result.images,
-        rewards=result.rewards,
-        log_weights=result.log_weights,
-        log_normalizer=result.log_normalizer,
-        ess=trace.ess,
-        lam=trace.lam,
-        resampled=trace.resampled,
-        reward_trace=trace.reward,
-        degenerate_steps=trace.degenerate_steps,
-        selected_index=result.selected_index,
-        selected=result.selected,
-    )
-    for field in ("ess", "lam", "resampled", "reward", "degenerate_steps"):
-        assert torch.equal(getattr(rebuilt.trace, field), getattr(trace, field)), field
-    with pytest.raises(TypeError, match="not both"):
-        SMCResult(
-            samples=result.samples,
-            images=result.images,
-            rewards=result.rewards,
-            log_weights=result.log_weights,
-            log_normalizer=result.log_normalizer,
-            selected_index=result.selected_index,
-            selected=result.selected,
-            trace=trace,
-            ess=trace.ess,
-        )
 
 
 def test_evaluation_takes_rows_and_joins_chunks():

@@ -116,6 +116,35 @@ def foreign_resume(tmp_path, ctx):
     return [f"--config.resume_from={tmp_path / 'foreign'}"]
 
 
+def copied_config_resume(tmp_path, ctx):
+    """A user's folder holding notes and a copy of a run's config.json, but no run.json marker."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    shutil.copy(ctx["finished"] / "config.json", folder / "config.json")
+    return [f"--config.resume_from={folder}"]
+
+
+def output_dir_linked_into_a_run(tmp_path, ctx):
+    """output_dir is a link to an existing run: a new run there would sit inside that run."""
+    run = _copy_run(tmp_path, ctx)
+    (tmp_path / "link").symlink_to(run, target_is_directory=True)
+    return [f"--config.output_dir={tmp_path / 'link'}"]
+
+
+def output_dir_below_a_run(tmp_path, ctx):
+    run = _copy_run(tmp_path, ctx)
+    return [f"--config.output_dir={run / 'sub'}"]
+
+
+def run_with_a_run_inside(tmp_path, ctx):
+    """An old run that (from before runs inside runs were refused) holds another run: overwrite refuses."""
+    run = _copy_run(tmp_path, ctx)
+    shutil.copytree(ctx["finished"], run / "inner")
+    run.rename(tmp_path / "runs" / "run")
+    return ["--config.overwrite=True"]
+
+
 def locked_resume(tmp_path, ctx):
     from das.run_dirs import DirectoryLock
 
@@ -196,6 +225,17 @@ def _wrong_shape(tensors):
     tensors[name] = torch.zeros(3, 3)
 
 
+def prompt_file(data: bytes | None, field: str = "train_file"):
+    """``prompts.<field>`` set to a file holding `data` (None: a folder)."""
+
+    def setup(tmp_path, ctx):
+        path = tmp_path / "prompts.txt"
+        path.mkdir() if data is None else path.write_bytes(data)
+        return [f"--config.prompts.{field}={path}"]
+
+    return setup
+
+
 CASES = [
     # -- the command line
     Case("unknown field", ["--config.smc.bogus=1"], text="unknown config field 'smc.bogus'"),
@@ -210,8 +250,11 @@ CASES = [
     Case("kl_coeff nan", ["--config.smc.kl_coeff=nan"], text="smc.kl_coeff"),
     Case("kl_coeff inf", ["--config.smc.kl_coeff=inf"], text="smc.kl_coeff"),
     Case("kl_coeff zero", ["--config.smc.kl_coeff=0.0"], text="smc.kl_coeff"),
-    Case("beta nan", ["--config.surrogate.kwargs.beta=nan"], text="beta"),
-    Case("beta negative", ["--config.surrogate.kwargs.beta=-1.0"], text="beta"),
+    Case("beta nan", ["--config.acquisition.beta=nan"], text="acquisition.beta"),
+    Case("beta negative", ["--config.acquisition.beta=-1.0"], text="acquisition.beta"),
+    Case("bonus clip zero", ["--config.acquisition.clip=0.0"], text="acquisition.clip"),
+    Case("unknown acquisition", ["--config.acquisition.kind=psychic"], text="acquisition.kind"),
+    Case("acquisition the surrogate cannot serve", ["--config.acquisition.kind=max_heads"], text="'heads'"),
     Case("hidden absurd", ["--config.surrogate.kwargs.hidden=(2000000000,)"], text="hidden"),
     Case("tempering_gamma negative", ["--config.smc.tempering_gamma=-1.0"], text="smc.tempering_gamma"),
     Case("tempering_gamma nan", ["--config.smc.tempering_gamma=nan"], text="smc.tempering_gamma"),
@@ -265,9 +308,18 @@ CASES = [
         setup=existing_run_overwritten(["--config.smc.tempering_gamma=-1.0"]),
         text="smc.tempering_gamma",
     ),
+    Case(
+        "overwrite with a missing oracle program keeps the old run",
+        setup=existing_run_overwritten(["--config.oracle.command=('no-such-oracle-program-xyz', 'rate.py')"]),
+        text="no-such-oracle-program-xyz",
+    ),
+    Case("output_dir linked into another run", setup=output_dir_linked_into_a_run, text="lies inside the run"),
+    Case("output_dir below another run", setup=output_dir_below_a_run, text="lies inside the run"),
+    Case("overwrite of a run holding another run", setup=run_with_a_run_inside, text="another run lies inside"),
     # -- resume
+    Case("resume a folder with a copied config.json", setup=copied_config_resume, text="no run.json marker"),
     Case("resume from nowhere", setup=lambda t, c: [f"--config.resume_from={t / 'missing'}"], text="Cannot resume"),
-    Case("resume from a foreign folder", setup=foreign_resume, text="holds no config.json"),
+    Case("resume from a foreign folder", setup=foreign_resume, text="no run.json marker"),
     Case("resume with another seed", setup=resume_of(extra=["--config.seed=5"]), text="seed"),
     Case("resume with another kl_coeff", setup=resume_of(extra=["--config.smc.kl_coeff=0.5"]), text="smc.kl_coeff"),
     Case("resume with another surrogate", setup=resume_of(), method="Bootstrap", text="surrogate.kind"),
@@ -314,6 +366,17 @@ CASES = [
         setup=evaluate_with(rewrite_checkpoint(change_tensors=_wrong_shape)),
         text="shape",
     ),
+    # -- too few answers for the surrogate's first fit (issue 23): refused before a query is paid
+    Case(
+        "initial_queries below the surrogate's minimum",
+        ["--config.loop.initial_queries=1"],
+        text="loop.initial_queries (1) is below the 2 answers the surrogate.kind 'ucb' needs",
+    ),
+    # -- prompt files, read and decoded in full at validation (issue 23)
+    Case("train prompt file not UTF-8", setup=prompt_file(b"a red square\n\xff\xfe blue\n"), text="not UTF-8 text"),
+    Case("train prompt file in UTF-16", setup=prompt_file("a red square\n".encode("utf-16-le")), text="NUL bytes"),
+    Case("empty eval prompt file", setup=prompt_file(b"# only a comment\n\n", "eval_file"), text="has no prompts"),
+    Case("a folder as train prompt file", setup=prompt_file(None), text="is a folder, not a file"),
 ]
 
 

@@ -305,12 +305,14 @@ def test_the_tiny_human_variant_is_a_round_a_person_can_rate():
 
 
 def test_a_run_from_before_the_human_oracle_still_resumes(make_config, tmp_path):
+    from das.run_dirs import write_marker
     from online.validation import resume_config
 
     old = make_config().to_dict()
     del old["oracle"]["host"], old["oracle"]["port"]  # what an older version of the tool stored
     run_dir = tmp_path / "old-run"
     run_dir.mkdir()
+    write_marker(run_dir, "online-train")  # every run of this tool carries its marker
     (run_dir / "config.json").write_text(json.dumps(old))
     config = make_config()
     config.resume_from = str(run_dir)

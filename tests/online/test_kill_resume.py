@@ -7,9 +7,19 @@ the kill lands at a known place: ``sampled`` (batch sampled, nothing of the roun
 ``checkpoint`` (surrogate written, the round not yet complete). Every process runs with one
 thread, as the reference does, so the two are comparable bit for bit.
 
+Nothing is asked again after those points, so they cannot show that an item re-asked on
+resume gets the answer (label noise included) an uninterrupted run gave it. Two more points
+re-ask items at positions in a call that differ from the uninterrupted run's: ``torn`` (the
+journal write of a call is cut after half its lines: the rest of that call is asked again,
+alone) and ``answered`` with ``oracle.batch_size`` (a later call of the round is answered,
+then lost; the resume asks it with another batch size). There the noisy answers (the shards'
+``rewards``, the journals' rows) must still equal the uninterrupted run's, and the oracle's
+log must show exactly the lost items asked twice.
+
 The default suite kills each surrogate kind once mid-query after a complete round (so the
-resumed run must continue from the loaded checkpoint exactly) and UCB at every point in one
-chain; ``-m slow`` runs the whole chain for every kind.
+resumed run must continue from the loaded checkpoint exactly), UCB at every point in one
+chain, and UCB at the two re-asking points; ``-m slow`` runs the whole chain and the
+re-asking points for every kind.
 
 Each run is a separate process forked from a multiprocessing fork server that has imported
 torch, diffusers and the loop once (a fresh interpreter would spend ~4 s of every run on
@@ -31,6 +41,7 @@ import pytest
 from safetensors import safe_open
 
 from online.run_directory import complete_rounds
+from online.storage import AnswerJournal
 from tests.online.online_helpers import LOGGING_ORACLE, REPO, loop_argv
 
 ROUNDS = 3
@@ -171,6 +182,66 @@ def kill_and_resume(tiny_model, tmp_path, method: str, crashes: tuple[str, ...])
     assert killed_log.read_text().splitlines() == log.read_text().splitlines()
     assert len(log.read_text().splitlines()) == 4 + 2 * (ROUNDS - 1)
     assert not list(run_dir.rglob(".*.tmp"))
+
+
+def assert_same_answers(a: Path, b: Path, rounds: int = ROUNDS) -> None:
+    """Every round's journal holds the same rows (noisy ``reward`` and ``true_reward`` included)."""
+    for k in range(rounds):
+        journal = f"round_{k:04d}/answers.jsonl"
+        left, right = AnswerJournal(a / journal).read(), AnswerJournal(b / journal).read()
+        assert left == right, f"{journal} differs after the resume"
+
+
+# (crash point, round size, oracle arguments of the killed process, of the resume)
+REASKING = {
+    # round 1's one call (2 items) is cut while journaled: item 0 kept, item 1 torn and asked alone
+    "torn": ("torn:1", 2, (), ()),
+    # round 0 in calls of 2: the second call ([2, 3]) answered, then lost; asked again in one call
+    "lost call": ("answered:0:2", 4, ("--config.oracle.batch_size=2",), ("--config.oracle.batch_size=0",)),
+}
+
+
+def kill_mid_call_and_resume(tiny_model, tmp_path, method: str, case: str) -> None:
+    """A kill that loses answers the oracle gave: the resume asks those items again, at other
+    positions in its calls, and must store what an uninterrupted run stores."""
+    point, size, killed_args, resume_args = REASKING[case]
+    k = int(point.split(":")[1])
+    command, log = oracle(tmp_path, "reference")
+    reference = launch(loop_argv(tiny_model, tmp_path / "runs", command, "reference", method, ROUNDS))
+    assert reference.returncode == 0, reference.output[-3000:]
+    asked = log.read_text().splitlines()
+
+    command, killed_log = oracle(tmp_path, "killed")
+    argv = loop_argv(tiny_model, tmp_path / "runs", command, "killed", method, ROUNDS)
+    run_dir = tmp_path / "runs" / "killed"
+    done = launch(argv + list(killed_args), crash_at=point)
+    assert done.returncode == -signal.SIGKILL, done.output[-3000:]
+    before = killed_log.read_text().splitlines()
+    journaled = AnswerJournal(run_dir / f"round_{k:04d}" / "answers.jsonl").read()
+    start = 4 + 2 * (k - 1) if k else 0  # the oracle's log position of the round's first item
+    lost = [asked[start + i] for i in range(size) if i < len(before) - start and i not in journaled]
+    assert lost and before == asked[: len(before)], "the kill point lost no answer: it tests nothing here"
+
+    done = launch(argv + list(resume_args) + [f"--config.resume_from={run_dir}"])
+    assert done.returncode == 0, done.output[-3000:]
+    assert complete_rounds(run_dir) == list(range(ROUNDS))
+    assert_same_run(tmp_path / "runs" / "reference", run_dir)  # the shards' noisy rewards included
+    assert_same_answers(tmp_path / "runs" / "reference", run_dir)
+    # exactly the answers lost at the kill were asked again, nothing else
+    assert killed_log.read_text().splitlines() == before + lost + asked[len(before) :]
+    assert not list(run_dir.rglob(".*.tmp"))
+
+
+@pytest.mark.parametrize("case", sorted(REASKING))
+def test_ucb_killed_with_answers_in_flight_stores_the_same_noisy_answers(case, tiny_model, tmp_path):
+    kill_mid_call_and_resume(tiny_model, tmp_path, "UCB", case)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(REASKING))
+@pytest.mark.parametrize("method", ["Bootstrap", "GP", "Greedy"])
+def test_every_kind_killed_with_answers_in_flight_stores_the_same_noisy_answers(case, method, tiny_model, tmp_path):
+    kill_mid_call_and_resume(tiny_model, tmp_path, method, case)
 
 
 @pytest.mark.parametrize("method", ["Bootstrap", "GP", "Greedy"])

@@ -210,7 +210,7 @@ def test_thompson_guidance_runs_a_round_of_the_embedded_world_with_one_draw_per_
     make_config, accelerator, monkeypatch
 ):
     from config.online_base import WORLD_MODEL
-    from surrogate import BootstrapEnsembleSurrogate
+    from surrogate import ThompsonSample
 
     config = make_config(kind="bootstrap")
     config.model.path = WORLD_MODEL  # the shipped world model, a few steps
@@ -218,14 +218,15 @@ def test_thompson_guidance_runs_a_round_of_the_embedded_world_with_one_draw_per_
     config.smc.prompts_per_call = 1  # round 1 asks 4 prompts: 4 sampler calls, 4 draws
     config.loop.num_rounds = 2
     heads = []
-    real = BootstrapEnsembleSurrogate.thompson
+    real = ThompsonSample.__init__
 
-    def spy(self, generator):
-        score = real(self, generator)
-        heads.append(score.head)
-        return score
+    def spy(self, surrogate, generator=None):
+        real(self, surrogate, generator)
+        state = torch.Generator()
+        state.set_state(self._state)
+        heads.append(surrogate._head(state))  # the head this draw scores with
 
-    monkeypatch.setattr(BootstrapEnsembleSurrogate, "thompson", spy)
+    monkeypatch.setattr(ThompsonSample, "__init__", spy)
     run_dir = run_training(config, accelerator)
     assert complete_rounds(run_dir) == [0, 1]
     assert len(heads) == 4 and len(set(heads)) > 1  # a fresh posterior draw per call
@@ -248,7 +249,7 @@ def test_thompson_guidance_is_refused_for_surrogates_without_a_posterior_draw(ma
 
     from online.validation import ConfigError, validate
 
-    config = make_config(kind="greedy")
+    config = make_config(kind="gp")
     config.smc.guidance = "thompson"
     with pytest.raises(ConfigError, match="thompson"):
         validate(config)
@@ -260,9 +261,9 @@ def test_reference_guidance_none_samples_the_pretrained_chain_every_round(make_c
     particles = []
     real = sampling.sample_batch
 
-    def spy(adapter, reward_for_call, featurizer, prompts, per_prompt, kwargs, *args, **kw):
-        particles.append((kwargs["num_particles"], len(prompts), reward_for_call(0).differentiable))
-        return real(adapter, reward_for_call, featurizer, prompts, per_prompt, kwargs, *args, **kw)
+    def spy(sampler, reward_for_call, featurizer, prompts, *args, **kw):
+        particles.append((sampler.num_particles, len(prompts), reward_for_call(0).differentiable))
+        return real(sampler, reward_for_call, featurizer, prompts, *args, **kw)
 
     monkeypatch.setattr(sampling, "sample_batch", spy)
     config = make_config(variant="tiny_colorfulness", kind="greedy")
@@ -280,9 +281,9 @@ def test_reference_guidance_oracle_guides_the_sampler_by_the_true_oracle(make_co
     rewards = []
     real = sampling.sample_batch
 
-    def spy(adapter, reward_for_call, featurizer, prompts, per_prompt, kwargs, *args, **kw):
-        rewards.append((type(reward_for_call(0)), kwargs["num_particles"]))
-        return real(adapter, reward_for_call, featurizer, prompts, per_prompt, kwargs, *args, **kw)
+    def spy(sampler, reward_for_call, featurizer, prompts, *args, **kw):
+        rewards.append((type(reward_for_call(0)), sampler.num_particles))
+        return real(sampler, reward_for_call, featurizer, prompts, *args, **kw)
 
     monkeypatch.setattr(sampling, "sample_batch", spy)
     config = make_config(variant="tiny_colorfulness", kind="greedy")

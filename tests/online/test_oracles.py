@@ -123,3 +123,63 @@ def test_the_noisy_oracle_leaves_a_failed_item_without_a_reward():
         torch.rand(2, 3, 4, 4), ["a", "b"], [0, 1], QueryPolicy(max_retries=0), answers.extend
     )
     assert [(r["status"], r["reward"], r["true_reward"]) for r in answers] == [("failed", None, None)] * 2
+
+
+# -- answers outside the float32 range the surrogate fits in (issue 23) -------------------------
+def test_an_answer_outside_the_float32_range_is_retried_then_failed_never_stored():
+    calls = []
+
+    def huge(images, prompts):
+        calls.append(list(prompts))
+        table = {"a": 1e308, "b": 3.0e38, "c": -1e39, "d": 0.5}  # 3.0e38 is within float32, the others not
+        return torch.tensor([table[p] for p in prompts], dtype=torch.float64)
+
+    rows, keep = _collect()
+    query_with_retries(huge, torch.zeros(4, 3, 4, 4), list("abcd"), range(4), QueryPolicy(max_retries=1), keep)
+    by_index = {row["index"]: row for row in rows}
+    assert calls == [list("abcd"), ["a", "c"]]  # only the refused items are asked again
+    for i, shown in ((0, "1e+308"), (2, "-1e+39")):
+        row = by_index[i]
+        assert (row["status"], row["value"], row["attempts"]) == ("failed", None, 2)
+        assert f"value {shown} outside the float32 range" in row["error"]
+    assert by_index[1]["status"] == "ok" and torch.isfinite(torch.tensor(by_index[1]["value"], dtype=torch.float32))
+    assert by_index[3]["status"] == "ok" and by_index[3]["value"] == 0.5
+
+
+def test_an_answer_outside_the_float32_range_then_a_good_one_is_kept():
+    answers = iter([1e308, 2.0])
+    rows, keep = _collect()
+    query_with_retries(
+        lambda im, p: torch.tensor([next(answers)], dtype=torch.float64),
+        torch.zeros(1, 3, 4, 4),
+        ["a"],
+        [0],
+        QueryPolicy(),
+        keep,
+    )
+    assert [(r["status"], r["value"], r["attempts"]) for r in rows] == [("ok", 2.0, 2)]
+
+
+def test_an_item_by_item_answer_outside_the_float32_range_is_recorded_as_failed():
+    class Rater:
+        item_by_item = True
+
+        def rate_items(self, images, prompts, indices, on_answers):
+            for i, value in zip(indices, (1e308, 4.0)):
+                on_answers([{"index": i, "value": value, "status": "ok", "attempts": 1, "error": ""}])
+
+    rows, keep = _collect()
+    query_with_retries(Rater(), torch.zeros(2, 3, 4, 4), ["a", "b"], [0, 1], QueryPolicy(), keep)
+    assert [(r["status"], r["value"]) for r in rows] == [("failed", None), ("ok", 4.0)]
+    assert "outside the float32 range" in rows[0]["error"]
+
+
+def test_a_noisy_answer_outside_the_float32_range_is_recorded_as_failed():
+    from online.oracles import NoisyOracle
+
+    answers = []
+    NoisyOracle(lambda im, p: torch.ones(len(p), dtype=torch.float64), 1e42, seed=0).ask(
+        torch.rand(2, 3, 4, 4), ["a", "b"], [0, 1], QueryPolicy(), answers.extend
+    )
+    assert [(r["status"], r["reward"], r["true_reward"]) for r in answers] == [("failed", None, None)] * 2
+    assert all("outside the float32 range" in r["error"] for r in answers)

@@ -65,3 +65,93 @@ def test_stream_seeds_are_the_ones_runs_recorded():
         stream_seed(seed, 3, "sample", r) for r in range(2)
     ]
     json.dumps(record)
+
+
+# -- overwrite: the new run is whole and locked before the old one is set aside and deleted --------------
+def _old_run(output_dir):
+    from das.run_dirs import write_marker
+    from online.run_directory import TRAIN_KIND
+
+    old = output_dir / "run"
+    (old / "data").mkdir(parents=True)
+    write_marker(old, TRAIN_KIND)
+    (old / "data" / "round_0000.safetensors").write_bytes(b"paid answers")
+    return old
+
+
+def _directory(output_dir):
+    from online.run_directory import TRAIN_KIND, RunDirectory
+
+    return RunDirectory(output_dir / "run", output_dir, TRAIN_KIND, "run")
+
+
+def _assert_locked(path):
+    import pytest
+
+    from das.run_dirs import DirectoryLock, RunDirError
+
+    with pytest.raises(RunDirError, match="in use"):
+        DirectoryLock(path).acquire()
+
+
+def test_an_overwrite_deletes_the_old_run_only_after_the_new_one_is_locked_in_place(tmp_path, monkeypatch):
+    import online.run_directory as module
+
+    old = _old_run(tmp_path)
+    seen = {}
+    real_remove = module.remove_aside
+
+    def remove(aside, kind):  # the state of things at the moment the old run is deleted
+        seen["aside_holds_old"] = (aside / "run" / "data" / "round_0000.safetensors").read_bytes()
+        seen["new_config"] = json.loads((old / "config.json").read_text())
+        _assert_locked(old)
+        real_remove(aside, kind)
+
+    monkeypatch.setattr(module, "remove_aside", remove)
+    run = _directory(tmp_path)
+    run.lock()
+    run.create(True, {"seed": 7})
+    assert seen == {"aside_holds_old": b"paid answers", "new_config": {"seed": 7}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "no folder set aside is left"
+    assert not (old / "data").exists()
+    from das.run_dirs import process_umask
+
+    assert old.stat().st_mode & 0o777 == 0o777 & ~process_umask(), "the new run has a plain folder's permissions"
+    _assert_locked(old)
+    run.release()
+
+
+def test_an_overwrite_that_fails_at_the_swap_puts_the_old_run_back(tmp_path, monkeypatch):
+    import pytest
+
+    import online.run_directory as module
+
+    old = _old_run(tmp_path)
+    real_replace = module.os.replace
+
+    def failing(source, target):
+        if ".new." in str(source):
+            raise OSError(28, "No space left on device", str(target))
+        real_replace(source, target)
+
+    monkeypatch.setattr(module.os, "replace", failing)
+    run = _directory(tmp_path)
+    run.lock()
+    with pytest.raises(OSError):
+        run.create(True, {"seed": 7})
+    run.release()
+    assert (old / "data" / "round_0000.safetensors").read_bytes() == b"paid answers"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "nothing set aside or half-made is left"
+
+
+def test_a_foreign_folder_set_aside_by_name_is_never_deleted(tmp_path):
+    import pytest
+
+    from das.run_dirs import RunDirError, remove_aside
+
+    folder = tmp_path / ".run.old.abc.tmp"
+    (folder / "run").mkdir(parents=True)
+    (folder / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="does not hold exactly one"):
+        remove_aside(folder, "online-train")
+    assert (folder / "run" / "notes.txt").read_text() == "mine"

@@ -94,10 +94,12 @@ def test_the_entry_point_prints_one_line_and_exits_2():
 def test_a_run_from_an_older_version_resumes_with_the_new_fields_defaulted(make_config, tmp_path):
     import json
 
+    from das.run_dirs import write_marker
     from online.validation import resume_config
 
     run_dir = tmp_path / "old"
     run_dir.mkdir()
+    write_marker(run_dir, "online-train")  # every run of this tool carries its marker
     stored = make_config().to_dict()
     del stored["report"]  # a field this version added
     stored["loop"]["num_rounds"] = 2
@@ -111,13 +113,36 @@ def test_a_run_from_an_older_version_resumes_with_the_new_fields_defaulted(make_
         resume_config(config, overrides={"seed": 9})
 
 
-def test_a_run_older_than_the_proposal_options_resumes_only_with_their_old_behaviour(make_config, tmp_path):
+def test_a_run_older_than_the_speed_options_resumes_with_them_off(make_config, tmp_path):
     import json
 
+    from das.run_dirs import write_marker
     from online.validation import resume_config
 
     run_dir = tmp_path / "old"
     run_dir.mkdir()
+    write_marker(run_dir, "online-train")
+    stored = make_config().to_dict()
+    del stored["smc"]["autocast"], stored["model"]["channels_last"], stored["model"]["compile_unet"]
+    (run_dir / "config.json").write_text(json.dumps(stored))
+    config = make_config()
+    config.resume_from = str(run_dir)
+    resumed = resume_config(config, overrides={})
+    assert (resumed.smc.autocast, resumed.model.channels_last, resumed.model.compile_unet) == ("", False, False)
+    config.smc.autocast = "bf16"
+    with pytest.raises(ConfigError, match="smc.autocast is '' in its config.json but 'bf16' here"):
+        resume_config(config, overrides={"smc.autocast": "bf16"})
+
+
+def test_a_run_older_than_the_proposal_options_resumes_only_with_their_old_behaviour(make_config, tmp_path):
+    import json
+
+    from das.run_dirs import write_marker
+    from online.validation import resume_config
+
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    write_marker(run_dir, "online-train")  # every run of this tool carries its marker
     stored = make_config().to_dict()
     for field in ("gradient", "gradient_every", "gradient_after", "gradient_reuse"):
         del stored["smc"][field]  # a run made before the proposal options existed

@@ -22,7 +22,7 @@ def toy_data(
 
 
 def small_kwargs(kind: str, dtype: str = "float32") -> dict:
-    if kind in ("ucb", "greedy"):
+    if kind == "ucb":
         return dict(input_dim=D, dtype=dtype, **SMALL_MLP)
     if kind == "bootstrap":
         return dict(input_dim=D, num_heads=3, dtype=dtype, **SMALL_MLP)
@@ -77,12 +77,14 @@ def entry_set(index, value: float) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def outputs(model, queries: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Mean, std, optimistic score and its gradient for each query batch (to compare bit for bit)."""
+    """Mean, std, a UCB score and its gradient for each query batch (to compare bit for bit)."""
+    from surrogate import UCB
+
     out = []
     for q in queries:
         f = q.clone().requires_grad_(True)
         mean, std = model.posterior(f)
-        optimistic = model.optimistic(f)
+        optimistic = UCB(model, beta=1.5, clip=10.0)(f)
         (grad,) = torch.autograd.grad(optimistic.sum(), f)
         out += [mean.detach(), std.detach(), optimistic.detach(), grad]
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from surrogate import BootstrapEnsembleSurrogate, GPSurrogate, make_surrogate
+from surrogate import UCB, BootstrapEnsembleSurrogate, GPSurrogate, MaxOverHeads, ThompsonSample, make_surrogate
 from tests.surrogate.surrogate_helpers import SMALL_MLP, D, small_kwargs, toy_data
 
 
@@ -39,31 +39,18 @@ def test_bootstrap_heads_differ_and_match_explicit_loop(fitted):
     torch.testing.assert_close(std, explicit_std, rtol=1e-4, atol=1e-5)
     _, pred_std = model.posterior(x, observation_noise=True)
     torch.testing.assert_close(pred_std, (explicit_std**2 + model.noise_std**2).sqrt(), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(model.optimistic(x), heads.max(0).values, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(MaxOverHeads(model)(x), heads.max(0).values, rtol=1e-5, atol=1e-5)
 
 
 def test_bootstrap_std_optimism_and_thompson(fitted):
     model = fitted["bootstrap"]
     x, _ = toy_data(n=10, seed=8)
     mean, std = model.posterior(x)
-    model.optimism, model.beta = "std", 1.5
-    try:
-        torch.testing.assert_close(model.optimistic(x), mean + 1.5 * std)
-    finally:
-        model.optimism = "max"
-    score_a = model.thompson(torch.Generator().manual_seed(11))
-    score_b = model.thompson(torch.Generator().manual_seed(11))
-    assert score_a.head == score_b.head
-    torch.testing.assert_close(score_a(x), model.head_predictions(x)[score_a.head])
-    heads = {model.thompson(torch.Generator().manual_seed(s)).head for s in range(30)}
-    assert heads == set(range(model.num_heads))
-    model.set_active_head(1)
-    try:
-        torch.testing.assert_close(model.optimistic(x), model.head_predictions(x)[1])
-    finally:
-        model.set_active_head(None)
-    with pytest.raises(ValueError):
-        model.set_active_head(7)
+    torch.testing.assert_close(UCB(model, beta=1.5)(x), mean + 1.5 * std)
+    score_a = ThompsonSample(model, torch.Generator().manual_seed(11))(x)
+    score_b = ThompsonSample(model, torch.Generator().manual_seed(11))(x)
+    assert torch.equal(score_a, score_b)
+    assert any(torch.equal(score_a, head) for head in model.head_predictions(x))
 
 
 def test_bootstrap_resamples_differ_per_head():
@@ -105,7 +92,7 @@ def test_gp_kernel_is_the_one_assumed_by_the_closed_form(fitted):
 
 def test_gp_posterior_matches_closed_form():
     x, y = toy_data(n=40)
-    model = GPSurrogate(D, pca_dim=4, beta=2.0, dtype="float64")
+    model = GPSurrogate(D, pca_dim=4, dtype="float64")
     model.fit(x.double(), y.double(), seed=0)
     assert model.pca_components.shape == (4, D)
     q, _ = toy_data(n=12, seed=5, dtype=torch.float64)
@@ -114,7 +101,7 @@ def test_gp_posterior_matches_closed_form():
     exp_std = exp_std * model.variance_scale.sqrt()  # the epistemic variance is calibrated by leave-one-out
     torch.testing.assert_close(mean, exp_mean, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(std, exp_std, rtol=1e-6, atol=1e-8)
-    torch.testing.assert_close(model.optimistic(q), exp_mean + 2.0 * exp_std, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(UCB(model, beta=2.0)(q), exp_mean + 2.0 * exp_std, rtol=1e-6, atol=1e-8)
     noise = model.model.likelihood.noise.detach().reshape(-1)[0] * model.y_norm.std[0] ** 2
     _, pred_std = model.posterior(q, observation_noise=True)
     torch.testing.assert_close(pred_std, (exp_std**2 + noise).sqrt(), rtol=1e-6, atol=1e-8)

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 import surrogate.mlp as mlp_module
 from surrogate import (
+    UCB,
     BootstrapEnsembleSurrogate,
     MLPUCBSurrogate,
     SurrogateCheckpointError,
@@ -260,18 +261,18 @@ def test_ucb_scale_matches_the_heldout_error_in_closed_form(monkeypatch, label_n
 
 def test_ucb_optimism_is_beta_times_the_calibrated_std_clipped():
     x, y = toy_data(n=80)
-    model = MLPUCBSurrogate(D, beta=1.5, clip=10.0, **SMALL_MLP)
+    model = MLPUCBSurrogate(D, **SMALL_MLP)
     model.fit(x, y, seed=0)
     q = torch.randn(20, D, generator=torch.Generator().manual_seed(1)) * 3
     mean, std = model.posterior(q)
-    torch.testing.assert_close(model.optimistic(q), mean + (1.5 * std).clamp(max=10.0))
-    model.bonus.clip = float((1.5 * std).median().detach())  # now the clip binds for half the points
-    torch.testing.assert_close(model.optimistic(q), mean + (1.5 * std).clamp(max=model.bonus.clip))
+    torch.testing.assert_close(UCB(model, beta=1.5, clip=10.0)(q), mean + (1.5 * std).clamp(max=10.0))
+    clip = float((1.5 * std).median().detach())  # now the clip binds for half the points
+    torch.testing.assert_close(UCB(model, beta=1.5, clip=clip)(q), mean + (1.5 * std).clamp(max=clip))
 
 
 def test_normalized_reference_switch_stays_uncalibrated():
     x, y = toy_data(n=80)
-    model = MLPUCBSurrogate(D, bonus_covariance="normalized", beta=0.01, lam=1e-3, **SMALL_MLP)
+    model = MLPUCBSurrogate(D, bonus_covariance="normalized", lam=1e-3, **SMALL_MLP)
     model.fit(x, y, seed=0)
     assert model.bonus.scale == 1.0 and not model.fit_info["calibration"]["calibrated"]
     phi = model.features(x[:4]).detach()
@@ -303,13 +304,9 @@ def test_bootstrap_calibrated_std_closed_form(mlp_models):
     assert model.floor_std**2 == pytest.approx(0.5 * calibration["epistemic_var"] * y_scale**2, rel=1e-6)
     x, _ = toy_data(n=10, seed=8)
     heads = model.head_predictions(x)
-    model.optimism, model.beta = "std", 2.0
-    try:
-        expected = (model.spread_scale**2 * heads.var(0) + model.floor_std**2).sqrt()
-        torch.testing.assert_close(model.posterior(x)[1], expected)
-        torch.testing.assert_close(model.optimistic(x), heads.mean(0) + 2.0 * expected)
-    finally:
-        model.optimism = "max"
+    expected = (model.spread_scale**2 * heads.var(0) + model.floor_std**2).sqrt()
+    torch.testing.assert_close(model.posterior(x)[1], expected)
+    torch.testing.assert_close(UCB(model, beta=2.0)(x), heads.mean(0) + 2.0 * expected)
 
 
 def test_fit_is_deterministic_and_the_calibration_round_trips(tmp_path):

@@ -19,7 +19,7 @@ from surrogate import (
 )
 from tests.surrogate.surrogate_helpers import D
 
-KINDS = ("ucb", "greedy", "bootstrap", "gp")
+KINDS = ("ucb", "bootstrap", "gp")
 
 
 def test_header_is_json_in_safetensors_metadata(fitted, tmp_path):
@@ -104,14 +104,14 @@ def test_atomic_write_replaces_and_cleans_up(fitted, tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError):
-        fitted["greedy"].save(path)
+        fitted["bootstrap"].save(path)
     monkeypatch.undo()
     assert path.read_bytes() == before  # the old checkpoint is intact
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_registry_rejects_unknown_kind_listing_valid_ones():
-    with pytest.raises(ValueError, match=r"valid kinds: \['bootstrap', 'gp', 'greedy', 'ucb'\]"):
+    with pytest.raises(ValueError, match=r"valid kinds: \['bootstrap', 'gp', 'ucb'\]"):
         make_surrogate("thompson", input_dim=D)
     for kind in KINDS:
         assert make_surrogate(kind, input_dim=D).kind == kind

@@ -1,10 +1,10 @@
 """The surrogate contract: every registered kind goes through one test class.
 
-In the spirit of diffusers' ``SchedulerCommonTest``: what any surrogate must do (shapes, optimism,
-checkpoint round trip, device moves, the hyperparameter record, seeded refits, one-line refusals)
-is checked once here for every kind in :data:`surrogate.SURROGATES`; the kinds' own test files
-check their mathematics. A new kind joins by adding its small settings to
-``tests.surrogate.surrogate_helpers.small_kwargs``.
+In the spirit of diffusers' ``SchedulerCommonTest``: what any surrogate must do (shapes, the
+posterior and the capabilities it declares, checkpoint round trip, device moves, the
+hyperparameter record, seeded refits, one-line refusals) is checked once here for every kind
+in :data:`surrogate.SURROGATES`; the kinds' own test files check their mathematics. A new kind
+joins by adding its small settings to ``tests.surrogate.surrogate_helpers.small_kwargs``.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import torch
 from surrogate import (
     SURROGATES,
     HyperparameterError,
+    Posterior,
     check_hyperparameters,
+    hyperparameter_names,
     load_surrogate,
     make_surrogate,
     read_header,
 )
 from surrogate.base import dtype_name
-from surrogate.hyperparameters import hyperparameter_names
 from tests.surrogate.surrogate_helpers import D, assert_identical, outputs, small_kwargs, toy_data
 
 KINDS = tuple(sorted(SURROGATES))
@@ -54,25 +55,34 @@ class TestSurrogateContract:
         assert isinstance(model.fit_info, dict) and model.fit_info["warm_start"] is False
         json.dumps(model.fit_info)  # the checkpoint header carries it
         for query in _queries():
-            mean, std = model.posterior(query)
+            posterior = model.posterior(query)
+            mean, std = posterior
             _, predictive = model.posterior(query, observation_noise=True)
-            optimistic = model.optimistic(query)
             lead = query.shape[:-1]
-            assert mean.shape == std.shape == predictive.shape == optimistic.shape == lead
-            assert mean.dtype == std.dtype == optimistic.dtype == model.dtype
+            assert isinstance(posterior, Posterior) and posterior.mean is mean and posterior.std is std
+            assert mean.shape == std.shape == predictive.shape == lead
+            assert mean.dtype == std.dtype == model.dtype
             assert torch.isfinite(mean).all() and (std > 0).all() and (predictive >= std).all()
-            assert torch.equal(model.mean(query), mean) and torch.equal(model(query), optimistic)
+            assert torch.equal(model.mean(query), mean)
 
-    def test_optimistic_is_at_least_the_mean_and_greedy_is_the_mean(self, fitted, kind):
+    def test_posterior_offers_exactly_the_declared_capabilities(self, fitted, kind):
         model = fitted[kind]
-        query = _queries()[0]
-        mean, std = model.posterior(query)
-        optimistic = model.optimistic(query)
-        if kind == "greedy":  # the mean-only setting
-            assert torch.equal(optimistic, mean)
-        else:
-            assert (optimistic >= mean - 1e-6 * (1 + mean.abs())).all()
-            assert (optimistic > mean).any()
+        assert model.capabilities <= {"sample", "heads"}
+        for query in _queries():
+            posterior, lead = model.posterior(query), query.shape[:-1]
+            if "sample" in model.capabilities:
+                draw = posterior.sample(torch.Generator().manual_seed(0))
+                assert draw.shape == lead and torch.isfinite(draw).all()
+                assert torch.equal(draw, posterior.sample(torch.Generator().manual_seed(0)))  # the state fixes it
+            else:
+                with pytest.raises(ValueError, match="no draws") as error:
+                    posterior.sample(torch.Generator().manual_seed(0))
+                _one_line(error)
+            if "heads" in model.capabilities:
+                assert posterior.heads.shape[1:] == lead and posterior.heads.shape[0] >= 2
+                torch.testing.assert_close(posterior.heads.mean(0), posterior.mean)
+            else:
+                assert posterior.heads is None
 
     def test_save_load_gives_identical_predictions_and_header(self, fitted, kind, tmp_path):
         model = fitted[kind]
@@ -121,7 +131,6 @@ class TestSurrogateContract:
         defaults = {
             name: p.default for name, p in inspect.signature(type(model)).parameters.items() if name not in given
         }
-        defaults.update({k: v for k, v in model.fixed_hyperparameters.items() if k not in given})
         for name, default in defaults.items():
             expected = list(default) if isinstance(default, tuple) else default
             assert record[name] == expected, name

@@ -21,20 +21,15 @@ import torch
 import surrogate.checkpoint as checkpoint_module
 from surrogate import (
     SURROGATES,
-    GreedyMLPSurrogate,
     HyperparameterError,
     SurrogateCheckpointError,
     check_hyperparameters,
+    hyperparameter_names,
     load_surrogate,
     make_surrogate,
-    read_header,
 )
 from surrogate.base import Surrogate
-from surrogate.hyperparameters import (
-    HYPERPARAMETER_SPECS,
-    MAX_ELEMENTS,
-    hyperparameter_names,
-)
+from surrogate.hyperparameters import MAX_ELEMENTS
 from tests.surrogate.surrogate_helpers import (
     Mutation,
     assert_identical,
@@ -47,12 +42,12 @@ from tests.surrogate.surrogate_helpers import (
 )
 
 D = 8
-KINDS = ("ucb", "greedy", "bootstrap", "gp")
+KINDS = ("ucb", "bootstrap", "gp")
 MLP = dict(hidden=(16, 8), dropout=0.1, max_epochs=4, patience=2, batch_size=16)
 
 
 def _kwargs(kind: str) -> dict:
-    if kind in ("ucb", "greedy"):
+    if kind == "ucb":
         return dict(input_dim=D, **MLP)
     if kind == "bootstrap":
         return dict(input_dim=D, num_heads=3, **MLP)
@@ -128,23 +123,16 @@ BAD_CASES = [
     (
         "nan-hyperparameter",
         "ucb",
-        header_change(beta=math.nan),
+        header_change(lam=math.nan),
         "header",
-        r"hyperparameters\.beta must be a finite number >= 0, got nan\.",
+        r"hyperparameters\.lam must be a finite number > 0, got nan\.",
     ),
     (
         "inf-hyperparameter",
         "gp",
-        header_change(beta=math.inf),
+        header_change(lr=math.inf),
         "header",
-        r"hyperparameters\.beta must be a finite number >= 0, got inf\.",
-    ),
-    (
-        "greedy-beta",
-        "greedy",
-        header_change(beta=0.5),
-        "header",
-        r"hyperparameters\.beta must be 0 for the 'greedy' surrogate",
+        r"hyperparameters\.lr must be a finite number > 0, got inf\.",
     ),
     (
         "huge-max-points",
@@ -211,7 +199,7 @@ BAD_CASES = [
     ),
     (
         "wrong-dtype",
-        "greedy",
+        "ucb",
         tensor_change("x_norm.mean", lambda t: t.double()),
         "table",
         r"tensor 'x_norm\.mean' has dtype F64 but its header implies F32",
@@ -359,17 +347,15 @@ def test_malformed_safetensors_header_is_refused_before_loading(saved, tmp_path,
         load_surrogate(path)
 
 
-def test_good_checkpoints_still_load_and_greedy_header_records_beta_zero(saved):
-    assert read_header(saved["greedy"])["hyperparameters"]["beta"] == 0.0
+def test_good_checkpoints_still_load(saved):
     for kind, path in saved.items():
         assert load_surrogate(path, expected_kind=kind, expected_input_dim=D).kind == kind
 
 
 # ------------------------------------------------------------------------ config hyperparameters
 CONFIG_CASES = [
-    ("ucb", {"beta": math.nan}, r"^surrogate\.kwargs\.beta must be a finite number >= 0, got nan\.$"),
-    ("ucb", {"beta": math.inf}, r"^surrogate\.kwargs\.beta must be a finite number >= 0, got inf\.$"),
-    ("gp", {"beta": -1}, r"^surrogate\.kwargs\.beta must be a finite number >= 0, got -1\.$"),
+    ("ucb", {"beta": 1.0}, r"^surrogate\.kwargs\.beta is no longer a hyperparameter of the 'ucb' surrogate: .*acq"),
+    ("gp", {"beta": -1}, r"^surrogate\.kwargs\.beta is no longer a hyperparameter of the 'gp' surrogate"),
     ("ucb", {"lam": 0.0}, r"^surrogate\.kwargs\.lam must be a finite number > 0, got 0\.0\.$"),
     ("ucb", {"batch_size": True}, r"^surrogate\.kwargs\.batch_size must be an integer in \[1, 65536\], got True\.$"),
     (
@@ -384,8 +370,7 @@ CONFIG_CASES = [
         r"^surrogate\.kwargs\.ridge is not a hyperparameter of the 'ucb' surrogate; valid names: \[",
     ),
     ("ucb", {"num_heads": 4}, r"surrogate\.kwargs\.num_heads is not a hyperparameter of the 'ucb' surrogate"),
-    ("greedy", {"beta": 1.0}, r"^surrogate\.kwargs\.beta must be 0 for the 'greedy' surrogate, .*got 1\.0\.$"),
-    ("greedy", {"beta": math.nan}, r"surrogate\.kwargs\.beta must be 0 for the 'greedy' surrogate"),
+    ("greedy", {"beta": 0.0}, r"^surrogate\.kwargs\.beta is no longer a hyperparameter of the 'ucb' surrogate"),
     (
         "ucb",
         {"hidden": []},
@@ -395,14 +380,14 @@ CONFIG_CASES = [
     ("bootstrap", {"hidden": "16"}, r"surrogate\.kwargs\.hidden must be .*got '16'\."),
     ("ucb", {"hidden": [16.0, 8]}, r"surrogate\.kwargs\.hidden must be"),
     ("ucb", {"dropout": 1.0}, r"surrogate\.kwargs\.dropout must be a finite number in \[0, 1\), got 1\.0\."),
-    ("ucb", {"clip": 0}, r"surrogate\.kwargs\.clip must be None or a finite number > 0, got 0\."),
+    ("ucb", {"clip": 10.0}, r"surrogate\.kwargs\.clip is no longer a hyperparameter of the 'ucb' surrogate"),
     (
         "ucb",
         {"bonus_covariance": "diag"},
         r"surrogate\.kwargs\.bonus_covariance must be one of \['design', 'normalized'\]",
     ),
     ("bootstrap", {"num_heads": 1}, r"surrogate\.kwargs\.num_heads must be an integer in \[2, 256\], got 1\."),
-    ("bootstrap", {"optimism": "min"}, r"surrogate\.kwargs\.optimism must be one of \['max', 'std'\], got 'min'\."),
+    ("bootstrap", {"optimism": "max"}, r"surrogate\.kwargs\.optimism is no longer a hyperparameter"),
     (
         "ucb",
         {"val_fraction": 0.95},
@@ -429,7 +414,7 @@ CONFIG_CASES = [
         "thompson",
         {},
         r"Unknown surrogate kind 'thompson' for surrogate\.kwargs; "
-        r"valid kinds: \['bootstrap', 'gp', 'greedy', 'ucb'\]\.",
+        r"valid kinds: \['bootstrap', 'gp', 'ucb'\]\.",
     ),
 ]
 
@@ -442,15 +427,11 @@ def test_check_hyperparameters_refuses_bad_config_values(kind, values, pattern):
 
 
 GOOD_CONFIGS = [
-    (
-        "ucb",
-        {"beta": 1.0, "lam": 0.001, "clip": 10.0, "hidden": (1024, 128, 64, 16), "max_epochs": 100, "patience": 5},
-    ),
-    ("ucb", {"beta": 0.01, "lam": 0.001, "clip": None, "bonus_covariance": "normalized", "dtype": torch.float64}),
-    ("greedy", {"hidden": [1024, 128, 64, 16], "beta": 0.0}),
-    ("greedy", {"beta": 0}),
-    ("bootstrap", {"num_heads": 4, "hidden": (1024, 128, 64, 16), "optimism": "std", "val_fraction": 0.0}),
-    ("gp", {"beta": 1.0, "pca_dim": None, "max_points": 512, "input_dim": 768}),
+    ("ucb", {"lam": 0.001, "hidden": (1024, 128, 64, 16), "max_epochs": 100, "patience": 5}),
+    ("ucb", {"lam": 0.001, "bonus_covariance": "normalized", "dtype": torch.float64}),
+    ("greedy", {"hidden": [1024, 128, 64, 16]}),  # the deprecated name of the ucb kind
+    ("bootstrap", {"num_heads": 4, "hidden": (1024, 128, 64, 16), "val_fraction": 0.0}),
+    ("gp", {"pca_dim": None, "max_points": 512, "input_dim": 768}),
     ("gp", {}),
 ]
 
@@ -463,34 +444,29 @@ def test_check_hyperparameters_accepts_good_configs(kind, values):
 
 def test_check_hyperparameters_takes_config_dicts_and_refuses_non_mappings():
     ml_collections = pytest.importorskip("ml_collections")
-    kwargs = ml_collections.ConfigDict({"beta": 1.0, "hidden": (16, 8), "clip": None})
+    kwargs = ml_collections.ConfigDict({"lam": 1.0, "hidden": (16, 8), "label_noise_std": None})
     check_hyperparameters("ucb", kwargs, where="surrogate.kwargs")
-    kwargs.beta = -2.0
+    kwargs.lam = -2.0
     with pytest.raises(
-        HyperparameterError, match=r"^surrogate\.kwargs\.beta must be a finite number >= 0, got -2\.0\.$"
+        HyperparameterError, match=r"^surrogate\.kwargs\.lam must be a finite number > 0, got -2\.0\.$"
     ):
         check_hyperparameters("ucb", kwargs, where="surrogate.kwargs")
     with pytest.raises(HyperparameterError, match=r"^surrogate\.kwargs must be a mapping of hyperparameter names"):
-        check_hyperparameters("gp", [("beta", 1.0)], where="surrogate.kwargs")
+        check_hyperparameters("gp", [("lr", 1.0)], where="surrogate.kwargs")
 
 
 def test_names_come_from_the_constructors_and_every_name_has_bounds():
     for kind, cls in SURROGATES.items():
         names = hyperparameter_names(kind)
-        assert set(names) <= set(HYPERPARAMETER_SPECS), kind
-        if kind != "greedy":
-            assert names == tuple(inspect.signature(cls).parameters)
+        assert set(names) == set(cls.hyperparameter_specs), kind  # each kind bounds exactly its own arguments
+        assert names == tuple(inspect.signature(cls).parameters)
         check_hyperparameters(kind, make_surrogate(kind, input_dim=768).hyperparameters)  # defaults pass
-    assert set(hyperparameter_names("greedy")) == set(hyperparameter_names("ucb"))
     assert MAX_ELEMENTS == 2**26
 
 
-def test_greedy_no_longer_drops_beta_and_make_surrogate_checks():
-    with pytest.raises(ValueError, match="beta must be 0"):
-        GreedyMLPSurrogate(D, beta=1.0)
-    assert GreedyMLPSurrogate(D, beta=0.0, hidden=(8,)).bonus.beta == 0.0
-    with pytest.raises(HyperparameterError, match=r"^surrogate\.beta must be 0 for the 'greedy'"):
-        make_surrogate("greedy", input_dim=D, beta=2.0)
+def test_make_surrogate_checks():
+    with pytest.raises(HyperparameterError, match=r"^surrogate\.beta is no longer a hyperparameter of the 'ucb'"):
+        make_surrogate("ucb", input_dim=D, beta=2.0)
     with pytest.raises(HyperparameterError, match=r"surrogate\.hidden must be"):
         make_surrogate("ucb", input_dim=D, hidden=[2_000_000_000])
     with pytest.raises(HyperparameterError, match=r"surrogate\.lr must be a finite number > 0, got nan\."):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from das.ancestral import sample_images
-from das.smc import DASSampler
+from das.smc import DASSampler, DASSettings
 from world import DEFAULT_MODEL_PATH, ORACLE_NOISE_STD, PROMPTS
 from world.classify import SceneClassifier
 from world.oracles import jpeg_reward, oracle_values
@@ -96,7 +96,7 @@ def test_das_runs_on_the_shipped_model_with_a_black_box_oracle(adapter):
     from das.adapters.pixel import PixelUNetAdapter
 
     small = PixelUNetAdapter.from_pretrained(DEFAULT_MODEL_PATH, num_steps=4, guidance_scale=3.0)
-    result = DASSampler(small, jpeg_reward(), kl_coeff=0.1, num_particles=2).sample(
-        list(PROMPTS[:2]), torch.Generator().manual_seed(0)
+    result = DASSampler(small, DASSettings(kl_coeff=0.1, num_particles=2)).sample(
+        list(PROMPTS[:2]), jpeg_reward(), torch.Generator().manual_seed(0)
     )
     assert result.images.shape == (2, 2, 3, 32, 32) and torch.isfinite(result.rewards).all()

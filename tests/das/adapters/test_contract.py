@@ -8,7 +8,7 @@ tiny random components of :mod:`tests.tiny_components`) and what shapes to expec
 import pytest
 import torch
 
-from das import DASSampler
+from das import DASSampler, DASSettings
 from das.adapters.base import DenoiserAdapter, ModelOutputAdapter
 from das.adapters.lcm import LCMAdapter
 from das.adapters.realigned import RealignedAdapter
@@ -149,8 +149,8 @@ class AdapterContract:
             assert images.min() >= 0 and images.max() <= 1
 
     def test_runs_inside_das(self, adapter):
-        result = DASSampler(adapter, self.reward(), kl_coeff=0.1, num_particles=2).sample(
-            PROMPTS, torch.Generator().manual_seed(0)
+        result = DASSampler(adapter, DASSettings(kl_coeff=0.1, num_particles=2)).sample(
+            PROMPTS, self.reward(), torch.Generator().manual_seed(0)
         )
         images = self.image_shape or self.event_shape
         assert result.samples.shape == (len(PROMPTS), 2, *self.event_shape)

@@ -8,7 +8,7 @@ import torch
 from diffusers import DDIMScheduler, LCMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from das import DASSampler
+from das import DASSampler, DASSettings
 from das.adapters.lcm import LCMAdapter
 from das.adapters.stable_diffusion import StableDiffusionAdapter, StableDiffusionXLAdapter
 from das.rewards import FunctionReward
@@ -62,8 +62,8 @@ def test_zero_reward_eta0_reproduces_pipeline(family):
     name, pipe, adapter_cls = family
     k, steps = 2, 3
     adapter = adapter_cls(pipe, num_steps=steps, eta=0.0, guidance_scale=5.0)
-    result = DASSampler(adapter, zero(), kl_coeff=1.0, num_particles=k).sample(
-        PROMPTS, torch.Generator().manual_seed(3)
+    result = DASSampler(adapter, DASSettings(kl_coeff=1.0, num_particles=k)).sample(
+        PROMPTS, zero(), torch.Generator().manual_seed(3)
     )
     latents = adapter.initial_noise(len(PROMPTS) * k, torch.Generator().manual_seed(3))
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
@@ -102,8 +102,8 @@ def test_prompt_embeddings_are_cached():
 def test_low_precision_and_size(dtype):
     adapter = StableDiffusionAdapter(tiny_sd_pipeline(), num_steps=2, dtype=dtype, height=32, width=16)
     assert adapter.latent_shape == (4, 16, 8)
-    result = DASSampler(adapter, brightness(), kl_coeff=0.1, num_particles=2).sample(
-        PROMPTS, torch.Generator().manual_seed(0)
+    result = DASSampler(adapter, DASSettings(kl_coeff=0.1, num_particles=2)).sample(
+        PROMPTS, brightness(), torch.Generator().manual_seed(0)
     )
     assert result.images.shape == (2, 2, 3, 32, 16) and torch.isfinite(result.rewards).all()
 
@@ -157,8 +157,8 @@ def test_lcm_chain_reproduces_pipeline(lcm_pipe):
 
 def test_lcm_one_step_das_reproduces_pipeline(lcm_pipe):
     adapter = LCMAdapter(lcm_pipe, num_steps=1)
-    result = DASSampler(adapter, zero(), kl_coeff=1.0, num_particles=2).sample(
-        PROMPTS, torch.Generator().manual_seed(3)
+    result = DASSampler(adapter, DASSettings(kl_coeff=1.0, num_particles=2)).sample(
+        PROMPTS, zero(), torch.Generator().manual_seed(3)
     )
     latents = adapter.initial_noise(4, torch.Generator().manual_seed(3))
     images = lcm_pipe(
@@ -167,10 +167,21 @@ def test_lcm_one_step_das_reproduces_pipeline(lcm_pipe):
     torch.testing.assert_close(result.images.reshape(images.shape), images, atol=1e-4, rtol=1e-4)
 
 
-def test_from_pretrained_local_folder(tmp_path):
-    tiny_sd_pipeline().save_pretrained(tmp_path / "sd")
-    adapter = StableDiffusionAdapter.from_pretrained(str(tmp_path / "sd"), num_steps=2)
-    assert adapter.num_steps == 2 and adapter.latent_shape == (4, 8, 8)
+@pytest.mark.parametrize(
+    "adapter_cls, make_pipeline",
+    [
+        (StableDiffusionAdapter, lambda: tiny_sd_pipeline()),
+        (StableDiffusionXLAdapter, lambda: tiny_sdxl_pipeline()),
+        (LCMAdapter, lambda: tiny_lcm_pipeline()),
+    ],
+    ids=["sd", "sdxl", "lcm"],
+)
+def test_from_pretrained_local_folder(tmp_path, adapter_cls, make_pipeline):
+    """The one ``from_pretrained`` loads each family's own pipeline class from a saved folder."""
+    make_pipeline().save_pretrained(tmp_path / "model")
+    adapter = adapter_cls.from_pretrained(str(tmp_path / "model"), num_steps=2)
+    assert type(adapter.pipeline).__name__ == adapter_cls.pipeline_class
+    assert adapter.num_steps == 2 and adapter.latent_shape[0] == 4
 
 
 @pytest.mark.parametrize("adapter_cls", [StableDiffusionAdapter, StableDiffusionXLAdapter, LCMAdapter])

@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from das import DASSampler
+from das import DASSampler, DASSettings
 from das.adapters.loading import WeightsNotAvailableError
 from das.adapters.pixel import PixelUNetAdapter
 from das.rewards import FunctionReward
@@ -29,8 +29,8 @@ def uncond_folder(tmp_path_factory):
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 def test_conditional_das_end_to_end(cond_folder, guidance):
     adapter = PixelUNetAdapter.from_pretrained(cond_folder, num_steps=3, guidance_scale=guidance)
-    result = DASSampler(adapter, brightness(), kl_coeff=0.1, num_particles=2).sample(
-        PROMPTS, torch.Generator().manual_seed(0)
+    result = DASSampler(adapter, DASSettings(kl_coeff=0.1, num_particles=2)).sample(
+        PROMPTS, brightness(), torch.Generator().manual_seed(0)
     )
     assert result.images.shape == (2, 2, 3, 8, 8)
     assert torch.isfinite(result.rewards).all()
@@ -40,8 +40,8 @@ def test_conditional_das_end_to_end(cond_folder, guidance):
 def test_unconditional_das_end_to_end(uncond_folder):
     adapter = PixelUNetAdapter.from_pretrained(uncond_folder, num_steps=2)
     assert adapter.encode_prompts(PROMPTS) == {}
-    result = DASSampler(adapter, brightness(), kl_coeff=0.1, num_particles=2).sample(
-        PROMPTS, torch.Generator().manual_seed(0)
+    result = DASSampler(adapter, DASSettings(kl_coeff=0.1, num_particles=2)).sample(
+        PROMPTS, brightness(), torch.Generator().manual_seed(0)
     )
     assert result.images.shape == (2, 2, 3, 8, 8)
 
@@ -68,8 +68,8 @@ def test_transition_matches_scheduler_step(cond_folder, eta):
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_low_precision(cond_folder, dtype):
     adapter = PixelUNetAdapter.from_pretrained(cond_folder, num_steps=2, dtype=dtype)
-    result = DASSampler(adapter, brightness(), kl_coeff=0.1, num_particles=2).sample(
-        PROMPTS, torch.Generator().manual_seed(0)
+    result = DASSampler(adapter, DASSettings(kl_coeff=0.1, num_particles=2)).sample(
+        PROMPTS, brightness(), torch.Generator().manual_seed(0)
     )
     assert torch.isfinite(result.rewards).all()
 
@@ -99,8 +99,8 @@ def test_unconditional_eta0_reproduces_ddim_pipeline(uncond_folder):
 
     adapter = PixelUNetAdapter.from_pretrained(uncond_folder, num_steps=3, eta=0.0)
     zero = FunctionReward(lambda images: images.sum(dim=(1, 2, 3)) * 0.0, differentiable=False)
-    result = DASSampler(adapter, zero, kl_coeff=1.0, num_particles=2).sample(
-        ["", ""], torch.Generator().manual_seed(5)
+    result = DASSampler(adapter, DASSettings(kl_coeff=1.0, num_particles=2)).sample(
+        ["", ""], zero, torch.Generator().manual_seed(5)
     )
     pipe = DDIMPipeline(unet=adapter.unet, scheduler=DDIMScheduler.from_config(adapter.scheduler.config))
     images = pipe(

@@ -9,8 +9,9 @@ from das.adapters.lcm import LCMAdapter
 from das.adapters.realigned import RealignedAdapter
 from das.adapters.stable_diffusion import StableDiffusionAdapter, StableDiffusionXLAdapter
 from das.ancestral import sample_images
+from das.proposals import GradientOptions
 from das.rewards import FunctionReward
-from das.smc import DASSampler
+from das.smc import DASSampler, DASSettings
 from das.toy import GaussianMixture, eight_gaussians, emd, nine_gaussians, paper_toy_reward, tilt_quadratic
 from das.toy.adapter import ToyAdapter
 from tests.das.adapters.adapter_builders import pixel_adapter
@@ -49,8 +50,8 @@ def test_lambda_zero_and_one_reproduce_the_chains_bit_for_bit_on_the_toy(lam):
     assert torch.equal(_chain(RealignedAdapter(reference, aligned, lam), 64, 3), expected)
     # ... and inside DAS, with gradients through the mixed transition
     results = [
-        DASSampler(a, paper_toy_reward(), kl_coeff=2.0, num_particles=4).sample(
-            ["p", "q"], torch.Generator().manual_seed(1)
+        DASSampler(a, DASSettings(kl_coeff=2.0, num_particles=4)).sample(
+            ["p", "q"], paper_toy_reward(), torch.Generator().manual_seed(1)
         )
         for a in (reference if lam == 0 else aligned, RealignedAdapter(reference, aligned, lam))
     ]
@@ -81,8 +82,8 @@ def test_latent_pipelines_realign(family):
         images = sample_images(RealignedAdapter(reference, aligned, lam), PROMPTS, torch.Generator().manual_seed(0))
         assert torch.equal(images, sample_images(expected, PROMPTS, torch.Generator().manual_seed(0)))
     reward = FunctionReward(lambda images: images.mean(dim=(1, 2, 3)), differentiable=True)
-    result = DASSampler(RealignedAdapter(reference, aligned, 1.5), reward, kl_coeff=0.1, num_particles=2).sample(
-        PROMPTS, torch.Generator().manual_seed(0)
+    result = DASSampler(RealignedAdapter(reference, aligned, 1.5), DASSettings(kl_coeff=0.1, num_particles=2)).sample(
+        PROMPTS, reward, torch.Generator().manual_seed(0)
     )
     assert torch.isfinite(result.rewards).all()
 
@@ -232,14 +233,9 @@ def test_das_on_the_realigned_model_targets_the_right_strength():
         (1.5, alpha / (lam - 1.5), 2.0),
         (lam, alpha / lam, None),
     ):
-        sampler = DASSampler(
-            RealignedAdapter(reference, aligned, lam_base),
-            reward,
-            kl_coeff=kl_coeff,
-            num_particles=SET,
-            selection="all",
-        )
-        result = sampler.sample([""] * 8, generator)
+        settings = DASSettings(kl_coeff=kl_coeff, num_particles=SET, selection="all")
+        sampler = DASSampler(RealignedAdapter(reference, aligned, lam_base), settings)
+        result = sampler.sample([""] * 8, reward, generator)
         ratio = _emd_ratio(_draws_by_weight(result, generator), target, generator)
         if bar is None:
             assert ratio > 2.5, ratio  # the double tilt
@@ -253,7 +249,7 @@ def test_das_on_the_realigned_model_targets_the_right_strength():
 def test_das_with_the_realigned_proposal_reaches_the_floor_at_alpha_over_lambda(prior):
     """The issue's bar: the reference chain tilted at α/λ as target, the realigned chain at λ as proposal.
 
-    ``DASSampler(reference, reward, kl_coeff=α/λ, proposal_adapter=RealignedAdapter(...))``
+    ``DASSampler(reference, DASSettings(kl_coeff=α/λ), proposal_adapter=RealignedAdapter(...))``
     targets ``p_ref · exp(λ r/α)`` exactly; the realigned chain only moves the particles.
     Protocol of the DAS paper, shrunk to a few seconds: 4000 independent runs of 8 particles
     (50 steps), one draw by weight each, mean EMD to exact draws over 8 sets of 500, over the
@@ -268,17 +264,11 @@ def test_das_with_the_realigned_proposal_reaches_the_floor_at_alpha_over_lambda(
     reference, aligned = _toys(num_steps=steps, alpha=alpha, prior=prior)
     target, _ = tilt_quadratic(prior, reward, alpha / lam)
     generator = torch.Generator().manual_seed(0)
-    sampler = DASSampler(
-        reference,
-        reward,
-        kl_coeff=alpha / lam,
-        num_particles=8,
-        selection="sample",
-        tempering="none",
-        use_gradient=False,
-        proposal_adapter=RealignedAdapter(reference, aligned, lam),
+    settings = DASSettings(
+        kl_coeff=alpha / lam, num_particles=8, selection="sample", tempering="none", gradient=GradientOptions("none")
     )
-    samples = sampler.sample([""] * (8 * SET), generator).selected
+    sampler = DASSampler(reference, settings, proposal_adapter=RealignedAdapter(reference, aligned, lam))
+    samples = sampler.sample([""] * (8 * SET), reward, generator).selected
     value = np.mean([emd(s, target.sample(SET, generator)) for s in samples.reshape(-1, SET, 2)])
     floor = np.mean([emd(target.sample(SET, generator), target.sample(SET, generator)) for _ in range(16)])
     assert value <= 1.5 * floor, (value, floor)

@@ -79,9 +79,9 @@ def test_realign_smc_runs_das_on_the_reference_with_the_realigned_chain_as_propo
     built = []
     real = das.smc.DASSampler.__init__
 
-    def spy(self, adapter, reward, *args, **kwargs):
-        built.append((adapter, kwargs.get("proposal_adapter")))
-        real(self, adapter, reward, *args, **kwargs)
+    def spy(self, adapter, settings, proposal_adapter=None):
+        built.append((adapter, proposal_adapter))
+        real(self, adapter, settings, proposal_adapter)
 
     monkeypatch.setattr(das.smc.DASSampler, "__init__", spy)
     run_dir = run(tiny_world_config(models, tmp_path, lam=0.5, smc=True))

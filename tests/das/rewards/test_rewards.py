@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from das import DASSampler
+from das import DASSampler, DASSettings
 from das.adapters.loading import WeightsNotAvailableError
 from das.clip import CLIPImageFeaturizer, clip_preprocess
 from das.features import Featurizer
@@ -122,9 +122,10 @@ def test_jpeg_runs_gradient_free_in_sampler():
     from tests.tiny_components import save_pixel_model
 
     adapter = PixelUNetAdapter.from_pretrained(save_pixel_model(tempfile.mkdtemp(), conditional=False), num_steps=2)
-    sampler = DASSampler(adapter, make_reward("jpeg"), kl_coeff=REFERENCE_KL_COEFF["jpeg"], num_particles=2)
-    assert sampler.use_gradient is False
-    result = sampler.sample(["", ""], torch.Generator().manual_seed(0))
+    sampler = DASSampler(adapter, DASSettings(kl_coeff=REFERENCE_KL_COEFF["jpeg"], num_particles=2))
+    reward = make_reward("jpeg")
+    assert sampler.proposal_gradient(reward).uses_gradient is False
+    result = sampler.sample(["", ""], reward, torch.Generator().manual_seed(0))
     assert torch.isfinite(result.rewards).all()
 
 
