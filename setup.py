@@ -15,8 +15,11 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(
         include=[
+            "atomicfile",
             "das",
             "das.*",
+            "dasapp",
+            "dasapp.*",
             "world",
             "world.*",
             "surrogate",

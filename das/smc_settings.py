@@ -3,7 +3,7 @@
 :class:`DASSettings` holds everything about *how* :class:`~das.smc.DASSampler` samples (α,
 particles, resampling, tempering, selection, the proposal's gradient, memory and precision);
 the model is the sampler's adapter and the reward is passed to every call. The application
-layer builds it from a ``config.smc`` section (:func:`das.factory.settings_from_config`);
+layer builds it from a ``config.smc`` section (:func:`dasapp.factory.settings_from_config`);
 ``dataclasses.replace(settings, num_particles=1)`` gives a variant.
 """
 

@@ -1,9 +1,9 @@
 """From a config to objects: prompts, featurizer, oracle, surrogate, sampler settings.
 
 The online loop's registries (:data:`SURROGATES`, :data:`ORACLES`, :data:`FEATURIZERS`)
-are :class:`das.factory.Registry` objects like the das-level ones (model families,
-tempering schedules, resamplers, prompt lists) in :mod:`das.factory`, which this module
-builds on. They live here, not in :mod:`das.factory`, because they name objects of
+are :class:`dasapp.factory.Registry` objects like the das-level ones (model families,
+tempering schedules, resamplers, prompt lists) in :mod:`dasapp.factory`, which this module
+builds on. They live here, not in :mod:`dasapp.factory`, because they name objects of
 ``surrogate``, ``world`` and ``online`` itself, which ``das`` may not import.
 
 Only entry points and this module read ConfigDicts; everything they build takes plain
@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from das import factory
-from das.factory import Registry, resolve_path
+from dasapp import factory
+from dasapp.factory import Registry, resolve_path
 from online.guidance import guidance_acquisition
 from online.oracles import ExternalCommandOracle, Oracle, QueryPolicy, reward_as_oracle
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from das.images import image_grid, to_uint8
-from das.stopping import deferred
+from dasapp.stopping import deferred
 from online import builders
 from online.distributed import broadcast_from_main
 from online.errors import RunError
@@ -119,7 +119,7 @@ def _load(config, accelerator, run: RunDirectory) -> Evaluation:
 def _evaluation_prompts(config) -> list[str]:
     """The evaluation prompts (the first ``evaluate.num_prompts`` when set); a prompt file that
     is missing, empty or not UTF-8 text (it may have changed since validation) is a one-line
-    :class:`das.config_checks.ConfigError` (:func:`das.factory.read_prompts`)."""
+    :class:`dasapp.config_checks.ConfigError` (:func:`dasapp.factory.read_prompts`)."""
     prompts = builders.read_prompts(config.prompts.eval_file)
     return prompts[: config.evaluate.num_prompts] if config.evaluate.num_prompts else prompts
 

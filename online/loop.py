@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from das.stopping import deferred
+from dasapp.stopping import deferred
 from online import builders, faults
 from online.distributed import broadcast_from_main
 from online.errors import RunError

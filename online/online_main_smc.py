@@ -75,9 +75,9 @@ def help_text() -> str:
 def run(config, overrides: dict | None = None) -> int:
     """Validates `config`, then trains or evaluates; returns the exit status."""
     from das.adapters.loading import WeightsNotAvailableError
-    from das.config_checks import ConfigError
     from das.rewards.optional import MissingExtraError
-    from das.run_dirs import RunDirError
+    from dasapp.config_checks import ConfigError
+    from dasapp.run_dirs import RunDirError
     from online.errors import RunError, describe_os_error
     from online.validation import resume_config, validate
     from surrogate import SurrogateCheckpointError
@@ -127,13 +127,13 @@ def _fail(error, status: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """The command line's entry point; returns the exit status.
 
-    SIGINT (Ctrl-C) and SIGTERM stop the run cleanly (:mod:`das.stopping`): the answers
+    SIGINT (Ctrl-C) and SIGTERM stop the run cleanly (:mod:`dasapp.stopping`): the answers
     already given are on disk, a query in flight is abandoned (asked again on resume), the
     run's lock is released, an external oracle's process group is killed, the rating page is
     closed; one line says how to resume, and the status is 130 (SIGINT) or 143 (SIGTERM).
     """
-    from das.config_cli import CommandLineError, parse_config_argv, wants_help
-    from das.stopping import Stopped, stop_on_signals
+    from dasapp.config_cli import CommandLineError, parse_config_argv, wants_help
+    from dasapp.stopping import Stopped, stop_on_signals
 
     argv = list(sys.argv if argv is None else argv)
     if wants_help(argv):
@@ -193,7 +193,7 @@ def _made_by_this_process(path) -> bool:
     """Whether the directory at `path` carries the marker this process wrote (the run was created here)."""
     import os
 
-    from das.run_dirs import read_marker
+    from dasapp.run_dirs import read_marker
 
     marker = read_marker(path)
     return marker is not None and marker.get("pid") == os.getpid()

@@ -47,7 +47,7 @@ class ExternalCommandOracle:
     """Runs a user's command to score images (see the module docstring for the protocol).
 
     The command runs in a session of its own (its own process group); when it times out, or
-    the loop is stopped while it runs (:mod:`das.stopping`), the whole group is killed, so no
+    the loop is stopped while it runs (:mod:`dasapp.stopping`), the whole group is killed, so no
     child or grandchild of the command outlives the call.
 
     Args:
@@ -89,10 +89,10 @@ def run_process_group(command: Sequence[str], stdin_text: str, timeout_s: float)
     status, standard output and standard error.
 
     If it is still running when this returns by an exception (:class:`subprocess.TimeoutExpired`
-    after `timeout_s` seconds, or :class:`das.stopping.Stopped`), its whole process group is
+    after `timeout_s` seconds, or :class:`dasapp.stopping.Stopped`), its whole process group is
     killed (SIGKILL) and reaped first.
     """
-    from das.stopping import deferred
+    from dasapp.stopping import deferred
 
     process = None
     try:

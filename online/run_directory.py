@@ -35,7 +35,7 @@ images and ``metrics.json`` are written again from the batch and the journal.
 builds one. A round's query answers are durable as they arrive (``answers.jsonl``), its
 dataset shard before the surrogate is fitted.
 
-Only this module creates, empties or locks a run directory (through :mod:`das.run_dirs`,
+Only this module creates, empties or locks a run directory (through :mod:`dasapp.run_dirs`,
 which refuses to empty anything that is not a run of the same kind). The order of events
 is what keeps data safe:
 
@@ -61,7 +61,7 @@ from pathlib import Path
 
 import torch
 
-from das.run_dirs import (
+from dasapp.run_dirs import (
     LOCK,
     MARKER,
     TEMP_SUFFIX,
@@ -77,7 +77,7 @@ from das.run_dirs import (
     set_aside_runs,
     write_marker,
 )
-from das.stopping import deferred
+from dasapp.stopping import deferred
 from online.storage import (
     AnswerJournal,
     atomic_touch,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import save
 
-from das.run_dirs import atomic_write_bytes
+from atomicfile import atomic_write_bytes
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:

@@ -16,9 +16,9 @@ import re
 import shutil
 from pathlib import Path
 
-from das.config_checks import ConfigError, check_choice, check_flag, check_number, check_shared_sections
-from das.factory import check_prompt_source, resolve_path
-from das.run_dirs import RunDirError
+from dasapp.config_checks import ConfigError, check_choice, check_flag, check_number, check_shared_sections
+from dasapp.factory import check_prompt_source, resolve_path
+from dasapp.run_dirs import RunDirError
 from online.builders import FEATURIZERS, ORACLES, SURROGATES, featurizer_dim
 from online.guidance import GUIDANCE_MODES, SURROGATE_GUIDANCE, guidance_acquisition
 from online.run_directory import RunDirectory

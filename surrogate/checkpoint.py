@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,6 +35,8 @@ from typing import Any, NamedTuple
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
+
+from atomicfile import atomic_write_bytes
 
 FORMAT_NAME = "surrogate-checkpoint"
 FORMAT_VERSION = 1
@@ -89,9 +90,9 @@ def _show(value: Any) -> str:
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> Path:
     """Write ``tensors`` and ``header`` atomically to ``path``.
 
-    The bytes go to a temporary file in the same folder, are flushed and fsynced, and the
-    temporary file is then renamed over ``path`` with ``os.replace``, so a reader sees either
-    the old checkpoint or the new one, never a partial file.
+    Through the project's one atomic writer (:func:`atomicfile.atomic_write_bytes`): a temporary
+    file in the same folder, fsynced and renamed over ``path``, so a reader sees either the old
+    checkpoint or the new one, never a partial file; it gets an ordinary file's permissions.
 
     Args:
         path: Destination file (conventionally ``*.safetensors``).
@@ -106,17 +107,7 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], h
     full_header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **header}
     cpu_tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     payload = safetensors_save(cpu_tensors, metadata={HEADER_KEY: json.dumps(full_header, sort_keys=True)})
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    atomic_write_bytes(path, payload)
     return path
 
 

@@ -196,7 +196,7 @@ class HumanOracle:
         try:
             self.port = int(port) or free_port(host)
         except OSError as error:
-            from das.config_checks import ConfigError
+            from dasapp.config_checks import ConfigError
 
             raise ConfigError(
                 f"oracle.host {host!r} is not an address of this machine ({error.strerror or error}); use 127.0.0.1 "

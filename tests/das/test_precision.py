@@ -84,7 +84,7 @@ def test_bad_autocast_fails_with_a_clear_message():
 )
 def test_config_checks_the_speed_fields(section, field, value, message):
     from config.sd import base
-    from das.config_checks import ConfigError, check_shared_sections
+    from dasapp.config_checks import ConfigError, check_shared_sections
 
     config = base()
     config.device = "cpu"
@@ -98,7 +98,7 @@ def test_config_checks_the_speed_fields(section, field, value, message):
 
 def test_factory_passes_autocast_and_leaves_it_off_by_default():
     from config.sd import base
-    from das.factory import settings_from_config
+    from dasapp.factory import settings_from_config
 
     smc = base().smc
     assert smc.autocast == "" and settings_from_config(smc).autocast is None

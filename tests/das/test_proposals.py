@@ -143,7 +143,7 @@ def test_gradient_kinds_need_a_differentiable_reward_and_jacobian_free_needs_alp
 )
 def test_config_checks_the_gradient_fields(field, value, message):
     from config.sd import base
-    from das.config_checks import ConfigError, check_smc_section
+    from dasapp.config_checks import ConfigError, check_smc_section
 
     smc = base().smc
     check_smc_section(smc, 10)
@@ -154,7 +154,7 @@ def test_config_checks_the_gradient_fields(field, value, message):
 
 def test_factory_builds_the_gradient_options_and_auto_keeps_the_old_default():
     from config.sd import base
-    from das.factory import settings_from_config
+    from dasapp.factory import settings_from_config
 
     smc = base().smc
     assert settings_from_config(smc).gradient == GradientOptions("auto")

@@ -146,7 +146,7 @@ def run_with_a_run_inside(tmp_path, ctx):
 
 
 def locked_resume(tmp_path, ctx):
-    from das.run_dirs import DirectoryLock
+    from dasapp.run_dirs import DirectoryLock
 
     run = _copy_run(tmp_path, ctx)
     ctx["lock"] = DirectoryLock(run).acquire()  # another process resuming it

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from das.run_dirs import DirectoryLock, RunDirError
+from dasapp.run_dirs import DirectoryLock, RunDirError
 from online.online_main_smc import main
 from tests.online.online_helpers import LOGGING_ORACLE, loop_argv
 from tests.online.test_bad_inputs import snapshot
@@ -154,7 +154,7 @@ def test_the_prompts_are_read_before_the_models_load(copied, tmp_path, capsys, m
 # ---------------------------------------------------------------------------- case 4: staged, journaled, resumable
 def _full_disk_for(target: Path, monkeypatch) -> None:
     """Every atomic write of `target` fails with ENOSPC (as a full disk would), others work."""
-    import das.run_dirs
+    import atomicfile
     import online.storage
 
     def failing(real):
@@ -165,7 +165,7 @@ def _full_disk_for(target: Path, monkeypatch) -> None:
 
         return write
 
-    monkeypatch.setattr(das.run_dirs, "atomic_write_bytes", failing(das.run_dirs.atomic_write_bytes))
+    monkeypatch.setattr(atomicfile, "atomic_write_bytes", failing(atomicfile.atomic_write_bytes))
     monkeypatch.setattr(online.storage, "atomic_write_bytes", failing(online.storage.atomic_write_bytes))
 
 

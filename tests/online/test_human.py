@@ -305,7 +305,7 @@ def test_the_tiny_human_variant_is_a_round_a_person_can_rate():
 
 
 def test_a_run_from_before_the_human_oracle_still_resumes(make_config, tmp_path):
-    from das.run_dirs import write_marker
+    from dasapp.run_dirs import write_marker
     from online.validation import resume_config
 
     old = make_config().to_dict()

@@ -69,7 +69,7 @@ def test_stream_seeds_are_the_ones_runs_recorded():
 
 # -- overwrite: the new run is whole and locked before the old one is set aside and deleted --------------
 def _old_run(output_dir):
-    from das.run_dirs import write_marker
+    from dasapp.run_dirs import write_marker
     from online.run_directory import TRAIN_KIND
 
     old = output_dir / "run"
@@ -88,7 +88,7 @@ def _directory(output_dir):
 def _assert_locked(path):
     import pytest
 
-    from das.run_dirs import DirectoryLock, RunDirError
+    from dasapp.run_dirs import DirectoryLock, RunDirError
 
     with pytest.raises(RunDirError, match="in use"):
         DirectoryLock(path).acquire()
@@ -114,7 +114,7 @@ def test_an_overwrite_deletes_the_old_run_only_after_the_new_one_is_locked_in_pl
     assert seen == {"aside_holds_old": b"paid answers", "new_config": {"seed": 7}}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "no folder set aside is left"
     assert not (old / "data").exists()
-    from das.run_dirs import process_umask
+    from dasapp.run_dirs import process_umask
 
     assert old.stat().st_mode & 0o777 == 0o777 & ~process_umask(), "the new run has a plain folder's permissions"
     _assert_locked(old)
@@ -147,7 +147,7 @@ def test_an_overwrite_that_fails_at_the_swap_puts_the_old_run_back(tmp_path, mon
 def test_a_foreign_folder_set_aside_by_name_is_never_deleted(tmp_path):
     import pytest
 
-    from das.run_dirs import RunDirError, remove_aside
+    from dasapp.run_dirs import RunDirError, remove_aside
 
     folder = tmp_path / ".run.old.abc.tmp"
     (folder / "run").mkdir(parents=True)

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from das.run_dirs import DirectoryLock
-from das.stopping import Stopped, deferred, stop_on_signals
+from dasapp.run_dirs import DirectoryLock
+from dasapp.stopping import Stopped, deferred, stop_on_signals
 from online.oracles import ExternalCommandOracle, QueryPolicy, query_with_retries
 from online.run_directory import complete_rounds
 from online.storage import AnswerJournal
@@ -167,8 +167,8 @@ def test_sigterm_mid_query_exits_143_and_the_printed_resume_finishes_the_run(ref
 
 
 def test_the_stop_line_says_what_to_do_at_each_stage(tiny_model, tmp_path):
-    from das.config_cli import parse_config_argv
-    from das.run_dirs import TOOL, write_marker
+    from dasapp.config_cli import parse_config_argv
+    from dasapp.run_dirs import TOOL, write_marker
     from online.online_main_smc import EXAMPLE, resume_command, stop_message
 
     stop = Stopped(signal.SIGTERM)
@@ -301,12 +301,12 @@ def test_a_rating_the_stopped_loop_never_took_is_answered_at_once():
 
 DAS_STOPPED = """
 import os, signal, sys, time
-import das.offline
+import dasapp.offline
 def run(config):
     os.kill(os.getpid(), signal.{name})
     time.sleep(30)
-das.offline.run = run
-from das.cli import main
+dasapp.offline.run = run
+from dasapp.cli import main
 sys.exit(main(["das", "--config", "config/sd.py:world"]))
 """
 

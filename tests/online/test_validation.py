@@ -94,7 +94,7 @@ def test_the_entry_point_prints_one_line_and_exits_2():
 def test_a_run_from_an_older_version_resumes_with_the_new_fields_defaulted(make_config, tmp_path):
     import json
 
-    from das.run_dirs import write_marker
+    from dasapp.run_dirs import write_marker
     from online.validation import resume_config
 
     run_dir = tmp_path / "old"
@@ -116,7 +116,7 @@ def test_a_run_from_an_older_version_resumes_with_the_new_fields_defaulted(make_
 def test_a_run_older_than_the_speed_options_resumes_with_them_off(make_config, tmp_path):
     import json
 
-    from das.run_dirs import write_marker
+    from dasapp.run_dirs import write_marker
     from online.validation import resume_config
 
     run_dir = tmp_path / "old"
@@ -137,7 +137,7 @@ def test_a_run_older_than_the_speed_options_resumes_with_them_off(make_config, t
 def test_a_run_older_than_the_proposal_options_resumes_only_with_their_old_behaviour(make_config, tmp_path):
     import json
 
-    from das.run_dirs import write_marker
+    from dasapp.run_dirs import write_marker
     from online.validation import resume_config
 
     run_dir = tmp_path / "old"

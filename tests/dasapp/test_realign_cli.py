@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from das.cli import main
-from das.config_checks import ConfigError
-from das.offline import run, validate
-from das.realign_sweep import parse_sweep
+from dasapp.cli import main
+from dasapp.config_checks import ConfigError
+from dasapp.offline import run, validate
+from dasapp.realign_sweep import parse_sweep
 from tests import REPO_ROOT as ROOT
 from tests.tiny_components import save_pixel_model
 

@@ -2,7 +2,7 @@
 
 Also runs under ``accelerate launch -m das ...``: prompts are split across processes and
 results gathered on the main process, which alone writes the run directory (the selected
-image per prompt, every particle, rewards, traces and a grid; see :mod:`das.offline`).
+image per prompt, every particle, rewards, traces and a grid; see :mod:`dasapp.offline`).
 
 With ``realign.enabled`` (the ``realign`` variants), the model is DeRaDiff's realigned chain
 of ``model.path`` and ``realign.aligned`` at ``realign.lam`` (docs/realign.md): plain samples
@@ -15,9 +15,9 @@ a cross-reward, beside DAS on ``model.path`` at the equivalent α/λ.
 
 The configuration (prompt file included, read in full) is validated before any model is
 loaded; errors a user can cause print one line and exit non-zero. One run per run name at a
-time: a second one stops with one line and exit status 2 (see :func:`das.offline.claim_run`).
-This module only reads the command line and prints; the work is done by :mod:`das.offline`
-(validation, sampling, the run directory) and :mod:`das.realign_sweep`.
+time: a second one stops with one line and exit status 2 (see :func:`dasapp.offline.claim_run`).
+This module only reads the command line and prints; the work is done by :mod:`dasapp.offline`
+(validation, sampling, the run directory) and :mod:`dasapp.realign_sweep`.
 """
 
 from __future__ import annotations
@@ -60,12 +60,12 @@ Exit status: 0 done; 2 bad input, or another run of the same run_name still runn
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parses ``--config path.py:variant`` (with ``--config.x=y`` overrides) and runs."""
     from das.adapters.loading import WeightsNotAvailableError
-    from das.config_checks import ConfigError
-    from das.config_cli import CommandLineError, parse_config_argv, wants_help
-    from das.offline import run
     from das.rewards.optional import MissingExtraError
-    from das.run_dirs import RunDirError
-    from das.stopping import Stopped, stop_on_signals
+    from dasapp.config_checks import ConfigError
+    from dasapp.config_cli import CommandLineError, parse_config_argv, wants_help
+    from dasapp.offline import run
+    from dasapp.run_dirs import RunDirError
+    from dasapp.stopping import Stopped, stop_on_signals
 
     argv = list(sys.argv if argv is None else argv)
     if wants_help(argv):

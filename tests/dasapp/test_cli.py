@@ -6,8 +6,8 @@ import sys
 import pytest
 from ml_collections import config_flags  # noqa: F401  (the CLI's config machinery)
 
-from das.config_checks import ConfigError
-from das.offline import run, validate
+from dasapp.config_checks import ConfigError
+from dasapp.offline import run, validate
 from tests import REPO_ROOT as ROOT
 from tests.tiny_components import tiny_sd_pipeline
 

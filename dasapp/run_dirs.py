@@ -34,12 +34,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from das.stopping import deferred
+from atomicfile import TEMP_SUFFIX, atomic_write_bytes, atomic_write_text, process_umask
+from dasapp.stopping import deferred
 
 MARKER = "run.json"
 LOCK = ".lock"
 TOOL = "das-toolkit"
-TEMP_SUFFIX = ".tmp"
 DAS_SAMPLE_KIND = "das-sample"  # the marker kind of python -m das outputs
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=@-]*$")
 
@@ -75,38 +75,6 @@ def write_marker(path: Path, kind: str) -> None:
     """Marks `path` as a run of `kind` (written atomically)."""
     payload = {"tool": TOOL, "kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid()}
     atomic_write_text(Path(path) / MARKER, json.dumps(payload, indent=2) + "\n")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` atomically: a temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~process_umask())  # the permissions an ordinary open() would give
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def process_umask() -> int:
-    """The process umask, read without changing it (``os.umask`` would, racing other threads)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022  # the usual default where /proc is not available
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def clean_temp_files(root: Path) -> list[Path]:

@@ -5,10 +5,10 @@ import importlib
 
 import pytest
 
-from das.cli import main
-from das.config_cli import parse_config_argv
-from das.factory import settings_from_config
-from das.offline import validate
+from dasapp.cli import main
+from dasapp.config_cli import parse_config_argv
+from dasapp.factory import settings_from_config
+from dasapp.offline import validate
 from tests import REPO_ROOT
 
 SPEED = ("--config.smc.autocast=bf16", "--config.model.channels_last=True", "--config.model.compile_unet=True")

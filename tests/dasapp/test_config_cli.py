@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from das.config_cli import parse_config_argv
+from dasapp.config_cli import parse_config_argv
 
 CONFIG = ["prog", "--config", "config/UCB_smc.py:tiny_jpeg"]
 

@@ -2,7 +2,7 @@
 
 :func:`validate` checks a run configuration before any model loads or any directory is
 created; :func:`run` samples every prompt with DAS (or the realigned chain, see
-:mod:`das.realign_sweep`) and writes the run directory:
+:mod:`dasapp.realign_sweep`) and writes the run directory:
 
     <output_dir>/<run_name>/
       config.json     the resolved configuration
@@ -16,7 +16,7 @@ Under ``accelerate launch`` prompts are split across processes and results gathe
 main process, which alone writes the run directory.
 
 One writer per run name: the main process holds ``<output_dir>/.<run_name>.lock``
-(:func:`das.run_dirs.lock_run_name`) from before any model loads until the outputs are in
+(:func:`dasapp.run_dirs.lock_run_name`) from before any model loads until the outputs are in
 place; a second run of the same name stops with one line. Under the lock, the temporary
 folders a killed run of this name left are removed, and the run directory is checked again
 right before the swap, so an output is never replaced without ``overwrite``.
@@ -32,11 +32,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from das.config_checks import ConfigError, check_flag, check_number, check_shared_sections
-from das.factory import build_adapter, build_reward, check_prompt_source, check_reward_section, make_das, read_prompts
 from das.images import image_grid, save_png, to_uint8
-from das.realign_sweep import PlainSampler, build_realign_pair, realign_enabled, run_sweep, validate_realign
-from das.run_dirs import (
+from dasapp.config_checks import ConfigError, check_flag, check_number, check_shared_sections
+from dasapp.factory import (
+    build_adapter,
+    build_reward,
+    check_prompt_source,
+    check_reward_section,
+    make_das,
+    read_prompts,
+)
+from dasapp.realign_sweep import PlainSampler, build_realign_pair, realign_enabled, run_sweep, validate_realign
+from dasapp.run_dirs import (
     DAS_SAMPLE_KIND,
     RunDirError,
     RunPlace,
@@ -188,10 +195,10 @@ def run(config) -> Path:
 
 @contextlib.contextmanager
 def claim_run(config, state) -> Iterator[None]:
-    """Holds the run name's lock (:func:`das.run_dirs.lock_run_name`) on the main process for the whole run.
+    """Holds the run name's lock (:func:`dasapp.run_dirs.lock_run_name`) on the main process for the whole run.
 
     Under the lock, before any model loads, the folders a killed run of this name left are
-    tidied (:func:`das.run_dirs.clean_run_leftovers`) and the run directory is checked again, so
+    tidied (:func:`dasapp.run_dirs.clean_run_leftovers`) and the run directory is checked again, so
     a run started second stops here (``RunDirError``, on every process) instead of replacing
     the first one's outputs.
     """

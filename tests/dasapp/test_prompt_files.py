@@ -10,10 +10,10 @@ import threading
 
 import pytest
 
-from das.cli import main
-from das.config_checks import ConfigError
-from das.factory import check_prompt_source, read_prompts
-from das.offline import validate
+from dasapp.cli import main
+from dasapp.config_checks import ConfigError
+from dasapp.factory import check_prompt_source, read_prompts
+from dasapp.offline import validate
 
 CASES = {
     "not UTF-8": (b"a red square\n\xff\xfe a blue circle\n", "is not UTF-8 text (an invalid byte on line 2)"),

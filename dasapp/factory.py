@@ -1,7 +1,7 @@
 """From names in a config to objects: the one registry mechanism both command-line tools use.
 
 A :class:`Registry` maps the names a config field may hold to what they build, and checks
-such a field with the one-line :class:`~das.config_checks.ConfigError` every tool prints.
+such a field with the one-line :class:`~dasapp.config_checks.ConfigError` every tool prints.
 This module holds the das-level registries: model families (:data:`ADAPTERS`), tempering
 schedules, resamplers and particle selections (tables owned by :mod:`das.tempering`,
 :mod:`das.resampling` and :mod:`das.smc`, read on first use) and prompt lists
@@ -18,65 +18,11 @@ Heavy imports happen inside the builders, after validation.
 from __future__ import annotations
 
 import functools
-import importlib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from das.config_checks import ConfigError, check_choice
+from das.registry import ConfigError, Registry, load_object
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-class Registry:
-    """Names → builders of one kind of object, and the check of the config field naming one.
-
-    Args:
-        field: the config field, as messages name it (``"model.family"``).
-        source: ``"module:ATTRIBUTE"`` of a table (a dict of name → object, or a tuple of
-            names) another module owns; it is read at each use, never copied.
-        sort: whether messages list the names sorted (else in registration order).
-    """
-
-    def __init__(self, field: str, source: str | None = None, sort: bool = False):
-        self.field = field
-        self._source = source
-        self._sort = sort
-        self._entries: dict[str, Callable[..., Any]] = {}
-
-    def register(self, *names: str) -> Callable:
-        """Decorator: registers the builder under every one of `names`."""
-
-        def add(builder: Callable) -> Callable:
-            for name in names:
-                self._entries[name] = builder
-            return builder
-
-        return add
-
-    @property
-    def entries(self):
-        return self._entries if self._source is None else _load(self._source)
-
-    def names(self) -> tuple[str, ...]:
-        names = tuple(self.entries)
-        return tuple(sorted(names)) if self._sort else names
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self.entries
-
-    def check(self, name: object) -> None:
-        """Raises :class:`ConfigError` ("Unknown <field> ...; choose one of: ...") for an unknown name."""
-        check_choice(name, self.names(), self.field)
-
-    def get(self, name: str):
-        """The entry registered as `name` (after :meth:`check`)."""
-        self.check(name)
-        return self.entries[name]
-
-    def build(self, name: str, *args, **kwargs):
-        """Calls the builder registered as `name`."""
-        return self.get(name)(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- paths, prompts
@@ -181,12 +127,6 @@ def check_prompt_source(source, where: str, field: str = "") -> None:
 
 
 # ----------------------------------------------------------------------------- adapters
-def _load(target: str):
-    """``"module:Name"`` -> the object, imported now (heavy modules load only when a builder runs)."""
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 ADAPTERS = Registry("model.family")  # family -> its adapter class (``from_pretrained``)
 for _family, _target in {
     "sd": "das.adapters.stable_diffusion:StableDiffusionAdapter",
@@ -194,7 +134,7 @@ for _family, _target in {
     "lcm": "das.adapters.lcm:LCMAdapter",
     "pixel": "das.adapters.pixel:PixelUNetAdapter",
 }.items():
-    ADAPTERS.register(_family)(functools.partial(_load, _target))
+    ADAPTERS.register(_family)(functools.partial(load_object, _target))
 FAMILIES = ADAPTERS.names()
 
 

@@ -12,19 +12,10 @@ import math
 import re
 
 from das.adapters.common import DTYPES  # the model dtypes a config may name (the adapters' table)
+from das.registry import ConfigError, check_choice  # the one error every check raises
 
 #: The dtypes ``smc.autocast`` may name (:data:`das.smc.AUTOCAST_DTYPES`).
 AUTOCAST = ("bf16", "fp16")
-
-
-class ConfigError(ValueError):
-    """A mistake in the config that the user can fix; the message says how."""
-
-
-def check_choice(value, valid, field: str) -> None:
-    if value not in valid:
-        shown = ", ".join(repr(v) if v == "" else str(v) for v in valid)
-        raise ConfigError(f"Unknown {field} {value!r}; choose one of: {shown}.")
 
 
 def check_number(
@@ -82,7 +73,7 @@ def check_seed(seed) -> None:
 
 def check_model_section(model) -> None:
     """``config.model``: family, path, dtype, steps, eta, guidance, size, and the speed flags where present."""
-    from das.factory import ADAPTERS
+    from dasapp.factory import ADAPTERS
 
     ADAPTERS.check(model.family)
     check_choice(model.dtype, tuple(DTYPES), "model.dtype")
@@ -102,7 +93,7 @@ def check_model_section(model) -> None:
 
 def check_smc_section(smc, num_steps: int) -> None:
     """``config.smc``: the DAS settings both tools share (``selection`` where the tool has it)."""
-    from das.factory import RESAMPLERS, SELECTIONS, TEMPERINGS
+    from dasapp.factory import RESAMPLERS, SELECTIONS, TEMPERINGS
 
     check_number(smc.kl_coeff, "smc.kl_coeff (α)", above=0)
     check_number(smc.num_particles, "smc.num_particles", integer=True, minimum=1, maximum=65_536)

@@ -1,7 +1,7 @@
 """One writer per run name for ``python -m das``: the lock, the re-check before the swap, and
 what a killed run leaves behind (issue 23).
 
-A real run is paused inside its output writing (``das.offline._write_files`` wrapped in a
+A real run is paused inside its output writing (``dasapp.offline._write_files`` wrapped in a
 child process) so that a second run, a lock probe or a SIGKILL meets it at a known point.
 The embedded world's 32×32 model on the CPU with 2 steps keeps each run to seconds.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from das.offline import run
-from das.run_dirs import DAS_SAMPLE_KIND, MARKER, RunDirError
+from dasapp.offline import run
+from dasapp.run_dirs import DAS_SAMPLE_KIND, MARKER, RunDirError
 from tests import REPO_ROOT as ROOT
 
 NAME = "lock-test"
@@ -30,11 +30,11 @@ NAME = "lock-test"
 PAUSED_RUN = """
 import sys, time
 from pathlib import Path
-import das.offline
-from das.cli import main
+import dasapp.offline
+from dasapp.cli import main
 
 ready, go = Path(sys.argv[1]), Path(sys.argv[2])
-real = das.offline._write_files
+real = dasapp.offline._write_files
 
 def paused(tmp, config, records):
     real(tmp, config, records)
@@ -42,7 +42,7 @@ def paused(tmp, config, records):
     while not go.exists():
         time.sleep(0.05)
 
-das.offline._write_files = paused
+dasapp.offline._write_files = paused
 sys.exit(main(["das", *sys.argv[3:]]))
 """
 
@@ -175,16 +175,16 @@ def test_a_kill_between_the_two_renames_puts_the_earlier_outputs_back(tmp_path):
 
 
 def test_a_run_directory_that_appears_while_sampling_is_not_replaced(tmp_path, monkeypatch):
-    import das.offline
+    import dasapp.offline
 
     out = tmp_path / "out"
-    real = das.offline._write_files
+    real = dasapp.offline._write_files
 
     def meanwhile(tmp, config, records):  # another writer, not taking the lock, finishes first
         real(tmp, config, records)
         write_das_run(out / NAME, "theirs")
 
-    monkeypatch.setattr(das.offline, "_write_files", meanwhile)
+    monkeypatch.setattr(dasapp.offline, "_write_files", meanwhile)
     with pytest.raises(RunDirError, match="appeared while this run was working"):
         run(world_config(out))
     assert (out / NAME / "note.txt").read_text() == "theirs"

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from das.config_checks import ConfigError, check_flag, check_number
-from das.factory import build_adapter, make_das, resolve_path
 from das.images import labelled_grid, save_png, to_uint8
-from das.run_dirs import DAS_SAMPLE_KIND, write_run_directory
+from dasapp.config_checks import ConfigError, check_flag, check_number
+from dasapp.factory import build_adapter, make_das, resolve_path
+from dasapp.run_dirs import DAS_SAMPLE_KIND, write_run_directory
 
 # Scheduler fields that must agree for two models to be mixed step by step (the full check
 # runs on the loaded adapters, das.adapters.realigned.check_realignable).
