@@ -60,21 +60,26 @@ def base(
     config.smc.gradient_reuse = False  # steps without one shift by the last gradient taken (else not at all)
     config.smc.autocast = ""  # "" off | bf16 | fp16: the model passes under torch.autocast (weights stay float32)
 
-    # DeRaDiff realignment (docs/realign.md): mix the model outputs of model.path (the reference)
-    # and realign.aligned (a model aligned at strength realign.alpha), ε_λ = (1 − λ)ε_ref + λε_aligned,
-    # which emulates strength α/λ. Off unless realign.enabled (the realign variants set it).
-    config.realign = ml_collections.ConfigDict()
-    config.realign.enabled = False
-    config.realign.aligned = ""  # local folder of the aligned model (same family, scheduler and shape as model.path)
-    config.realign.lam = 1.0  # λ ≥ 0: 0 the reference, 1 the aligned model, > 1 extrapolates
-    # α the aligned model was aligned at (0: read training_info.json's "alpha", else unknown)
-    config.realign.alpha = 0.0
-    # False: plain samples of the realigned chain; True: DAS (smc.*) on model.path, realigned proposal
-    config.realign.smc = False
-    config.realign.sweep = ""  # comma-separated λ grid, e.g. "0,0.5,1,2": writes realign_sweep.{png,json,md} instead
-    config.realign.sweep_das = True  # in a sweep, also DAS on model.path at the equivalent α/λ (needs α)
-    config.realign.samples_per_prompt = 4  # in a sweep: samples per prompt and λ (diversity is over these)
+    config.realign = _realign()
     return config
+
+
+def _realign() -> ml_collections.ConfigDict:
+    """DeRaDiff realignment (docs/realign.md): mix the model outputs of model.path (the reference)
+    and realign.aligned (a model aligned at strength realign.alpha), ε_λ = (1 − λ)ε_ref + λε_aligned,
+    which emulates strength α/λ. Off unless realign.enabled (the realign variants set it)."""
+    realign = ml_collections.ConfigDict()
+    realign.enabled = False
+    realign.aligned = ""  # local folder of the aligned model (same family, scheduler and shape as model.path)
+    realign.lam = 1.0  # λ ≥ 0: 0 the reference, 1 the aligned model, > 1 extrapolates
+    # α the aligned model was aligned at (0: read training_info.json's "alpha", else unknown)
+    realign.alpha = 0.0
+    # False: plain samples of the realigned chain; True: DAS (smc.*) on model.path, realigned proposal
+    realign.smc = False
+    realign.sweep = ""  # comma-separated λ grid, e.g. "0,0.5,1,2": writes realign_sweep.{png,json,md} instead
+    realign.sweep_das = True  # in a sweep, also DAS on model.path at the equivalent α/λ (needs α)
+    realign.samples_per_prompt = 4  # in a sweep: samples per prompt and λ (diversity is over these)
+    return realign
 
 
 def aesthetic() -> ml_collections.ConfigDict:

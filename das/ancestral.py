@@ -26,12 +26,22 @@ def sample_images(
     """
     out = []
     for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        cond = adapter.encode_prompts(chunk)
-        x = adapter.initial_noise(len(chunk), generator)
-        for step in range(adapter.num_steps):
-            tr = adapter.transition(x, step, cond)
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = tr.mean + tr.std * noise
-        out.append(adapter.decode(x))
+        out.append(adapter.decode(sample_chain(adapter, prompts[start : start + batch_size], generator)))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def sample_chain(adapter: DenoiserAdapter, prompts: Sequence[str], generator: torch.Generator) -> torch.Tensor:
+    """The pretrained chain run once per prompt: `x_0` `(len(prompts), *event)` in the adapter's space.
+
+    Draws ``x_T`` (:meth:`~DenoiserAdapter.initial_noise`), then ``x_{t-1} = mean + std · z`` at
+    every step; the one routine behind every plain sample in the project.
+    """
+    rows = list(prompts)
+    cond = adapter.encode_prompts(rows)
+    x = adapter.initial_noise(len(rows), generator)
+    for step in range(adapter.num_steps):
+        move = adapter.transition(x, step, cond)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = move.mean + move.std * noise
+    return x

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from das.ancestral import sample_chain
 from das.images import labelled_grid, save_png, to_uint8
 from dasapp.config_checks import ConfigError, check_flag, check_number
 from dasapp.factory import build_adapter, make_das, resolve_path
@@ -165,11 +166,7 @@ class PlainSampler:
 
         adapter, k, b = self.adapter, self.num_particles, len(prompts)
         rows = [p for p in prompts for _ in range(k)]
-        cond = adapter.encode_prompts(rows)
-        x = adapter.initial_noise(b * k, generator)
-        for step in range(adapter.num_steps):
-            tr = adapter.transition(x, step, cond)
-            x = tr.mean + tr.std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = sample_chain(adapter, rows, generator)
         images = adapter.decode(x).float()
         rewards = reward(images, rows).float().reshape(b, k).cpu()
         images = images.reshape(b, k, *images.shape[1:]).cpu()

@@ -383,37 +383,3 @@ def check_header(
             f"Checkpoint {str(path)!r} was fitted on {header['input_dim']}-d features but {expected_input_dim}-d "
             f"features were expected; use the featurizer it was trained with."
         )
-
-
-def load_checkpoint(
-    path: str | os.PathLike,
-    expected_kind: str | None = None,
-    expected_input_dim: int | None = None,
-    device: str | torch.device = "cpu",
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Validate the header of ``path`` and then load its tensors.
-
-    Args:
-        path: Checkpoint file.
-        expected_kind: If given, the header's ``kind`` must equal it.
-        expected_input_dim: If given, the header's ``input_dim`` must equal it.
-        device: Where to put the tensors.
-
-    Returns:
-        ``(tensors, header)``.
-
-    Raises:
-        SurrogateCheckpointError: On any problem (see :func:`read_header`) or mismatch.
-    """
-    header = read_header(path)
-    check_header(header, path, expected_kind, expected_input_dim)
-    tensors: dict[str, torch.Tensor] = {}
-    try:
-        with safe_open(str(path), framework="pt", device=str(device)) as handle:
-            for name in handle.keys():
-                tensors[name] = handle.get_tensor(name)
-    except Exception as exc:  # safetensors raises its own error type
-        raise SurrogateCheckpointError(
-            f"Surrogate checkpoint {str(path)!r} could not be read ({exc}); re-save it."
-        ) from None
-    return tensors, header
