@@ -9,6 +9,7 @@
 * :mod:`dasapp.offline`, :mod:`dasapp.realign_sweep`, :mod:`dasapp.cli`: ``python -m das``
   (also ``python -m dasapp``), offline DAS sampling and DeRaDiff's λ sweep.
 
-The example package ``world`` plugs in here (its prompt list and featurizer are registrations
-made in this layer); ``das`` imports nothing from this package.
+The example package ``world`` plugs in above the library: its prompt list is a registration in
+:mod:`dasapp.factory` (and its featurizer one in :mod:`online.builders`), imported only when
+used; ``das`` imports nothing from this package or from ``world``.
 """

@@ -153,27 +153,34 @@ def check_removable(path: Path, output_dir: Path, kind: str) -> None:
         raise RunDirError(
             f"Refusing to overwrite {str(path)!r}: it is not a directory directly inside {str(output_dir)!r}."
         )
-    if path.is_symlink() or not path.is_dir():
-        raise RunDirError(
-            f"Refusing to overwrite {str(path)!r}: it is not a directory (a file or a link); move it away yourself."
-        )
-    marker = read_marker(path)
-    if marker is None:
-        raise RunDirError(
-            f"Refusing to overwrite {str(path)!r}: it holds no {MARKER} marker of this project, so it is not a run "
-            "this tool made; move it away yourself or choose another run_name."
-        )
-    if marker.get("kind") != kind:
-        raise RunDirError(
-            f"Refusing to overwrite {str(path)!r}: it is a {marker.get('kind')!r} run, not a {kind!r} one; "
-            "choose another run_name."
-        )
+    check_marked_run(
+        path, kind, f"Refusing to overwrite {str(path)!r}", "move it away yourself or choose another run_name"
+    )
     inner = nested_run(path)
     if inner is not None:
         raise RunDirError(
             f"Refusing to overwrite {str(path)!r}: another run lies inside it ({str(inner)!r}); "
             "move that run out first or choose another run_name."
         )
+
+
+def check_marked_run(path: Path, kind: str, refusal: str, fix: str, what: str = "run") -> None:
+    """Raises :class:`RunDirError` unless `path` is a real directory carrying this tool's marker of `kind`.
+
+    The one test of "is this a run of ours" (never a ``config.json`` alone); `refusal` starts the
+    message (e.g. ``"Cannot resume from '…'"``), `fix` ends it, `what` names such a directory.
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        raise RunDirError(f"{refusal}: it is not a directory (a file, a link or nothing); {fix}.")
+    marker = read_marker(path)
+    if marker is None:
+        raise RunDirError(
+            f"{refusal}: it holds no {MARKER} marker of this tool, so it is not a {what} this tool made "
+            f"(a copied config.json is not enough); {fix}."
+        )
+    if marker.get("kind") != kind:
+        raise RunDirError(f"{refusal}: it is a {marker.get('kind')!r} directory, not a {kind!r} one; {fix}.")
 
 
 def enclosing_run(path: Path) -> Path | None:
@@ -433,6 +440,7 @@ __all__ = [
     "atomic_write_text",
     "process_umask",
     "check_output_dir",
+    "check_marked_run",
     "check_removable",
     "check_run_name",
     "clean_run_leftovers",

@@ -40,8 +40,6 @@ import torch
 
 Oracle = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
 
-ORACLE_KINDS = ("aesthetic", "jpeg", "colorfulness", "rare", "multi", "external", "human")
-
 
 class ExternalCommandOracle:
     """Runs a user's command to score images (see the module docstring for the protocol).

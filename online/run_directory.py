@@ -69,10 +69,10 @@ from dasapp.run_dirs import (
     RunDirError,
     RunPlace,
     atomic_write_text,
+    check_marked_run,
     clean_temp_files,
     move_aside,
     process_umask,
-    read_marker,
     remove_aside,
     set_aside_runs,
     write_marker,
@@ -333,20 +333,7 @@ class RunDirectory(RunFiles):
         if self.kind == EVALUATE_KIND:
             self._check_evaluation_resumable()
             return
-        if self.path.is_symlink() or not self.path.is_dir():
-            raise RunDirError(
-                f"Cannot resume from {str(self.path)!r}: it is not a run directory; check --config.resume_from."
-            )
-        marker = read_marker(self.path)
-        if marker is None:
-            raise RunDirError(
-                f"Cannot resume from {str(self.path)!r}: it holds no {MARKER} marker of this tool, so it is not a "
-                "run this tool made (a copied config.json is not enough); check --config.resume_from."
-            )
-        if marker.get("kind") != TRAIN_KIND:
-            raise RunDirError(
-                f"Cannot resume from {str(self.path)!r}: it is a {marker.get('kind')!r} directory, not a training run."
-            )
+        check_marked_run(self.path, TRAIN_KIND, f"Cannot resume from {str(self.path)!r}", "check --config.resume_from")
         if not self.config_path.is_file():
             raise RunDirError(
                 f"Cannot resume from {str(self.path)!r}: it holds no config.json of a run; check --config.resume_from."
@@ -357,16 +344,7 @@ class RunDirectory(RunFiles):
         ``online-evaluate`` marker and its ``config.json`` (a copied config.json is not enough)."""
         where = f"Cannot resume the evaluation {str(self.path)!r}"
         fix = "point --config.resume_from at the directory of an evaluation (mode=evaluate) this tool made"
-        if self.path.is_symlink() or not self.path.is_dir():
-            raise RunDirError(f"{where}: it is not a directory; {fix}.")
-        marker = read_marker(self.path)
-        if marker is None:
-            raise RunDirError(f"{where}: it holds no {MARKER} marker of this tool, so it is not an evaluation; {fix}.")
-        if marker.get("kind") != EVALUATE_KIND:
-            raise RunDirError(
-                f"{where}: it is a {marker.get('kind')!r} directory, not an evaluation; {fix} "
-                "(a training run is resumed in mode=train)."
-            )
+        check_marked_run(self.path, EVALUATE_KIND, where, fix, what="evaluation")
         if not self.config_path.is_file():
             raise RunDirError(f"{where}: it holds no config.json; start a new evaluation instead.")
 

@@ -296,7 +296,7 @@ def _evaluation_of_an_older_tool(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("target", "text"),
     [
-        (_training_run, "not an evaluation"),
+        (_training_run, "not a 'online-evaluate' one"),
         (_missing_folder, "not a directory"),
         (_config_without_marker, "no run.json marker"),
         (_evaluation_of_an_older_tool, "no staged batch"),

@@ -64,6 +64,7 @@ def test_a_resumed_run_draws_what_an_uninterrupted_one_draws(make_config, accele
     run_training(again, accelerator)
 
     assert complete_rounds(part_dir) == [0, 1, 2]
+    assert json.loads((part_dir / "config.json").read_text())["loop"]["num_rounds"] == 3, "the extension is recorded"
     for k in range(3):
         a = load_file(whole_dir / "data" / f"round_{k:04d}.safetensors")
         b = load_file(part_dir / "data" / f"round_{k:04d}.safetensors")

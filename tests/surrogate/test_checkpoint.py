@@ -110,6 +110,27 @@ def test_atomic_write_replaces_and_cleans_up(fitted, tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
+def test_a_checkpoint_gets_an_ordinary_files_permissions(fitted, tmp_path):
+    """The one atomic writer gives every file what open() would (0666 less the umask), not mkstemp's 0600."""
+    from atomicfile import atomic_write_bytes, process_umask
+
+    fitted["ucb"].save(tmp_path / "m.safetensors")
+    atomic_write_bytes(tmp_path / "other.json", b"{}")
+    expected = 0o666 & ~process_umask()
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == expected
+    assert (tmp_path / "other.json").stat().st_mode & 0o777 == expected
+
+
+def test_the_umask_is_read_without_changing_it():
+    from atomicfile import process_umask
+
+    before = os.umask(0o027)
+    try:
+        assert process_umask() == 0o027
+    finally:
+        os.umask(before)
+
+
 def test_registry_rejects_unknown_kind_listing_valid_ones():
     with pytest.raises(ValueError, match=r"valid kinds: \['bootstrap', 'gp', 'ucb'\]"):
         make_surrogate("thompson", input_dim=D)
