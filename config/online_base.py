@@ -169,6 +169,16 @@ def _base(surrogate_kind: str, acquisition: str) -> ml_collections.ConfigDict:
     c.loop.initial_queries = 256
     c.loop.queries_per_round = 16
     c.loop.images_per_prompt = 1  # queried images per prompt: the K particles by weight
+    # A candidate pool (surrogate/batch_selection.py): rounds k > 0 sample pool_size candidates with DAS
+    # and query the queries_per_round that loop.acquisition picks ("qucb", "qlognei", "penalized");
+    # 0 and "": the batch is what DAS samples (the behaviour before pools).
+    c.loop.pool_size = 0
+    c.loop.acquisition = ""
+    c.loop.pool_pretrained = 0  # of the pool_size candidates of a guided round, this many from the pretrained chain
+    # Round 0 from a pretrained pool of initial_pool_size covered by initial_selection ("maximin",
+    # "kmeanspp"); 0 and "first": the first initial_queries samples drawn.
+    c.loop.initial_pool_size = 0
+    c.loop.initial_selection = "first"
 
     c.evaluate = ml_collections.ConfigDict()
     c.evaluate.num_prompts = 0  # 0: every evaluation prompt

@@ -206,6 +206,12 @@ def build_acquisition(config, surrogate, generator: torch.Generator | None = Non
     )
 
 
+def batch_selection_settings(config) -> dict:
+    """The settings :func:`surrogate.batch_selection.select_batch` takes from the config: the optimism
+    ``beta`` of ``config.acquisition`` (UCB's ``mean + β·std``)."""
+    return {"beta": float(config.acquisition.beta)}
+
+
 def sampler_settings(config, **overrides):
     """The :class:`das.DASSettings` of ``config.smc`` (`overrides` win); the loop keeps every particle."""
     return factory.settings_from_config(config.smc, selection="all", **overrides)

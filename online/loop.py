@@ -34,7 +34,7 @@ from online.guidance import SurrogateReward, ZeroReward
 from online.metrics import plot_reward_vs_queries, print_table, round_metrics
 from online.oracles import NoisyOracle
 from online.run_directory import RoundFiles, RunDirectory
-from online.sampling import SamplingSetup, non_finite_rows, sample_prompts
+from online.sampling import SamplingSetup, merge_batches, non_finite_rows, sample_prompts
 from online.seeds import STREAMS, call_seed, rng_record, round_prompts, stream_seed
 from online.tracking import log_round, start_trackers
 from online.validation import resume_config, validate
@@ -191,20 +191,25 @@ def _sample_round(training: Training, k: int) -> dict | None:
 
     Round 0, and every round under ``smc.guidance="none"``, samples the pretrained chain (one
     particle per prompt); ``"oracle"`` guides DAS by the true oracle (the ceiling); the other
-    modes by the surrogate of round ``k − 1``.
+    modes by the surrogate of round ``k − 1``. With a pool (:func:`_pool_size`) the round samples
+    the pool the same way, ``loop.pool_pretrained`` of it from the pretrained chain in a guided
+    round (:func:`_add_pretrained`), and keeps the batch :func:`_select_from_pool` picks from it.
     """
     config, accelerator = training.config, training.accelerator
-    if k == 0 or training.surrogate is None or config.smc.guidance == "none":
-        count = config.loop.initial_queries if k == 0 else config.loop.queries_per_round
+    queries = config.loop.initial_queries if k == 0 else config.loop.queries_per_round
+    pool = _pool_size(config, k, training.surrogate)
+    pretrained = k == 0 or training.surrogate is None or config.smc.guidance == "none"
+    extra = int(config.loop.pool_pretrained) if pool and not pretrained else 0
+    if pretrained:
         per_prompt = 1
         zero = ZeroReward()
         rewards = lambda call: zero  # noqa: E731
         settings = builders.sampler_settings(config, num_particles=1)  # the pretrained chain, nothing else
     else:
         per_prompt = config.loop.images_per_prompt
-        count = config.loop.queries_per_round // per_prompt
         rewards = _guidance(config, k, training.featurizer, training.surrogate, accelerator.process_index)
         settings = builders.sampler_settings(config)
+    count = ((pool - extra) or queries) // per_prompt
     setup = SamplingSetup(
         training.adapter,
         training.featurizer,
@@ -214,7 +219,78 @@ def _sample_round(training: Training, k: int) -> dict | None:
     )
     prompts = round_prompts(training.prompts, count, config.seed, k)
     seed = stream_seed(config.seed, k, "sample", accelerator.process_index)
-    return sample_prompts(setup, rewards, prompts, per_prompt, seed, accelerator)
+    batch = sample_prompts(setup, rewards, prompts, per_prompt, seed, accelerator)
+    if extra:
+        batch = _add_pretrained(training, k, batch, count, extra)
+    if pool and batch is not None:
+        batch = _select_from_pool(training, k, batch, queries)
+    return batch
+
+
+def _add_pretrained(training: Training, k: int, batch: dict | None, guided: int, extra: int) -> dict | None:
+    """`batch` (the guided candidates of `guided` prompts) followed by `extra` pretrained samples, one per
+    prompt, of the round's next `extra` prompts (seeded apart from the guided ones); the main process's."""
+    config, accelerator = training.config, training.accelerator
+    zero = ZeroReward()
+    setup = SamplingSetup(
+        training.adapter,
+        training.featurizer,
+        builders.sampler_settings(config, num_particles=1),
+        config.smc.prompts_per_call,
+        progress=config.progress and accelerator.is_main_process,
+    )
+    prompts = round_prompts(training.prompts, guided + extra, config.seed, k)[guided:]
+    seed = call_seed(stream_seed(config.seed, k, "sample", accelerator.process_index), 2)
+    more = sample_prompts(setup, lambda call: zero, prompts, 1, seed, accelerator)
+    return merge_batches([batch, more]) if batch is not None else None
+
+
+def _pool_size(config, k: int, surrogate) -> int:
+    """The candidates round `k` samples to choose its queries from: ``loop.initial_pool_size`` in
+    round 0, ``loop.pool_size`` later (once there is a surrogate to choose by); 0: no pool."""
+    if k == 0:
+        return int(config.loop.initial_pool_size)
+    return int(config.loop.pool_size) if surrogate is not None else 0
+
+
+def _select_from_pool(training: Training, k: int, pool: dict, queries: int) -> dict:
+    """The `queries` candidates of `pool` that round `k`'s rule picks (in the pool's order): round 0
+    covers the pool's features (``loop.initial_selection``), later rounds take the batch acquisition
+    ``loop.acquisition`` on the surrogate (:mod:`surrogate.batch_selection`). Candidates with NaN or
+    inf pixels or features are left out when enough others remain. The batch's ``ess_fraction`` and
+    ``log_normalizer`` stay those of the whole pool (the sampler's)."""
+    from surrogate.batch_selection import cover, select_batch
+
+    config = training.config
+    generator = torch.Generator().manual_seed(call_seed(stream_seed(config.seed, k, "sample"), 1))
+    finite = (~non_finite_rows(pool)).nonzero().squeeze(1)
+    candidates = finite if finite.numel() >= queries else torch.arange(len(pool["prompts"]))
+    features = pool["features"][candidates]
+    if k == 0:
+        picked = cover(features, queries, config.loop.initial_selection, generator)
+    else:
+        device = surrogate_device(training.surrogate)
+        baseline = _observed_features(training, k) if config.loop.acquisition == "qlognei" else None
+        settings = builders.batch_selection_settings(config)
+        picked = select_batch(
+            training.surrogate,
+            features.to(device),
+            queries,
+            config.loop.acquisition,
+            generator,
+            baseline=baseline,
+            **settings,
+        )
+    chosen = candidates[picked.cpu()].sort().values
+    kept = dict(pool, images=pool["images"][chosen], features=pool["features"][chosen])
+    kept["prompts"] = [pool["prompts"][i] for i in chosen.tolist()]
+    return kept
+
+
+def _observed_features(training: Training, k: int) -> torch.Tensor:
+    """The usable features `(n, D)` of rounds 0..k − 1 (qLogNEI's baseline)."""
+    data, _, _ = training.run.load_dataset(up_to_round=k - 1)
+    return data["features"][_usable(data)].float()
 
 
 def _guidance(config, k: int, featurizer, surrogate, rank: int):

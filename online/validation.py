@@ -55,6 +55,11 @@ ADDED_FIELDS = {
     "smc.autocast": "",
     "model.channels_last": False,
     "model.compile_unet": False,
+    "loop.pool_size": 0,
+    "loop.acquisition": "",
+    "loop.pool_pretrained": 0,
+    "loop.initial_pool_size": 0,
+    "loop.initial_selection": "first",
 }
 
 
@@ -153,6 +158,50 @@ def _validate_loop(loop, smc, surrogate_kind: str) -> None:
         raise ConfigError(
             f"loop.queries_per_round ({loop.queries_per_round}) must be a multiple of "
             f"loop.images_per_prompt ({loop.images_per_prompt})."
+        )
+    _validate_pools(loop)
+
+
+def _validate_pools(loop) -> None:
+    """``loop.pool_size`` with ``loop.acquisition`` and ``loop.initial_pool_size`` with ``loop.initial_selection``:
+    both off (0 and the old behaviour's name) or both on, with a pool no smaller than the batch it serves;
+    ``loop.pool_pretrained`` leaves DAS part of the pool."""
+    from surrogate.batch_selection import BATCH_RULES, COVER_RULES
+
+    check_number(loop.pool_size, "loop.pool_size (0: no pool)", integer=True, minimum=0, maximum=MAX_QUERIES)
+    check_choice(loop.acquisition, ("",) + BATCH_RULES, "loop.acquisition")
+    if (loop.pool_size > 0) != (loop.acquisition != ""):
+        raise ConfigError(
+            "loop.pool_size and loop.acquisition go together: set both (e.g. loop.pool_size=64 and "
+            f"loop.acquisition='qucb') or neither; got {loop.pool_size} and {loop.acquisition!r}."
+        )
+    if loop.pool_size and (loop.pool_size < loop.queries_per_round or loop.pool_size % loop.images_per_prompt):
+        raise ConfigError(
+            f"loop.pool_size ({loop.pool_size}) must be at least loop.queries_per_round ({loop.queries_per_round}) "
+            f"and a multiple of loop.images_per_prompt ({loop.images_per_prompt})."
+        )
+    check_number(loop.pool_pretrained, "loop.pool_pretrained", integer=True, minimum=0, maximum=MAX_QUERIES)
+    if loop.pool_pretrained and (
+        loop.pool_pretrained >= loop.pool_size or (loop.pool_size - loop.pool_pretrained) % loop.images_per_prompt
+    ):
+        raise ConfigError(
+            f"loop.pool_pretrained ({loop.pool_pretrained}) must be below loop.pool_size ({loop.pool_size}), leaving "
+            f"a multiple of loop.images_per_prompt ({loop.images_per_prompt}) for DAS; lower it or raise the pool."
+        )
+    check_number(
+        loop.initial_pool_size, "loop.initial_pool_size (0: no pool)", integer=True, minimum=0, maximum=MAX_QUERIES
+    )
+    check_choice(loop.initial_selection, ("first",) + COVER_RULES, "loop.initial_selection")
+    if (loop.initial_pool_size > 0) != (loop.initial_selection != "first"):
+        raise ConfigError(
+            "loop.initial_pool_size and loop.initial_selection go together: set both (e.g. "
+            "loop.initial_pool_size=256 and loop.initial_selection='maximin') or neither; got "
+            f"{loop.initial_pool_size} and {loop.initial_selection!r}."
+        )
+    if 0 < loop.initial_pool_size < loop.initial_queries:
+        raise ConfigError(
+            f"loop.initial_pool_size ({loop.initial_pool_size}) must be at least loop.initial_queries "
+            f"({loop.initial_queries}); raise it or set it to 0."
         )
 
 

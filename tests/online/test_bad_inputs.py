@@ -377,6 +377,38 @@ CASES = [
     Case("train prompt file in UTF-16", setup=prompt_file("a red square\n".encode("utf-16-le")), text="NUL bytes"),
     Case("empty eval prompt file", setup=prompt_file(b"# only a comment\n\n", "eval_file"), text="has no prompts"),
     Case("a folder as train prompt file", setup=prompt_file(None), text="is a folder, not a file"),
+    # -- candidate pools and round 0's covering (issue 25)
+    Case("pool without an acquisition", ["--config.loop.pool_size=8"], text="loop.pool_size and loop.acquisition"),
+    Case("acquisition without a pool", ["--config.loop.acquisition=qucb"], text="loop.pool_size and loop.acquisition"),
+    Case(
+        "unknown pool acquisition",
+        ["--config.loop.pool_size=8", "--config.loop.acquisition=ei"],
+        text="Unknown loop.acquisition",
+    ),
+    Case(
+        "pool smaller than the batch",
+        ["--config.loop.pool_size=1", "--config.loop.acquisition=qucb"],
+        text="at least loop.queries_per_round",
+    ),
+    Case("negative pool", ["--config.loop.pool_size=-4"], text="loop.pool_size"),
+    Case(
+        "pretrained share filling the pool",
+        ["--config.loop.pool_size=4", "--config.loop.acquisition=qucb", "--config.loop.pool_pretrained=4"],
+        text="loop.pool_pretrained (4) must be below loop.pool_size",
+    ),
+    Case(
+        "initial pool without a rule", ["--config.loop.initial_pool_size=8"], text="loop.initial_selection go together"
+    ),
+    Case(
+        "unknown initial selection",
+        ["--config.loop.initial_pool_size=8", "--config.loop.initial_selection=grid"],
+        text="Unknown loop.initial_selection",
+    ),
+    Case(
+        "initial pool below initial queries",
+        ["--config.loop.initial_pool_size=3", "--config.loop.initial_selection=maximin"],
+        text="at least loop.initial_queries",
+    ),
 ]
 
 
