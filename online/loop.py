@@ -446,7 +446,18 @@ def _fit(training: Training, k: int):
     surrogate = previous if warm else builders.build_surrogate(config, training.featurizer.dim)
     generator = torch.Generator().manual_seed(stream_seed(config.seed, k, "fit"))
     info = surrogate.fit(features, rewards, generator=generator, round=k, warm_start=warm)
+    _check_predictions(surrogate, features)
     return surrogate, {key: value for key, value in (info or {}).items() if isinstance(value, (int, float, str, bool))}
+
+
+def _check_predictions(surrogate, features: torch.Tensor) -> None:
+    """Raises ``FloatingPointError`` when a fit that returned normally predicts a non-finite mean or
+    std on its own training features `(n, D)` (e.g. rewards near the float32 limit): such a model
+    must not guide the sampler or be saved; :func:`_fit_or_keep` treats it as a failed fit."""
+    with torch.no_grad():
+        posterior = surrogate.posterior(features.to(surrogate_device(surrogate)))
+    if not (bool(torch.isfinite(posterior.mean).all()) and bool(torch.isfinite(posterior.std).all())):
+        raise FloatingPointError("the fitted surrogate predicts non-finite values on its own training data")
 
 
 def _calibration(surrogate, rows: dict) -> dict | None:

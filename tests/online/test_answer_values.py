@@ -146,6 +146,33 @@ def test_a_fit_failing_in_a_later_round_keeps_the_previous_surrogate_and_the_run
     assert len(_asked(log)) == len(set(_asked(log))) == 4 + 2 + 2
 
 
+def test_a_fit_that_returns_a_non_finite_model_is_a_failed_fit(
+    tiny_model, tmp_path, capsys, monkeypatch, logging_oracle
+):
+    """A fit that returns normally but leaves a model predicting NaN (as rewards near the float32
+    limit can) is caught before the model is saved or guides anything: round 1 keeps round 0's."""
+    command, log = logging_oracle
+    real = Surrogate.fit
+
+    def spoiling(self, *args, **kwargs):
+        info = real(self, *args, **kwargs)
+        if kwargs.get("round") == 1:
+            for parameter in self.net.parameters():
+                parameter.data.fill_(float("nan"))
+        return info
+
+    monkeypatch.setattr(Surrogate, "fit", spoiling)
+    argv = loop_argv(tiny_model, tmp_path / "runs", command, rounds=3)
+    status, errors, out = _run(argv + ["--config.smc.guidance=none"], capsys)
+    assert status == 0 and not errors, errors
+    run = tmp_path / "runs" / "run"
+    rows = _metrics(run)
+    assert "non-finite" in rows[1]["surrogate_fit"]["fit_failed"] and "round 1's surrogate fit failed" in out
+    kept, before = (_tensors(run / f"round_000{k}" / "surrogate.safetensors") for k in (1, 0))
+    assert all(torch.equal(kept[name], before[name]) for name in kept)
+    assert "fit_failed" not in rows[2]["surrogate_fit"] and len(_asked(log)) == len(set(_asked(log))) == 8
+
+
 def test_a_fit_failing_in_round_0_ends_in_one_line_and_a_resume_completes_without_asking_again(
     tiny_model, tmp_path, capsys, monkeypatch, logging_oracle
 ):

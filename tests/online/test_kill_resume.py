@@ -232,7 +232,12 @@ def kill_mid_call_and_resume(tiny_model, tmp_path, method: str, case: str) -> No
     assert not list(run_dir.rglob(".*.tmp"))
 
 
-@pytest.mark.parametrize("case", sorted(REASKING))
+@pytest.mark.parametrize(
+    "case",
+    # Both cases fail when the label noise is indexed by position in the call; "torn" keeps that power in the
+    # default suite, "lost call" runs with -m slow (the suite's 5-minute budget).
+    [pytest.param(case, marks=pytest.mark.slow) if case == "lost call" else case for case in sorted(REASKING)],
+)
 def test_ucb_killed_with_answers_in_flight_stores_the_same_noisy_answers(case, tiny_model, tmp_path):
     kill_mid_call_and_resume(tiny_model, tmp_path, "UCB", case)
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -124,6 +125,7 @@ for line in sys.stdin:
 """
 
 
+@pytest.mark.slow  # the default suite kills mid-query in tests/online/test_kill_resume.py (5-minute budget)
 def test_sigkill_mid_query_loses_no_paid_answer(tiny_model, tmp_path):
     """The loop is killed while round 1 is being queried; the resumed run asks no answered item again."""
     script = tmp_path / "oracle.py"
@@ -174,6 +176,7 @@ def test_sigkill_mid_query_loses_no_paid_answer(tiny_model, tmp_path):
     assert shard["valid"].all() and abs(float(shard["rewards"][0]) - answered_before[0]["reward"]) < 1e-12
 
 
+@pytest.mark.slow  # two processes run by default in tests/online/test_accelerate_launch.py (5-minute budget)
 def test_two_processes_split_prompts_and_write_once(tiny_model, tmp_path):
     out = tmp_path / "runs"
     command = [
