@@ -218,7 +218,7 @@ def move_aside(path: Path, output_dir: Path, kind: str) -> Path:
     """
     check_removable(path, output_dir, kind)
     path = Path(path)
-    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}{ASIDE_INFIX}", suffix=TEMP_SUFFIX, dir=path.parent))
+    aside = make_sibling_folder(path, ASIDE_INFIX)
     os.replace(path, aside / "run")
     return aside
 
@@ -320,6 +320,15 @@ def check_output_dir(output_dir: Path) -> None:
         )
 
 
+def make_sibling_folder(path: Path, infix: str) -> Path:
+    """A new folder ``.<name><infix><random>.tmp`` beside `path`, with an ordinary folder's permissions
+    (``0777`` less the umask; ``mkdtemp``'s ``0700`` would hide a run from everyone but its writer)."""
+    path = Path(path)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}{infix}", suffix=TEMP_SUFFIX, dir=path.parent))
+    os.chmod(folder, 0o777 & ~process_umask())
+    return folder
+
+
 def write_run_directory(run_dir: Path, fill, kind: str, overwrite: bool = False) -> None:
     """Calls ``fill(tmp)`` on a temporary sibling of `run_dir`, marks it as a `kind` run, then swaps it into place.
 
@@ -331,10 +340,9 @@ def write_run_directory(run_dir: Path, fill, kind: str, overwrite: bool = False)
     """
     run_dir = Path(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=TEMP_SUFFIX, dir=run_dir.parent))
+    tmp = make_sibling_folder(run_dir, ".")
     aside = None
     try:
-        os.chmod(tmp, 0o777 & ~process_umask())  # mkdtemp's 0700 would hide the outputs from everyone but their writer
         fill(tmp)
         write_marker(tmp, kind)
         if (run_dir.exists() or run_dir.is_symlink()) and not overwrite:
@@ -452,6 +460,7 @@ __all__ = [
     "set_aside_runs",
     "has_content",
     "lock_run_name",
+    "make_sibling_folder",
     "read_marker",
     "write_run_directory",
     "write_marker",

@@ -74,6 +74,12 @@ def run_evaluation(config, accelerator, overrides: dict | None = None) -> Path:
     if config.resume_from:
         config = resume_config(config, overrides)
     validate(config)  # pure; every process, before the main one creates anything
+    return evaluate(config, accelerator)
+
+
+def evaluate(config, accelerator) -> Path:
+    """:func:`run_evaluation` for a config already resumed and validated on every process (the
+    command line does both before it builds the ``Accelerator``); returns the evaluation dir."""
     accelerator.wait_for_everyone()
     with RunDirectory.opened(config, accelerator) as run:
         return _evaluate(config, accelerator, run)

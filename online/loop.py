@@ -39,7 +39,7 @@ from online.seeds import STREAMS, call_seed, rng_record, round_prompts, stream_s
 from online.tracking import log_round, start_trackers
 from online.validation import resume_config, validate
 
-__all__ = ["STREAMS", "round_prompts", "run_training", "stream_seed"]
+__all__ = ["STREAMS", "round_prompts", "run_training", "stream_seed", "train"]
 
 
 @dataclass
@@ -78,6 +78,12 @@ def run_training(config, accelerator, overrides: dict | None = None) -> Path:
     if config.resume_from:
         config = resume_config(config, overrides)
     validate(config)  # pure; every process, before the main one creates anything
+    return train(config, accelerator)
+
+
+def train(config, accelerator) -> Path:
+    """:func:`run_training` for a config already resumed and validated on every process (the
+    command line does both before it builds the ``Accelerator``); returns the run dir."""
     accelerator.wait_for_everyone()
     with RunDirectory.opened(config, accelerator) as run:
         return _train(config, accelerator, run)

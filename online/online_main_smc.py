@@ -98,14 +98,14 @@ def run(config, overrides: dict | None = None) -> int:
         cpu=config.device == "cpu", log_with=tracker or None, project_dir=str(RunDirectory.for_config(config).path)
     )
     try:
-        if config.mode == "evaluate":
-            from online.evaluate import run_evaluation
+        if config.mode == "evaluate":  # resumed and validated above: once
+            from online.evaluate import evaluate
 
-            run_evaluation(config, accelerator)
+            evaluate(config, accelerator)
         else:
-            from online.loop import run_training
+            from online.loop import train
 
-            run_training(config, accelerator)
+            train(config, accelerator)
     except (ConfigError, RunDirError, SurrogateCheckpointError, WeightsNotAvailableError, MissingExtraError) as error:
         return _fail(error, 2)
     except RunError as error:

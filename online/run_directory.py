@@ -56,7 +56,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -64,15 +63,14 @@ import torch
 from dasapp.run_dirs import (
     LOCK,
     MARKER,
-    TEMP_SUFFIX,
     DirectoryLock,
     RunDirError,
     RunPlace,
     atomic_write_text,
     check_marked_run,
     clean_temp_files,
+    make_sibling_folder,
     move_aside,
-    process_umask,
     remove_aside,
     set_aside_runs,
     write_marker,
@@ -398,8 +396,7 @@ class RunDirectory(RunFiles):
             self.lock()
             self._fill(self.path, config_dict)
             return
-        fresh = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.new.", suffix=TEMP_SUFFIX, dir=self.path.parent))
-        os.chmod(fresh, 0o777 & ~process_umask())  # mkdtemp's 0700 would hide the run from everyone but its writer
+        fresh = make_sibling_folder(self.path, ".new.")
         fresh_lock = DirectoryLock(fresh, self._lock.what).acquire()
         try:
             self._fill(fresh, config_dict)

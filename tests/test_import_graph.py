@@ -1,7 +1,7 @@
 """The import graph between the project's files: no cycles, and the library imports nothing above it.
 
 Every ``import`` statement counts, also those inside functions (a lazy import is still a
-dependency), except those under ``if TYPE_CHECKING:`` (type annotations only, never run).
+dependency), and so do those under ``if TYPE_CHECKING:`` (a type is a dependency too).
 ``from package import name`` counts as an import of ``package.name`` when that is a module,
 else of ``package`` itself. Run ``python -m tests.test_import_graph`` to print
 the graph's cycles and the library's upward imports.
@@ -59,7 +59,7 @@ def import_graph(root: Path = REPO_ROOT) -> dict[str, set[str]]:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         is_package = path.name == "__init__.py"
         edges = set()
-        for node in _runtime_nodes(tree):
+        for node in ast.walk(tree):
             names = _imported(node, module, is_package)
             if isinstance(node, ast.ImportFrom):  # ``from a import b``: the submodule a.b if it is one, else a
                 submodules = [n for n in names[:-1] if n in modules]
@@ -69,25 +69,6 @@ def import_graph(root: Path = REPO_ROOT) -> dict[str, set[str]]:
         edges.discard(module)
         graph[module] = edges
     return graph
-
-
-def _runtime_nodes(tree: ast.AST):
-    """Every node of `tree` except the bodies of ``if TYPE_CHECKING:`` blocks."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        yield node
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child.test):
-                stack.extend(child.orelse)
-            else:
-                stack.append(child)
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
 
 
 def _nearest_module(name: str, modules: dict[str, Path]) -> str | None:
@@ -169,13 +150,10 @@ def test_the_checker_finds_a_cycle_and_an_upward_import(tmp_path):
     (tmp_path / "das").mkdir()
     (tmp_path / "das" / "__init__.py").write_text("")
     (tmp_path / "das" / "a.py").write_text("def f():\n    from das import b\n")
-    (tmp_path / "das" / "b.py").write_text(
-        "from .a import f\nimport online.x\nif TYPE_CHECKING:\n    import online.y\n"
-    )
+    (tmp_path / "das" / "b.py").write_text("from .a import f\nimport online.x\n")
     (tmp_path / "online").mkdir()
     (tmp_path / "online" / "__init__.py").write_text("")
     (tmp_path / "online" / "x.py").write_text("X = 1\n")
-    (tmp_path / "online" / "y.py").write_text("Y = 1\n")
     graph = import_graph(tmp_path)
     assert cycles(graph) == [["das.a", "das.b"]]
     assert upward_imports(graph) == [("das.b", "online.x")]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -24,9 +23,6 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-
-if TYPE_CHECKING:
-    from online.human.oracle import RatingBoard
 
 PAGE = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")
 TOKEN_HEADER = "x-rating-token"
@@ -65,8 +61,9 @@ class TokenRequired:
         await self.app(scope, receive, send)
 
 
-def build_app(board: RatingBoard, token: str) -> Starlette:
-    """The application serving `board` (the current round's items) behind `token`."""
+def build_app(board, token: str) -> Starlette:
+    """The application serving `board` (the current round's items, an :class:`online.human.oracle.RatingBoard`,
+    which imports this module) behind `token`."""
 
     async def page(request: Request) -> Response:
         return HTMLResponse(PAGE, headers=SECURITY_HEADERS)

@@ -161,13 +161,15 @@ def assert_same_run(a: Path, b: Path) -> None:
             assert left[key] == right[key], f"{key} differs after the resume"
 
 
-def kill_and_resume(tiny_model, tmp_path, method: str, crashes: tuple[str, ...]) -> None:
+def kill_and_resume(tiny_model, tmp_path, method: str, crashes: tuple[str, ...], extra: tuple[str, ...] = ()) -> Path:
+    """A run killed at each of `crashes` in turn (each start resuming the last), then resumed to the end,
+    equals an uninterrupted run with the same `extra` arguments, and asks every item once; returns it."""
     command, log = oracle(tmp_path, "reference")
-    reference = launch(loop_argv(tiny_model, tmp_path / "runs", command, "reference", method, ROUNDS))
+    reference = launch([*loop_argv(tiny_model, tmp_path / "runs", command, "reference", method, ROUNDS), *extra])
     assert reference.returncode == 0, reference.output[-3000:]
 
     command, killed_log = oracle(tmp_path, "killed")
-    argv = loop_argv(tiny_model, tmp_path / "runs", command, "killed", method, ROUNDS)
+    argv = [*loop_argv(tiny_model, tmp_path / "runs", command, "killed", method, ROUNDS), *extra]
     run_dir = tmp_path / "runs" / "killed"
     for i, point in enumerate(crashes):
         step = argv if i == 0 else argv + [f"--config.resume_from={run_dir}"]
@@ -182,6 +184,7 @@ def kill_and_resume(tiny_model, tmp_path, method: str, crashes: tuple[str, ...])
     assert killed_log.read_text().splitlines() == log.read_text().splitlines()
     assert len(log.read_text().splitlines()) == 4 + 2 * (ROUNDS - 1)
     assert not list(run_dir.rglob(".*.tmp"))
+    return run_dir
 
 
 def assert_same_answers(a: Path, b: Path, rounds: int = ROUNDS) -> None:

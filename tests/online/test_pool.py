@@ -4,8 +4,6 @@ resume mid-round ask nothing twice; without the new settings nothing changes."""
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -15,8 +13,7 @@ from config.online_base import online_config
 from online.loop import run_training
 from online.run_directory import complete_rounds
 from online.validation import ADDED_FIELDS
-from tests.online.online_helpers import loop_argv
-from tests.online.test_kill_resume import assert_same_run, launch, oracle
+from tests.online.test_kill_resume import kill_and_resume
 
 POOL_ARGS = (
     "--config.loop.pool_size=6",
@@ -86,26 +83,10 @@ def test_a_run_with_pools_picks_each_batch_from_its_pool(rule, make_config, acce
 
 
 def test_killed_mid_round_with_a_pool_resumes_asking_nothing_twice(tiny_model, tmp_path):
-    rounds = 3
-    command, log = oracle(tmp_path, "reference")
-    reference = launch([*loop_argv(tiny_model, tmp_path / "runs", command, "reference", rounds=rounds), *POOL_ARGS])
-    assert reference.returncode == 0, reference.output[-3000:]
-
-    command, killed_log = oracle(tmp_path, "killed")
-    argv = [*loop_argv(tiny_model, tmp_path / "runs", command, "killed", rounds=rounds), *POOL_ARGS]
-    run_dir = tmp_path / "runs" / "killed"
     # each round killed once its pool is sampled (nothing staged) and once after its first answer (the batch staged)
-    for i, point in enumerate(("sampled:0", "query:0", "sampled:1", "query:1")):
-        step = argv if i == 0 else argv + [f"--config.resume_from={run_dir}"]
-        done = launch(step, crash_at=point)
-        assert done.returncode == -signal.SIGKILL, f"{point}: {done.output[-3000:]}"
-    done = launch(argv + [f"--config.resume_from={run_dir}"])
-    assert done.returncode == 0, done.output[-3000:]
-
-    assert complete_rounds(run_dir) == list(range(rounds))
-    assert_same_run(tmp_path / "runs" / "reference", run_dir)
-    asked = log.read_text().splitlines()
-    assert killed_log.read_text().splitlines() == asked  # the same items, in the same order, each once
-    assert len(asked) == 4 + 2 * (rounds - 1)
+    crashes = ("sampled:0", "query:0", "sampled:1", "query:1")
+    run_dir = kill_and_resume(tiny_model, tmp_path, "UCB", crashes, POOL_ARGS)
+    rounds = len(complete_rounds(run_dir))
+    asked = (tmp_path / "reference.log").read_text().splitlines()
     images = torch.cat([load_file(run_dir / "data" / f"round_{k:04d}.safetensors")["images"] for k in range(rounds)])
     assert images.shape[0] == len(asked)
