@@ -88,6 +88,8 @@ def _acquisition(kind: str, acquisition: str) -> ml_collections.ConfigDict:
     a.kind = acquisition  # what smc.guidance="optimistic" uses: ucb (mean + min(β·std, clip)) | max_heads | mean
     settings = ACQUISITION_SETTINGS.get((kind, acquisition), {"beta": 1.0, "clip": None})
     a.beta = settings["beta"]  # UCB's optimism β (a multiple of the calibrated std)
+    a.exploit_last_round = False  # the last round guided and chosen by the posterior mean (β = 0)
+    a.beta_schedule = "constant"  # β in round k: constant | gp_ucb (grows like GP-UCB's sqrt(β_t), β in round 1)
     a.clip = ml_collections.FieldReference(settings["clip"], field_type=float)  # UCB bonus clip (None: none)
     return a
 

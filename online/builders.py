@@ -13,6 +13,7 @@ after :mod:`online.validation` has accepted the config.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -189,27 +190,69 @@ def acquisition_name(config) -> str:
     return guidance_acquisition(config.smc.guidance, config.acquisition.kind)
 
 
-def acquisition_draws(config) -> bool:
-    """Whether the run's acquisition is a random draw, made anew (with its own generator) per sampler call."""
+def acquisition_draws(config, k: int) -> bool:
+    """Whether round `k`'s acquisition is a random draw, made anew (with its own generator) per sampler call."""
     from surrogate import ACQUISITIONS
 
-    return ACQUISITIONS[acquisition_name(config)].draws
+    return ACQUISITIONS[round_acquisition(config, k)].draws
 
 
-def build_acquisition(config, surrogate, generator: torch.Generator | None = None):
-    """The run's acquisition on ``surrogate`` (settings from ``config.acquisition``; ``generator`` for a draw)."""
+BETA_SCHEDULES = ("constant", "gp_ucb")  # acquisition.beta_schedule: how β changes with the round
+GP_UCB_DELTA = 0.1  # the "gp_ucb" schedule's δ (Srinivas et al. 2010, Theorem 1)
+
+
+def round_beta(config, k: int) -> float:
+    """The optimism β of round `k` (``k >= 1``: the first guided round) under ``acquisition.beta_schedule``.
+
+    ``"constant"``: ``acquisition.beta`` in every round. ``"gp_ucb"``: β grows with the round as in
+    GP-UCB's theory (Srinivas et al. 2010, Theorem 1: the std is multiplied by ``sqrt(β_t)``,
+    ``β_t = 2 log(|D| t² π² / (6δ))``), normalised so that round 1 uses the configured β:
+    ``β_k = β · sqrt(log(k² π² / (6δ)) / log(π² / (6δ)))`` with ``δ = 0.1``. The theorem's factor 2 and
+    its ``|D|`` (the candidate set, which has no finite size here) are folded into the configured β.
+
+    Raises:
+        ValueError: For ``k < 1`` under ``"gp_ucb"`` (round 0 is not guided).
+    """
+    beta = float(config.acquisition.beta)
+    if exploits(config, k):
+        return 0.0
+    if config.acquisition.beta_schedule == "constant":
+        return beta
+    if k < 1:
+        raise ValueError(f"The gp_ucb beta schedule starts at round 1, got round {k}.")
+    base = math.pi**2 / (6 * GP_UCB_DELTA)
+    return beta * math.sqrt(math.log(k**2 * base) / math.log(base))
+
+
+def exploits(config, k: int) -> bool:
+    """Whether round `k` spends its queries on the posterior mean alone: the last round
+    (``loop.num_rounds − 1``) of a run with ``acquisition.exploit_last_round``, where the batch is
+    the run's answer rather than a step of the search (β = 0, DAS guided by the mean, the pool's
+    batch the top of the mean)."""
+    return bool(config.acquisition.exploit_last_round) and k == int(config.loop.num_rounds) - 1
+
+
+def round_acquisition(config, k: int) -> str:
+    """The acquisition that guides DAS in round `k`: the run's (:func:`acquisition_name`), or the
+    posterior mean in a round that :func:`exploits`."""
+    return "mean" if exploits(config, k) else acquisition_name(config)
+
+
+def build_acquisition(config, surrogate, k: int, generator: torch.Generator | None = None):
+    """The acquisition on ``surrogate`` that guides round `k` (:func:`round_acquisition`; settings from
+    ``config.acquisition``, β from :func:`round_beta`; ``generator`` for a draw)."""
     from surrogate import make_acquisition
 
     settings = config.acquisition
     return make_acquisition(
-        acquisition_name(config), surrogate, beta=settings.beta, clip=settings.clip, generator=generator
+        round_acquisition(config, k), surrogate, beta=round_beta(config, k), clip=settings.clip, generator=generator
     )
 
 
-def batch_selection_settings(config) -> dict:
-    """The settings :func:`surrogate.batch_selection.select_batch` takes from the config: the optimism
-    ``beta`` of ``config.acquisition`` (UCB's ``mean + β·std``)."""
-    return {"beta": float(config.acquisition.beta)}
+def batch_selection_settings(config, k: int) -> dict:
+    """The settings :func:`surrogate.batch_selection.select_batch` takes from the config in round `k`: the
+    optimism ``beta`` (UCB's ``mean + β·std``) of :func:`round_beta`."""
+    return {"beta": round_beta(config, k)}
 
 
 def sampler_settings(config, **overrides):

@@ -1,4 +1,6 @@
-"""Evaluate mode: DAS guided by a round's surrogate mean, scored by the true oracle.
+"""Evaluate mode: DAS guided by a round's surrogate mean, scored by the true oracle; with
+``smc.guidance="none"``, the pretrained reference on the same prompts (the pretrained chain,
+``evaluate.images_per_prompt`` draws per prompt), to compare the first against.
 
 Stages, in this order: read the evaluation prompts → load the models, the checkpoint and
 the oracle → create the evaluation directory (with ``overwrite``, replace an earlier
@@ -27,7 +29,7 @@ from dasapp.stopping import deferred
 from online import builders
 from online.distributed import broadcast_from_main
 from online.errors import RunError
-from online.guidance import SurrogateReward
+from online.guidance import SurrogateReward, ZeroReward
 from online.metrics import evaluation_metrics
 from online.oracles import query_with_retries
 from online.run_directory import RunDirectory
@@ -161,26 +163,38 @@ def _prepare(evaluation: Evaluation) -> dict | None:
 def _sample_and_stage(evaluation: Evaluation) -> None:
     """Samples the prompts across the processes; the main one stages the batch with the
     surrogate's means, before the oracle sees any of it."""
-    from surrogate import PosteriorMean
-
     config, accelerator = evaluation.config, evaluation.accelerator
-    reward = SurrogateReward(evaluation.featurizer, PosteriorMean(evaluation.surrogate))
+    prompts, per_prompt, reward, settings = _sampling_plan(evaluation)
     setup = SamplingSetup(
         evaluation.adapter,
         evaluation.featurizer,
-        builders.sampler_settings(config),
+        settings,
         config.smc.prompts_per_call,
         progress=config.progress and evaluation.main,
     )
     seed = stream_seed(config.seed, 0, "evaluate", accelerator.process_index)
-    per_prompt = config.evaluate.images_per_prompt
-    batch = sample_prompts(setup, lambda call: reward, evaluation.prompts, per_prompt, seed, accelerator)
+    batch = sample_prompts(setup, lambda call: reward, prompts, per_prompt, seed, accelerator)
     if not evaluation.main:
         return
     _check_finite(batch)
     with torch.no_grad():
         predicted = evaluation.surrogate.mean(batch["features"].to(accelerator.device)).double().cpu()
     evaluation.run.stage_evaluation(batch, predicted)
+
+
+def _sampling_plan(evaluation: Evaluation):
+    """``(prompts, per_prompt, reward, settings)`` of the evaluation batch: DAS guided by the surrogate's
+    mean, or with ``smc.guidance="none"`` the pretrained reference: the pretrained chain (one particle,
+    no reward) drawn ``evaluate.images_per_prompt`` times per prompt, in the same prompt-major order."""
+    from surrogate import PosteriorMean
+
+    config = evaluation.config
+    per_prompt = config.evaluate.images_per_prompt
+    if config.smc.guidance == "none":
+        prompts = [prompt for prompt in evaluation.prompts for _ in range(per_prompt)]
+        return prompts, 1, ZeroReward(), builders.sampler_settings(config, num_particles=1)
+    reward = SurrogateReward(evaluation.featurizer, PosteriorMean(evaluation.surrogate))
+    return evaluation.prompts, per_prompt, reward, builders.sampler_settings(config)
 
 
 def _check_finite(batch: dict) -> None:

@@ -165,6 +165,8 @@ def _run_round(training: Training, k: int) -> dict | None:
         seconds["checkpoint"] = time.perf_counter() - tick
         seconds["total"] = time.perf_counter() - started
         row["seconds"] = seconds
+        if k > 0:
+            row["beta"] = builders.round_beta(training.config, k)  # the round's optimism β
         _record(training, files, row, shard_rows["images"])
     training.accelerator.wait_for_everyone()
     return row
@@ -277,12 +279,12 @@ def _select_from_pool(training: Training, k: int, pool: dict, queries: int) -> d
     else:
         device = surrogate_device(training.surrogate)
         baseline = _observed_features(training, k) if config.loop.acquisition == "qlognei" else None
-        settings = builders.batch_selection_settings(config)
+        settings = builders.batch_selection_settings(config, k)
         picked = select_batch(
             training.surrogate,
             features.to(device),
             queries,
-            config.loop.acquisition,
+            "qucb" if builders.exploits(config, k) else config.loop.acquisition,  # β = 0 there: the mean's top
             generator,
             baseline=baseline,
             **settings,
@@ -307,14 +309,14 @@ def _guidance(config, k: int, featurizer, surrogate, rank: int):
     if config.smc.guidance == "oracle":
         reward = builders.build_oracle_reward(config)
         return lambda call: reward
-    if not builders.acquisition_draws(config):
-        reward = SurrogateReward(featurizer, builders.build_acquisition(config, surrogate))
+    if not builders.acquisition_draws(config, k):
+        reward = SurrogateReward(featurizer, builders.build_acquisition(config, surrogate, k))
         return lambda call: reward
     base = stream_seed(config.seed, k, "thompson", rank)
 
     def draw(call: int) -> SurrogateReward:
         generator = torch.Generator().manual_seed(call_seed(base, call))
-        return SurrogateReward(featurizer, builders.build_acquisition(config, surrogate, generator))
+        return SurrogateReward(featurizer, builders.build_acquisition(config, surrogate, k, generator))
 
     return draw
 

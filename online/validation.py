@@ -19,7 +19,7 @@ from pathlib import Path
 from dasapp.config_checks import ConfigError, check_choice, check_flag, check_number, check_shared_sections
 from dasapp.factory import check_prompt_source, resolve_path
 from dasapp.run_dirs import RunDirError
-from online.builders import FEATURIZERS, ORACLES, SURROGATES, featurizer_dim
+from online.builders import BETA_SCHEDULES, FEATURIZERS, ORACLES, SURROGATES, featurizer_dim
 from online.guidance import GUIDANCE_MODES, SURROGATE_GUIDANCE, guidance_acquisition
 from online.run_directory import RunDirectory
 
@@ -60,6 +60,8 @@ ADDED_FIELDS = {
     "loop.pool_pretrained": 0,
     "loop.initial_pool_size": 0,
     "loop.initial_selection": "first",
+    "acquisition.beta_schedule": "constant",
+    "acquisition.exploit_last_round": False,
 }
 
 
@@ -107,6 +109,8 @@ def _validate_acquisition(config) -> None:
     acquisition = config.acquisition
     check_choice(acquisition.kind, tuple(sorted(ACQUISITIONS)), "acquisition.kind")
     check_number(acquisition.beta, "acquisition.beta", minimum=0)
+    check_choice(acquisition.beta_schedule, BETA_SCHEDULES, "acquisition.beta_schedule")
+    check_flag(acquisition.exploit_last_round, "acquisition.exploit_last_round")
     if acquisition.clip is not None:
         check_number(acquisition.clip, "acquisition.clip (None: no clip)", above=0)
     if config.smc.guidance not in SURROGATE_GUIDANCE:

@@ -254,6 +254,11 @@ CASES = [
     Case("beta negative", ["--config.acquisition.beta=-1.0"], text="acquisition.beta"),
     Case("bonus clip zero", ["--config.acquisition.clip=0.0"], text="acquisition.clip"),
     Case("unknown acquisition", ["--config.acquisition.kind=psychic"], text="acquisition.kind"),
+    Case(
+        "unknown beta schedule",
+        ["--config.acquisition.beta_schedule=linear"],
+        text="Unknown acquisition.beta_schedule 'linear'; choose one of: constant, gp_ucb.",
+    ),
     Case("acquisition the surrogate cannot serve", ["--config.acquisition.kind=max_heads"], text="'heads'"),
     Case("hidden absurd", ["--config.surrogate.kwargs.hidden=(2000000000,)"], text="hidden"),
     Case("tempering_gamma negative", ["--config.smc.tempering_gamma=-1.0"], text="smc.tempering_gamma"),

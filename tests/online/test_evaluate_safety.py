@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dasapp.run_dirs import DirectoryLock, RunDirError
 from online.online_main_smc import main
@@ -349,3 +350,28 @@ def test_a_locked_evaluation_is_not_resumed(copied, tmp_path, capsys):
         status, lines = run_main([*argv, f"--config.resume_from={evaluation}"], capsys)
     assert status == 2 and len(lines) == 1 and "in use by" in lines[0], lines
     assert snapshot(tmp_path) == before and asked(log) == paid
+
+
+# ---------------------------------------------------------------------------- the pretrained reference
+def test_the_pretrained_reference_samples_the_pretrained_chain_whatever_the_checkpoint(copied, tmp_path, capsys):
+    """``smc.guidance=none`` in evaluate mode: the same prompts, drawn from the pretrained chain. Its images
+    do not depend on the checkpoint (two rounds' checkpoints give the same batch), unlike the guided evaluation's."""
+    from safetensors.torch import load_file
+
+    argv, guided, _ = copied
+    batches = []
+    for k in (0, 1):
+        reference = [
+            *[a for a in argv if not a.startswith("--config.reward_model_path=")],
+            f"--config.reward_model_path={tmp_path / 'runs' / 'run' / f'round_{k:04d}'}",
+            f"--config.run_name=reference{k}",
+            "--config.smc.guidance=none",
+        ]
+        status, lines = run_main(reference, capsys)
+        assert status == 0, lines
+        metrics = strict_json(tmp_path / "runs" / f"reference{k}" / "metrics.json")
+        assert metrics["num_images"] == metrics["answered"] == NUM_IMAGES
+        batches.append(load_file(str(tmp_path / "runs" / f"reference{k}" / "batch.safetensors"))["images"])
+    assert torch.equal(batches[0], batches[1])
+    guided_images = load_file(str(guided / "batch.safetensors"))["images"]
+    assert guided_images.shape == batches[0].shape and not torch.equal(guided_images, batches[0])
