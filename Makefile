@@ -41,6 +41,9 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
+# Every benchmark in benchmarks/ in turn (`python -m benchmarks.run --help` lists them; bench_online, the
+# longest: 47 minutes in its committed results); each rewrites its file in benchmarks/results/. One or some:
+# `.venv/bin/python -m benchmarks.run bench_gp bench_world`.
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 

@@ -6,6 +6,7 @@ from setuptools import find_packages, setup
 setup(
     name="das-toolkit",
     version="0.1.0",
+    license="Apache-2.0",
     description=(
         "Diffusion Alignment as Sampling (SMC over the denoising chain) and an online "
         "black-box optimization loop with uncertainty-aware surrogates."

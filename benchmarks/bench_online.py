@@ -1,32 +1,45 @@
-"""Which method spends oracle queries best? The online loop on the embedded world, over seeds.
+"""Which method spends oracle queries best? The online loop on the embedded world, paired over seeds.
 
-Run: ``.venv/bin/python -m benchmarks.bench_online`` -> ``benchmarks/results/online.json`` and
-its report ``benchmarks/results/online_report/`` (report.html, figures, summary.md/csv).
+Run: ``.venv/bin/python -m benchmarks.bench_online`` -> ``benchmarks/results/online.json`` and its
+report ``benchmarks/results/online_report/``. ``--list`` prints the plan (tasks, methods, seeds)
+and runs nothing. The plan, settings and default method are written to ``online.json`` before the
+first run starts (``"status": "running"``), and the results replace them at the end.
+
 The runs are ordinary run directories under ``--runs`` (default ``runs/bench_online``), so
-``python -m online.analysis`` reads them too. A run that is already complete there is
-reused, and an interrupted one is resumed, so a stopped benchmark continues where it was;
-``--summarize-only`` runs nothing and rewrites the summary and report from the runs there,
-keeping the timings recorded by the invocation that ran them.
+``python -m online.analysis`` reads them too; a complete run there is reused and an interrupted
+one resumed, so a stopped benchmark continues where it was. ``--summarize-only`` runs nothing.
 
-Methods, all on the same query budget (``--rounds`` rounds: round 0 of pretrained samples,
-then guided rounds of ``--queries-per-round``):
+Methods (:data:`METHODS`), all on the same query budget (``--rounds`` rounds: round 0, then guided
+rounds of ``--queries-per-round``):
 
-* ``ucb``, ``bootstrap``, ``gp``: DAS guided by the optimistic surrogate (mean + β·std);
-* ``thompson``: DAS guided by one posterior draw of the bootstrap ensemble per sampler call;
-* ``greedy``: DAS guided by the surrogate mean (no exploration bonus);
-* ``non-adaptive`` (SEIKO's baseline): the whole budget but one batch spent on pretrained
-  samples in round 0, one fit (the greedy surrogate), one DAS batch guided by it;
-* ``pretrained``: pretrained samples every round (``smc.guidance=none``);
-* ``ceiling``: DAS guided by the true oracle itself, without label noise
-  (``smc.guidance=oracle``; gradient-free for JPEG), same K and α.
+* pool methods (``*-pool``, ``gp-*``): round 0 picks its queries from a pretrained pool of
+  :data:`INITIAL_POOL` by maximin in feature space; each guided round samples a pool of
+  :data:`POOL` candidates (DAS's K particles of every prompt under the surrogate's guidance, plus
+  :data:`POOL_PRETRAINED` pretrained samples, which cost no queries) and chooses its queries by a
+  batch acquisition (``loop.acquisition``) on the surrogate. ``greedy-pool`` is the same with the
+  posterior mean (β = 0), so a pool method against it isolates the use of uncertainty;
+* ``greedy``, ``ucb``, ``bootstrap``, ``gp``, ``thompson``: the loop without a pool (the queried
+  image of each prompt is DAS's heaviest particle), guided by the mean or the optimistic surrogate;
+* ``non-adaptive`` (SEIKO's baseline): the whole budget but one batch in round 0 (picked from the
+  same pretrained pool, so its first queries are the pool methods'), then one batch chosen by the
+  posterior mean from a guided pool;
+* ``pretrained`` (``smc.guidance=none``) and ``ceiling`` (DAS guided by the true oracle).
 
-Each row of ``summary`` gives the final round's true reward (mean and standard error over
-seeds) and ``gain_fraction_of_ceiling`` = (method − pretrained) / (ceiling − pretrained) on
-those means. ``comparisons`` gives, per oracle, the best optimistic method's lead over greedy
-and over non-adaptive in standard errors, ``sqrt(se_a² + se_b²)``.
+Pairing: the runs of one seed share the pretrained draws of round 0 (and the pool methods the same
+round-0 queries), so a comparison is the mean over seeds of the per-seed difference and its standard
+error ``sd / sqrt(n)``. Every ``summary`` row gives ``final_true_reward_mean`` (the last batch's true
+reward), ``auc_mean`` (the true reward averaged over every query paid: the area under the
+reward-vs-queries curve per query), ``best_true_reward_mean``, ``final_hit_rate_mean`` and
+``hit_rate_mean`` (rare task: the share of queried images whose target bump exceeds 0.5),
+``evaluate_true_reward_mean`` (evaluate mode on the last round's checkpoint, ``--eval-images`` per
+evaluation prompt, for the methods in the plan's ``evaluate``), ``gain_fraction_of_ceiling``, and the
+paired leads ``paired_vs_greedy_se`` (against ``greedy-pool`` for a pool method, ``greedy`` otherwise:
+the greedy of the same pool and round 0) and ``paired_vs_non_adaptive_se``, in paired standard errors.
+The pretrained reference of evaluate mode (``smc.guidance=none`` on the same prompts) is the
+``evaluate_true_reward_mean`` of the ``pretrained`` row.
 
-Runs go to ``--workers`` processes with ``--threads`` torch threads each (2 × 1 on the
-2-core machine), longest runs first; the settings are recorded in the JSON.
+Runs go to ``--workers`` processes with ``--threads`` torch threads each (2 × 1 on the 2-core
+machine), longest first; evaluations are queued as their runs finish.
 """
 
 from __future__ import annotations
@@ -37,59 +50,105 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ORACLES = ("jpeg", "colorfulness", "rare")
-METHODS = ("ucb", "bootstrap", "gp", "thompson", "greedy", "non-adaptive", "pretrained", "ceiling")
-OPTIMISTIC = ("ucb", "bootstrap", "gp", "thompson")
-# method -> (config file, extra overrides); the budget overrides are added per run
-METHOD_CONFIGS = {
-    "ucb": ("config/UCB_smc.py", []),
-    "bootstrap": ("config/Bootstrap_smc.py", []),
-    "gp": ("config/GP_smc.py", []),
-    "thompson": ("config/Bootstrap_smc.py", ["--config.smc.guidance=thompson"]),
-    "greedy": ("config/Greedy_smc.py", []),
-    "non-adaptive": ("config/Greedy_smc.py", []),
-    "pretrained": ("config/Greedy_smc.py", ["--config.smc.guidance=none"]),
-    "ceiling": ("config/Greedy_smc.py", ["--config.smc.guidance=oracle"]),
+ORACLES = ("rare", "jpeg", "colorfulness")
+POOL = 72  # candidates of a guided round: 12 prompts × K = 4 DAS particles + 24 pretrained samples
+POOL_PRETRAINED = 24
+INITIAL_POOL = 144  # pretrained candidates of round 0
+POOL_OVERRIDES = (
+    "--config.loop.images_per_prompt=4",
+    f"--config.loop.pool_size={POOL}",
+    f"--config.loop.pool_pretrained={POOL_PRETRAINED}",
+    f"--config.loop.initial_pool_size={INITIAL_POOL}",
+    "--config.loop.initial_selection=maximin",
+)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to spend the budget: a config file, its overrides, and what it uses."""
+
+    label: str  # the name in tables and figures (the run's ``method``)
+    config: str
+    overrides: tuple[str, ...] = ()
+    pool: bool = False  # candidate pool and covering round 0 (POOL_OVERRIDES)
+    uncertainty: bool = False  # uses the surrogate's uncertainty
+    cost: int = 5  # relative cost, for ordering (guided rounds with gradients dominate)
+
+
+def _pool(acquisition: str) -> tuple[str, ...]:
+    return (*POOL_OVERRIDES, f"--config.loop.acquisition={acquisition}")
+
+
+METHODS = {
+    "pretrained": Method("Pretrained", "config/Greedy_smc.py", ("--config.smc.guidance=none",), cost=1),
+    "ceiling": Method("Ceiling", "config/Greedy_smc.py", ("--config.smc.guidance=oracle",), cost=4),
+    "non-adaptive": Method("Non-adaptive", "config/Greedy_smc.py", _pool("qucb"), pool=True, cost=3),
+    "greedy": Method("Greedy", "config/Greedy_smc.py"),
+    "greedy-pool": Method("Greedy (pool)", "config/Greedy_smc.py", _pool("qucb"), pool=True, cost=6),
+    "ucb": Method("UCB", "config/UCB_smc.py", uncertainty=True),
+    "bootstrap": Method("Bootstrap", "config/Bootstrap_smc.py", uncertainty=True),
+    "gp": Method("GP", "config/GP_smc.py", uncertainty=True),
+    "thompson": Method("Thompson", "config/Bootstrap_smc.py", ("--config.smc.guidance=thompson",), uncertainty=True),
+    "gp-qucb": Method("GP qUCB (pool)", "config/GP_smc.py", _pool("qucb"), pool=True, uncertainty=True, cost=6),
+    "bootstrap-qucb": Method(
+        "Bootstrap qUCB (pool)", "config/Bootstrap_smc.py", _pool("qucb"), pool=True, uncertainty=True, cost=6
+    ),
+    "gp-thompson": Method(
+        "GP Thompson (pool)", "config/GP_smc.py", _pool("thompson"), pool=True, uncertainty=True, cost=6
+    ),
+    "gp-qucb-growing": Method(
+        "GP qUCB, growing β (pool)",
+        "config/GP_smc.py",
+        (*_pool("qucb"), "--config.acquisition.beta_schedule=gp_ucb"),
+        pool=True,
+        uncertainty=True,
+        cost=6,
+    ),
 }
-METHOD_NAMES = {
-    "ucb": "UCB",
-    "bootstrap": "Bootstrap",
-    "gp": "GP",
-    "thompson": "Thompson",
-    "greedy": "Greedy",
-    "non-adaptive": "Non-adaptive",
-    "pretrained": "Pretrained",
-    "ceiling": "Ceiling",
+GREEDY_REFERENCE = {True: "greedy-pool", False: "greedy"}  # the greedy of the same pool setting
+
+#: The method the world variants use by default (chosen on pilot seeds 100-102, before this plan's runs).
+DEFAULT_METHOD = "gp-qucb"
+#: The committed plan: per task, its seeds and methods; ``evaluate``: the methods whose last
+#: checkpoint is evaluated (the pretrained reference is evaluated on the same seeds).
+PLAN = {
+    "rare": {
+        "seeds": 10,
+        "methods": ["pretrained", "ceiling", "non-adaptive", "greedy", "greedy-pool", "gp-qucb", "bootstrap-qucb"],
+    },
+    "jpeg": {"seeds": 5, "methods": ["pretrained", "ceiling", "greedy-pool", "gp-qucb"]},
+    "colorfulness": {"seeds": 5, "methods": ["pretrained", "ceiling", "greedy-pool", "gp-qucb"]},
 }
-# relative cost of a run, for ordering (guided rounds with gradients dominate)
-COST = {
-    "pretrained": 1,
-    "non-adaptive": 2,
-    "ceiling": 4,
-    "greedy": 5,
-    "ucb": 5,
-    "gp": 5,
-    "bootstrap": 5,
-    "thompson": 5,
-}
+EVALUATE = [DEFAULT_METHOD]
+
+
+# ---------------------------------------------------------------------------- command lines
+def run_name(oracle: str, method: str, seed: int) -> str:
+    return f"{oracle}-{method}-s{seed}"
+
+
+def _rounds(method: str, args) -> tuple[int, int]:
+    """``(rounds, round-0 queries)``: non-adaptive spends all but one batch in round 0."""
+    if method == "non-adaptive":
+        return 2, args.initial_queries + (args.rounds - 2) * args.queries_per_round
+    return args.rounds, args.initial_queries
 
 
 def run_argv(method: str, oracle: str, seed: int, args) -> list[str]:
     """The loop's command line for one run of the benchmark."""
-    config_file, extra = METHOD_CONFIGS[method]
-    rounds, initial = args.rounds, args.initial_queries
-    if method == "non-adaptive":
-        initial, rounds = initial + (args.rounds - 2) * args.queries_per_round, 2
+    spec = METHODS[method]
+    rounds, initial = _rounds(method, args)
     return [
         "online_main_smc.py",
-        f"--config={REPO / config_file}:tiny_{oracle}",
-        f"--config.run_name={oracle}-{method}-s{seed}",
-        f"--config.method={METHOD_NAMES[method]}",
+        f"--config={REPO / spec.config}:tiny_{oracle}",
+        f"--config.run_name={run_name(oracle, method, seed)}",
+        f"--config.method={spec.label}",
         f"--config.output_dir={args.runs}",
         f"--config.seed={seed}",
         f"--config.loop.num_rounds={rounds}",
@@ -99,16 +158,40 @@ def run_argv(method: str, oracle: str, seed: int, args) -> list[str]:
         f"--config.smc.num_particles={args.particles}",
         "--config.progress=False",
         "--config.report=False",
-        *extra,
+        *spec.overrides,
     ]
 
 
+def evaluate_argv(method: str, oracle: str, seed: int, args, checkpoint_of: str) -> list[str]:
+    """Evaluate mode on the last round of ``checkpoint_of``'s run; the ``pretrained`` method evaluates
+    the pretrained reference (``smc.guidance=none``) on the same prompts."""
+    spec = METHODS[method]
+    rounds, _ = _rounds(checkpoint_of, args)
+    checkpoint = Path(args.runs) / run_name(oracle, checkpoint_of, seed) / f"round_{rounds - 1:04d}"
+    return [
+        "online_main_smc.py",
+        f"--config={REPO / spec.config}:tiny_{oracle}",
+        "--config.mode=evaluate",
+        f"--config.run_name={run_name(oracle, method, seed)}-evaluate",
+        f"--config.output_dir={args.runs}",
+        f"--config.reward_model_path={checkpoint}",
+        f"--config.seed={seed}",
+        f"--config.model.num_steps={args.steps}",
+        f"--config.smc.num_particles={args.particles}",
+        f"--config.evaluate.images_per_prompt={args.eval_images}",
+        "--config.progress=False",
+        "--config.report=False",
+        *(("--config.smc.guidance=none",) if method == "pretrained" else ()),
+    ]
+
+
+# ---------------------------------------------------------------------------- running
 def _complete_rounds(run_dir: Path) -> int:
     return len(list(run_dir.glob("round_*/COMPLETE")))
 
 
 def _one_run(argv: list[str], run_dir: str, rounds: int, threads: int) -> dict:
-    """Worker: runs (or resumes, or reuses) one loop run in this process."""
+    """Worker: runs (or resumes, or reuses) one loop run, or with ``rounds`` 0 one evaluation, in this process."""
     import contextlib
     import io
 
@@ -119,7 +202,8 @@ def _one_run(argv: list[str], run_dir: str, rounds: int, threads: int) -> dict:
     from online.online_main_smc import main
 
     path = Path(run_dir)
-    if path.is_dir() and _complete_rounds(path) >= rounds:
+    done = (path / "metrics.json").is_file() if rounds == 0 else path.is_dir() and _complete_rounds(path) >= rounds
+    if done:
         return {"run": path.name, "status": 0, "seconds": 0.0, "reused": True}
     if (path / "run.json").is_file():
         argv = [a for a in argv if not a.startswith("--config.output_dir=")] + [f"--config.resume_from={path}"]
@@ -136,183 +220,425 @@ def _one_run(argv: list[str], run_dir: str, rounds: int, threads: int) -> dict:
     }
 
 
-def run_all(args) -> list[dict]:
-    jobs = []
-    for oracle in args.oracles:
-        for method in args.methods:
-            for seed in range(args.seeds):
-                argv = run_argv(method, oracle, seed, args)
-                rounds = 2 if method == "non-adaptive" else args.rounds
-                jobs.append((COST[method], argv, str(Path(args.runs) / f"{oracle}-{method}-s{seed}"), rounds))
+def plan_jobs(plan: dict, args) -> tuple[list[tuple], dict[str, list[tuple]]]:
+    """The training jobs, longest first, and the evaluations waiting on each training run (by run name)."""
+    jobs, after = [], {}
+    for oracle, entry in plan["tasks"].items():
+        for method in entry["methods"]:
+            for seed in entry["seeds"]:
+                rounds, _ = _rounds(method, args)
+                name = run_name(oracle, method, seed)
+                jobs.append(
+                    (METHODS[method].cost, run_argv(method, oracle, seed, args), str(Path(args.runs) / name), rounds)
+                )
+                evaluations = []
+                if method in plan["evaluate"]:
+                    evaluations.append((method, method))
+                    if "pretrained" in entry["methods"]:  # the pretrained reference, with this checkpoint
+                        evaluations.append(("pretrained", method))
+                after[name] = [
+                    (
+                        0,
+                        evaluate_argv(m, oracle, seed, args, source),
+                        str(Path(args.runs) / f"{run_name(oracle, m, seed)}-evaluate"),
+                        0,
+                    )
+                    for m, source in evaluations
+                ]
     jobs.sort(key=lambda job: -job[0])
-    results = []
+    return jobs, after
+
+
+def run_all(plan: dict, args) -> list[dict]:
     from tqdm.auto import tqdm
 
+    jobs, after = plan_jobs(plan, args)
+    total = len(jobs) + sum(len(v) for v in after.values())
+    results = []
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_one_run, argv, run_dir, rounds, args.threads) for _, argv, run_dir, rounds in jobs]
-        for future in tqdm(as_completed(futures), total=len(futures), desc="runs"):
-            result = future.result()
-            if result["status"]:
-                tqdm.write(f"run {result['run']} failed (exit {result['status']}): {result['log_tail']}")
-            results.append(result)
+        pending = {pool.submit(_one_run, *job[1:], args.threads): job for job in jobs}
+        bar = tqdm(total=total, desc="runs", mininterval=10)
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = pending.pop(future)
+                result = future.result()
+                bar.update(1)
+                if result["status"]:
+                    tqdm.write(f"run {result['run']} failed (exit {result['status']}): {result['log_tail']}")
+                results.append(result)
+                for evaluation in after.get(Path(job[2]).name, []) if not result["status"] else []:
+                    pending[pool.submit(_one_run, *evaluation[1:], args.threads)] = evaluation
+        bar.close()
     return results
 
 
-def summarize(runs, methods: list[str]) -> tuple[list[dict], list[dict]]:
-    """``summary`` rows (one per oracle and method) and the ``comparisons`` per oracle."""
-    import numpy as np
+# ---------------------------------------------------------------------------- reading the runs back
+def _hit_rates(run_dir: Path) -> list[float] | None:
+    """Per round, the share of queried images in the rare target (bump > 0.5); None when unreadable."""
+    from online.storage import decode_images, load_rows
+    from world.oracles import rare_target_score
 
-    from online.analysis import summary_rows
+    rates = []
+    for shard in sorted((run_dir / "data").glob("round_*.safetensors")):
+        try:
+            tensors, _ = load_rows(shard)
+        except (OSError, ValueError, RuntimeError):
+            return None
+        images = decode_images(tensors["images"][tensors["valid"]])
+        rates.append(float((rare_target_score(images) > 0.5).float().mean()) if len(images) else math.nan)
+    return rates
 
-    rows = summary_rows(runs)
-    names = {METHOD_NAMES[m]: m for m in methods}
-    table: dict[tuple[str, str], dict] = {}
-    for row in rows:
-        method = names.get(row["method"])
-        if method is not None:
-            table[(row["oracle"], method)] = {**row, "method": method, "analysis_name": row["method"]}
-    summary, comparisons = [], []
-    for oracle in sorted({o for o, _ in table}):
-        base, top = table.get((oracle, "pretrained")), table.get((oracle, "ceiling"))
-        for method in methods:
-            row = table.get((oracle, method))
-            if row is None:
-                continue
-            gain = math.nan
-            if base and top and top["final_true_reward_mean"] != base["final_true_reward_mean"]:
-                gain = (row["final_true_reward_mean"] - base["final_true_reward_mean"]) / (
-                    top["final_true_reward_mean"] - base["final_true_reward_mean"]
-                )
-            summary.append({**row, "gain_fraction_of_ceiling": gain})
-        optimistic = [table[(oracle, m)] for m in OPTIMISTIC if (oracle, m) in table]
-        if optimistic:
-            best = max(optimistic, key=lambda r: r["final_true_reward_mean"])
-            entry = {"oracle": oracle, "best_optimistic": best["method"]}
-            for other in ("greedy", "non-adaptive"):
-                if (oracle, other) in table:
-                    o = table[(oracle, other)]
-                    se = float(np.hypot(best["final_true_reward_se"], o["final_true_reward_se"]))
-                    diff = best["final_true_reward_mean"] - o["final_true_reward_mean"]
-                    entry[f"lead_over_{other}"] = diff
-                    entry[f"lead_over_{other}_in_se"] = diff / se if se > 0 else math.nan
-            comparisons.append(entry)
-    return summary, comparisons
+
+def run_metrics(run_dir: Path, oracle: str) -> dict | None:
+    """One run's figures: final, area under the curve (per query), best so far, hit rates, evaluation."""
+    metrics_path = run_dir / "metrics.jsonl"
+    if not metrics_path.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    queries = [row["queries_round"] for row in rows]
+    means = [row["true_reward"]["mean"] for row in rows]
+    out = {
+        "final": means[-1],
+        "auc": sum(q * m for q, m in zip(queries, means)) / sum(queries),
+        "best": max(row["true_reward"]["max"] for row in rows),
+        "queries": rows[-1]["queries_total"],
+        "curve": list(zip(queries, means)),
+    }
+    if oracle == "rare":
+        rates = _hit_rates(run_dir)
+        if rates:
+            out["final_hit_rate"] = rates[-1]
+            out["hit_rate"] = sum(q * r for q, r in zip(queries, rates)) / sum(queries)
+    evaluation = Path(f"{run_dir}-evaluate") / "metrics.json"
+    if evaluation.is_file():
+        value = json.loads(evaluation.read_text())["true_reward"]["mean"]
+        if value is not None:
+            out["evaluate"] = value
+    return out
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.nan
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var / len(values))
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> dict:
+    """The mean over the seeds both have of ``a − b``, its standard error, and the lead in those errors."""
+    seeds = sorted(set(a) & set(b))
+    diff, se = _mean_se([a[s] - b[s] for s in seeds])
+    return {"diff": diff, "se": se, "in_se": diff / se if se and se > 0 else math.nan, "seeds": len(seeds)}
+
+
+def summarize(per_run: dict[tuple[str, str], dict[int, dict]]) -> tuple[list[dict], list[dict]]:
+    """``summary`` rows (one per task and method) and ``comparisons`` (per task: the best method using
+    uncertainty against greedy and non-adaptive)."""
+    summary = []
+    for (oracle, method), seeds in per_run.items():
+        spec, row = METHODS[method], {"oracle": oracle, "method": method, "label": METHODS[method].label}
+        row["seeds"] = sorted(seeds)
+        row["queries"] = max((m["queries"] for m in seeds.values()), default=0)
+        for key, name in (("final", "final_true_reward"), ("auc", "auc"), ("best", "best_true_reward")):
+            row[f"{name}_mean"], row[f"{name}_se"] = _mean_se([m[key] for m in seeds.values()])
+        for key in ("final_hit_rate", "hit_rate", "evaluate"):
+            values = [m[key] for m in seeds.values() if key in m]
+            if values:
+                name = "evaluate_true_reward" if key == "evaluate" else key
+                row[f"{name}_mean"], row[f"{name}_se"] = _mean_se(values)
+        row["uses_pool"], row["uses_uncertainty"] = spec.pool, spec.uncertainty
+        summary.append(row)
+    _add_relative(summary, per_run)
+    return summary, _comparisons(summary)
+
+
+def _values(per_run, oracle: str, method: str, key: str) -> dict[int, float]:
+    return {s: m[key] for s, m in per_run.get((oracle, method), {}).items() if key in m}
+
+
+def _add_relative(summary: list[dict], per_run) -> None:
+    """Gain over pretrained as a fraction of the ceiling's, and the paired leads."""
+    means = {(r["oracle"], r["method"]): r["final_true_reward_mean"] for r in summary}
+    for row in summary:
+        oracle, method = row["oracle"], row["method"]
+        base, top = means.get((oracle, "pretrained")), means.get((oracle, "ceiling"))
+        gain = math.nan
+        if base is not None and top is not None and top != base:
+            gain = (row["final_true_reward_mean"] - base) / (top - base)
+        row["gain_fraction_of_ceiling"] = gain
+        mine = _values(per_run, oracle, method, "final")
+        greedy = GREEDY_REFERENCE[row["uses_pool"]]
+        for label, other in (("greedy", greedy), ("non_adaptive", "non-adaptive")):
+            if other != method and (oracle, other) in per_run:
+                lead = paired(mine, _values(per_run, oracle, other, "final"))
+                row[f"paired_vs_{label}"] = {**lead, "against": other}
+                row[f"paired_vs_{label}_se"] = lead["in_se"]
+        if method != "pretrained" and "evaluate_true_reward_mean" in row:
+            lead = paired(
+                _values(per_run, oracle, method, "evaluate"), _values(per_run, oracle, "pretrained", "evaluate")
+            )
+            row["evaluate_vs_pretrained"] = lead
+            row["evaluate_vs_pretrained_se"] = lead["in_se"]
+
+
+def _comparisons(summary: list[dict]) -> list[dict]:
+    out = []
+    for oracle in sorted({r["oracle"] for r in summary}):
+        rows = [r for r in summary if r["oracle"] == oracle and r["uses_uncertainty"]]
+        if not rows:
+            continue
+        best = max(rows, key=lambda r: r["final_true_reward_mean"])
+        entry = {"oracle": oracle, "best_with_uncertainty": best["method"]}
+        for key in ("paired_vs_greedy", "paired_vs_non_adaptive"):
+            if key in best:
+                entry[key] = best[key]
+        out.append(entry)
+    return out
+
+
+# ---------------------------------------------------------------------------- the plan and the files
+def make_plan(args) -> dict:
+    """The tasks, methods and seeds this invocation covers (the committed :data:`PLAN`, narrowed by the flags)."""
+    tasks = {}
+    for oracle, entry in PLAN.items():
+        if args.oracles and oracle not in args.oracles:
+            continue
+        methods = [m for m in entry["methods"] if not args.methods or m in args.methods]
+        methods += [m for m in (args.methods or []) if m not in methods]
+        seeds = list(range(args.seeds if args.seeds else entry["seeds"]))
+        if methods:
+            tasks[oracle] = {"seeds": seeds, "methods": methods}
+    return {"tasks": tasks, "evaluate": EVALUATE, "default_method": DEFAULT_METHOD}
+
+
+def _settings(args) -> dict:
+    keep = (
+        "rounds",
+        "initial_queries",
+        "queries_per_round",
+        "particles",
+        "steps",
+        "eval_images",
+        "workers",
+        "threads",
+    )
+    return {
+        **{k: getattr(args, k) for k in keep},
+        "pool": {
+            "overrides": list(POOL_OVERRIDES),
+            "size": POOL,
+            "pretrained": POOL_PRETRAINED,
+            "initial": INITIAL_POOL,
+        },
+        "methods": {
+            name: {"label": m.label, "config": m.config, "overrides": list(m.overrides)} for name, m in METHODS.items()
+        },
+        "greedy_reference": "greedy-pool for pool methods, greedy otherwise",
+        "pairing": "per seed: the runs of a seed share round 0's pretrained draws; diff mean ± sd/sqrt(n) over seeds",
+        "acceptance": {
+            "rare": "best method using uncertainty ≥ 2 paired SE over greedy-pool and non-adaptive; "
+            "default ≥ 0.5 of ceiling gain",
+            "jpeg, colorfulness": "default ≥ 0.7 of ceiling gain",
+            "evaluate": "default's evaluate reward ≥ 3 paired SE over the pretrained reference on every task",
+        },
+    }
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def _collect(plan: dict, args) -> dict[tuple[str, str], dict[int, dict]]:
+    per_run: dict[tuple[str, str], dict[int, dict]] = {}
+    for oracle, entry in plan["tasks"].items():
+        for method in entry["methods"]:
+            for seed in entry["seeds"]:
+                figures = run_metrics(Path(args.runs) / run_name(oracle, method, seed), oracle)
+                if figures is not None:
+                    per_run.setdefault((oracle, method), {})[seed] = figures
+    return per_run
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_online",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Settings of the committed figures: the defaults.",
+        epilog="Settings of the committed figures: the defaults (the plan of PLAN in this file). Takes about "
+        "an hour on 2 cores.",
     )
-    p.add_argument(
-        "--runs", default=str(REPO / "runs" / "bench_online"), help="folder of the benchmark's run directories"
-    )
+    p.add_argument("--runs", default=str(REPO / "runs" / "bench_online"), help="folder of the run directories")
     p.add_argument(
         "--out", default=str(REPO / "benchmarks" / "results"), help="folder for online.json and online_report/"
     )
-    p.add_argument("--seeds", type=int, default=5, help="seeds per (oracle, method) (default 5)")
-    p.add_argument("--oracles", nargs="+", default=list(ORACLES), choices=ORACLES)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--list", action="store_true", help="print the plan and the settings, run nothing")
+    p.add_argument("--seeds", type=int, default=0, help="seeds per task (default: the plan's, 10 rare, 5 others)")
+    p.add_argument("--oracles", nargs="+", choices=ORACLES, help="only these tasks")
+    p.add_argument("--methods", nargs="+", choices=sorted(METHODS), help="only (or also) these methods")
     p.add_argument("--rounds", type=int, default=4, help="rounds per run, round 0 included (default 4)")
-    p.add_argument("--initial-queries", type=int, default=36, help="round 0's pretrained samples (default 36)")
+    p.add_argument("--initial-queries", type=int, default=36, help="round 0's queries (default 36)")
     p.add_argument("--queries-per-round", type=int, default=12, help="queries per guided round (default 12)")
     p.add_argument("--particles", type=int, default=4, help="DAS particles K per prompt (default 4)")
     p.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
+    p.add_argument("--eval-images", type=int, default=4, help="evaluate mode's images per prompt (default 4)")
     p.add_argument("--workers", type=int, default=2, help="runs in parallel (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
-    p.add_argument(
-        "--summarize-only",
-        action="store_true",
-        help="run nothing: re-read the runs, rewrite the summary and report, keep the timings of online.json",
-    )
+    p.add_argument("--summarize-only", action="store_true", help="run nothing: re-read the runs, rewrite the summary")
+    p.add_argument("--update-readme", action="store_true", help="write the which-method table into README.md")
     return p
-
-
-def _summary_payload(args, results: list[dict], wall: float, previous: dict | None) -> dict:
-    """Reads the runs back, writes the report, and returns online.json's content."""
-    from benchmarks.common import machine
-    from online.analysis import load_run, write_report
-
-    run_dirs = sorted(
-        Path(args.runs) / f"{o}-{m}-s{s}" for o in args.oracles for m in args.methods for s in range(args.seeds)
-    )
-    run_dirs = [d for d in run_dirs if d.is_dir()]
-    report_dir = Path(args.out) / "online_report"
-    written = write_report(run_dirs, report_dir, "Online loop on the embedded world: methods × oracles × seeds")
-    runs = [run for run in (load_run(d, details=False) for d in run_dirs) if run is not None]
-    summary, comparisons = summarize(runs, args.methods)
-    report = written["report"]
-    payload = {
-        "machine": {**machine(), "threads": args.threads, "workers": args.workers},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("runs", "out", "summarize_only")},
-        "wall_seconds": wall,
-        "run_seconds": sum(r["seconds"] for r in results),
-        "reused_runs": sum(1 for r in results if r["reused"]),
-        "failed_runs": [r["run"] for r in results if r["status"]],
-        "summary": summary,
-        "comparisons": comparisons,
-        "round_overhead_fraction": _round_overhead(runs),
-        "report": str(report.relative_to(REPO)) if report.is_relative_to(REPO) else str(report),
-        "runs_read": len(runs),
-    }
-    if previous is not None:  # the runs' timings come from the invocation that ran them
-        keep = ("machine", "settings", "wall_seconds", "run_seconds", "reused_runs", "failed_runs")
-        payload.update({key: previous[key] for key in keep if key in previous})
-        payload["summarized_again"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    return payload
-
-
-def _print_summary(payload: dict, results: list[dict], out: Path, summarize_only: bool) -> None:
-    for row in payload["summary"]:
-        print(
-            f"{row['oracle']:>12} {row['method']:>12}  "
-            f"final {row['final_true_reward_mean']:.4f} ± {row['final_true_reward_se']:.4f}"
-            f"  gain/ceiling {row['gain_fraction_of_ceiling']:.2f}"
-        )
-    for entry in payload["comparisons"]:
-        print(json.dumps(entry, default=float))
-    if summarize_only:
-        print(f"summary rewritten from {payload['runs_read']} runs -> {out}")
-    else:
-        failed, minutes = len(payload["failed_runs"]), payload["wall_seconds"] / 60
-        print(f"{len(results)} runs in {minutes:.1f} min ({payload['reused_runs']} reused, {failed} failed) -> {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = _parser()
     args = p.parse_args(argv)
-    if args.rounds < 2 or args.seeds < 1 or args.workers < 1 or args.threads < 1:
-        p.error("--rounds must be at least 2, and --seeds, --workers, --threads at least 1")
+    if args.rounds < 2 or args.seeds < 0 or args.workers < 1 or args.threads < 1:
+        p.error("--rounds must be at least 2, --seeds at least 0, and --workers, --threads at least 1")
+    if args.eval_images > args.particles:
+        p.error("--eval-images cannot exceed --particles (evaluate mode keeps that many of the K particles)")
+    plan = make_plan(args)
+    if args.list:
+        print(json.dumps({"plan": plan, "settings": _settings(args)}, indent=2))
+        return 0
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
     out = Path(args.out) / "online.json"
-    previous = json.loads(out.read_text()) if args.summarize_only and out.is_file() else None
+    previous = json.loads(out.read_text()) if out.is_file() else None
     if args.summarize_only and previous is None:
         p.error(f"--summarize-only needs an earlier {out}")
+    from benchmarks.common import machine
+
+    header = {"machine": {**machine(), "threads": args.threads, "workers": args.workers}, "plan": plan}
+    header["settings"], header["default_method"] = _settings(args), DEFAULT_METHOD
     started = time.perf_counter()
-    results = [] if args.summarize_only else run_all(args)
-    payload = _summary_payload(args, results, time.perf_counter() - started, previous)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, out)
-    _print_summary(payload, results, out, args.summarize_only)
+    if args.summarize_only:
+        results = []
+    else:
+        _write_json(out, {**header, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        results = run_all(plan, args)
+    payload = _payload(header, plan, args, results, time.perf_counter() - started, previous)
+    _write_json(out, payload)
+    _print_summary(payload, out)
+    if args.update_readme and not update_readme(REPO / "README.md", readme_table(payload)):
+        print(
+            f"README.md has no {README_START!r} … {README_END!r} markers; the table was not written", file=sys.stderr
+        )
+        return 1
     return 1 if payload["failed_runs"] else 0
 
 
-def _round_overhead(runs) -> dict:
-    """Share of each guided round's time spent outside sampling and oracle calls (fit, checkpoint, ...)."""
-    shares = []
-    for run in runs:
-        for row in run.rows[1:]:
-            s = row.get("seconds") or {}
-            if s.get("total"):
-                shares.append((s["total"] - s.get("sample", 0.0) - s.get("query", 0.0)) / s["total"])
-    if not shares:
-        return {}
-    shares.sort()
-    return {"median": shares[len(shares) // 2], "max": shares[-1], "rounds": len(shares)}
+def _payload(header: dict, plan: dict, args, results: list[dict], wall: float, previous: dict | None) -> dict:
+    from online.analysis import write_report
+
+    per_run = _collect(plan, args)
+    summary, comparisons = summarize(per_run)
+    run_dirs = [
+        Path(args.runs) / run_name(o, m, s)
+        for o, entry in plan["tasks"].items()
+        for m in entry["methods"]
+        for s in entry["seeds"]
+        if (Path(args.runs) / run_name(o, m, s)).is_dir()
+    ]
+    report = write_report(run_dirs, Path(args.out) / "online_report", "Online loop on the embedded world")["report"]
+    payload = {
+        **header,
+        "status": "complete",
+        "wall_seconds": wall,
+        "run_seconds": sum(r["seconds"] for r in results),
+        "runs": len(results),
+        "reused_runs": sum(1 for r in results if r["reused"]),
+        "failed_runs": [r["run"] for r in results if r["status"]],
+        "summary": sorted(summary, key=lambda r: (r["oracle"], -r["final_true_reward_mean"])),
+        "comparisons": comparisons,
+        "curves": {f"{o}/{m}": {s: f["curve"] for s, f in seeds.items()} for (o, m), seeds in per_run.items()},
+        "report": str(report.relative_to(REPO)) if report.is_relative_to(REPO) else str(report),
+    }
+    if args.summarize_only and previous is not None:  # the timings come from the invocation that ran them
+        for key in ("machine", "wall_seconds", "run_seconds", "runs", "reused_runs", "failed_runs"):
+            if key in previous:
+                payload[key] = previous[key]
+        payload["summarized_again"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return payload
+
+
+def _print_summary(payload: dict, out: Path) -> None:
+    for row in payload["summary"]:
+        lead = row.get("paired_vs_greedy_se", math.nan)
+        print(
+            f"{row['oracle']:>12} {row['method']:>16}  final {row['final_true_reward_mean']:.4f} ± "
+            f"{row['final_true_reward_se']:.4f}  gain/ceiling {row['gain_fraction_of_ceiling']:.2f}  "
+            f"vs greedy {lead:.1f} SE  evaluate {row.get('evaluate_true_reward_mean', math.nan):.4f}"
+        )
+    for entry in payload["comparisons"]:
+        print(json.dumps(entry, default=float))
+    minutes = payload["wall_seconds"] / 60
+    failed = len(payload["failed_runs"])
+    print(f"{payload['runs']} runs in {minutes:.1f} min ({payload['reused_runs']} reused, {failed} failed) -> {out}")
+
+
+README_START = (
+    "<!-- bench_online: which method (python -m benchmarks.bench_online --summarize-only --update-readme) -->"
+)
+README_END = "<!-- /bench_online -->"
+TASK_NAMES = {"rare": "rare colour", "jpeg": "JPEG (−kB)", "colorfulness": "colourfulness"}
+
+
+def _cell(row: dict | None, key: str, digits: int, se: bool = True) -> str:
+    if row is None or key + "_mean" not in row or math.isnan(row[key + "_mean"]):
+        return "—"
+    text = f"{row[key + '_mean']:.{digits}f}"
+    if se and not math.isnan(row.get(key + "_se", math.nan)):
+        text += f" ± {row[key + '_se']:.{digits}f}"
+    return text.replace("-", "−")
+
+
+def _lead(row: dict | None, key: str) -> str:
+    value = (row or {}).get(key)
+    return "—" if value is None or math.isnan(value) else f"{value:+.1f}"
+
+
+def readme_table(payload: dict) -> str:
+    """The README's "which method" table, made from ``online.json`` alone (a test checks the README holds it)."""
+    rows = {(r["oracle"], r["method"]): r for r in payload["summary"]}
+    tasks = list(payload["plan"]["tasks"])
+    methods = list(dict.fromkeys(m for t in tasks for m in payload["plan"]["tasks"][t]["methods"]))
+    digits = {"rare": 3, "jpeg": 3, "colorfulness": 1}
+    head = ["method"]
+    for task in tasks:
+        head += [f"{TASK_NAMES[task]}: final (gain)", "vs greedy", "evaluate"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in methods:
+        cells = [METHODS[method].label + (" **(default)**" if method == payload["default_method"] else "")]
+        for task in tasks:
+            row = rows.get((task, method))
+            gain = (row or {}).get("gain_fraction_of_ceiling", math.nan)
+            final = _cell(row, "final_true_reward", digits[task])
+            cells.append(final if math.isnan(gain) or final == "—" else f"{final} ({gain:.2f})")
+            cells.append(_lead(row, "paired_vs_greedy_se"))
+            cells.append(_cell(row, "evaluate_true_reward", digits[task]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, table: str) -> bool:
+    """Replaces the text between the README's markers with ``table``; False when the markers are missing."""
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    new = text[: start + len(README_START)] + "\n" + table + "\n" + text[end:]
+    tmp = readme.with_name(readme.name + ".tmp")
+    tmp.write_text(new, encoding="utf-8")
+    os.replace(tmp, readme)
+    return True
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ LCM Dreamshaper v7, 8 LCM steps, LCM's embedded guidance 8.5 (no doubled CFG bat
 reference SMC settings of config/sd.py otherwise.
 """
 
-from config.sd import family_config
+from config.sd import FAMILY_VARIANTS, family_config
+
+VARIANTS = FAMILY_VARIANTS  # the command line lists them when --config names no variant
 
 
 def get_config(variant: str = "aesthetic"):

@@ -11,7 +11,9 @@ Each method file picks a surrogate and calls :func:`online_config` with a varian
 * ``tiny_jpeg`` / ``tiny_colorfulness`` / ``tiny_rare`` / ``tiny_multi`` / ``tiny_evaluate``:
   the embedded world (``checkpoints/pretrained/shapes32``), small enough for a laptop CPU;
   ``tiny_rare`` is the task where exploration matters (its best images are rare under the
-  pretrained model, ``world/oracles.py``).
+  pretrained model, ``world/oracles.py``). These variants choose each round's queries from a
+  candidate pool (:data:`WORLD_POOL`; ``NO_POOL``'s values turn it off) and, with the GP, fit
+  it on every feature (no PCA): the benchmark's default method (``benchmarks/bench_online.py``).
 * ``tiny_human``: the embedded world rated by a person on a local page (``online/human``,
   the ``[human]`` extra): 8 images in round 0, then 4 a round, no added label noise.
 
@@ -196,6 +198,28 @@ WORLD_SCALES = {"jpeg": 0.2, "colorfulness": 50.0}
 WORLD_KL_COEFF = {"jpeg": 0.02, "colorfulness": 5.0, "rare": 0.03, "multi": 0.1, "human": 0.5}  # human: 1-10 ratings
 
 
+#: The world variants' query choice (the default method of ``benchmarks/bench_online.py``; ``tiny_human``
+#: excepted): each guided round samples 72 candidates (12 prompts × K = 4 DAS particles, plus 24 pretrained
+#: samples) and queries the batch qUCB picks; round 0 queries a maximin cover of 144 pretrained samples.
+WORLD_POOL = {
+    "images_per_prompt": 4,
+    "pool_size": 72,
+    "pool_pretrained": 24,
+    "acquisition": "qucb",
+    "initial_pool_size": 144,
+    "initial_selection": "maximin",
+}
+#: The loop without a pool (every round queries what DAS samples, the heaviest particle per prompt).
+NO_POOL = {
+    "images_per_prompt": 1,
+    "pool_size": 0,
+    "pool_pretrained": 0,
+    "acquisition": "",
+    "initial_pool_size": 0,
+    "initial_selection": "first",
+}
+
+
 def _tiny(c: ml_collections.ConfigDict, oracle: str) -> ml_collections.ConfigDict:
     from world import ORACLE_NOISE_STD
 
@@ -214,6 +238,10 @@ def _tiny(c: ml_collections.ConfigDict, oracle: str) -> ml_collections.ConfigDic
     c.loop.initial_queries = 48
     c.loop.queries_per_round = 16
     c.evaluate.images_per_prompt = 2
+    if oracle != "human":
+        c.loop.update(WORLD_POOL)
+    if c.surrogate.kind == "gp":  # ARD over every world feature: it finds the rare task's two colour features
+        c.surrogate.kwargs.pca_dim = None
     return c
 
 
@@ -266,4 +294,5 @@ def method_config(method: str):
         f"``config/{method}_smc.py:<variant>``: the online loop with the {kind!r} surrogate and the "
         f"{acquisition!r} acquisition."
     )
+    get_config.variants = VARIANTS  # the command line lists them when --config names no variant
     return get_config

@@ -17,7 +17,7 @@ def base(
 ) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.run_name = f"{family}-aesthetic"
-    config.output_dir = "outputs/das"
+    config.output_dir = "runs/das"  # beside the online loop's runs (runs/<run_name>)
     config.overwrite = False
     config.seed = 0
     config.device = ""  # "" picks accelerate's device (cuda when available); "cpu" forces CPU
@@ -173,6 +173,7 @@ VARIANTS = {
     "world": world,
     "realign_world": realign_world,
 }
+FAMILY_VARIANTS = tuple(name for name in VARIANTS if name not in WORLD_VARIANTS)  # config/sdxl.py, config/lcm.py
 
 
 def get_config(variant: str = "aesthetic") -> ml_collections.ConfigDict:

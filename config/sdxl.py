@@ -3,7 +3,9 @@
 Same reference SMC settings as config/sd.py; 1024×1024 images (latents from the UNet config).
 """
 
-from config.sd import family_config
+from config.sd import FAMILY_VARIANTS, family_config
+
+VARIANTS = FAMILY_VARIANTS  # the command line lists them when --config names no variant
 
 
 def get_config(variant: str = "aesthetic"):

@@ -38,7 +38,7 @@ Config files and variants:
   config/lcm.py    Latent Consistency Model (the same variants but world, realign_world)
 
 Main fields (override with --config.<field>=<value>):
-  run_name, output_dir, overwrite   the outputs go to <output_dir>/<run_name> (a plain name);
+  run_name, output_dir, overwrite   the outputs go to <output_dir>/<run_name> (a plain name; default runs/das/);
                                     overwrite replaces an earlier output of this tool there, nothing else
   prompt_file, num_prompts, batch_prompts, seed, device ('' automatic, 'cpu', 'cuda', 'cuda:N')
   model.path, model.dtype, model.num_steps, model.guidance_scale

@@ -51,6 +51,7 @@ from dasapp.run_dirs import (
     lock_run_name,
     write_run_directory,
 )
+from dasapp.weights import check_weights
 
 
 def validate(config) -> None:
@@ -58,6 +59,7 @@ def validate(config) -> None:
     check_shared_sections(config)
     if realign_enabled(config):
         validate_realign(config)
+    check_weights(config)  # every model and weight file on this machine, or one message listing the missing
     check_reward_section(config.reward)
     check_number(config.num_prompts, "num_prompts (0: all)", integer=True, minimum=0)
     check_number(config.batch_prompts, "batch_prompts", integer=True, minimum=1)
@@ -75,7 +77,7 @@ def validate(config) -> None:
 
 def run_place(config) -> RunPlace:
     """The run directory ``<output_dir>/<run_name>``: any existing one (even empty) needs ``overwrite``."""
-    return RunPlace(config.output_dir, config.run_name, DAS_SAMPLE_KIND, example="outputs/das", reuse_empty=False)
+    return RunPlace(config.output_dir, config.run_name, DAS_SAMPLE_KIND, example="runs/das", reuse_empty=False)
 
 
 def sample_prompts(sampler_and_reward, prompts: Sequence[str], batch: int, seed: int, offset: int) -> list[dict]:

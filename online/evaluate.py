@@ -12,7 +12,7 @@ arrives → write the images, the grid and, last, ``metrics.json``.
 A mistake found before the directory is created (a prompt file that is empty, missing or not
 UTF-8; a model or checkpoint that does not load) costs nothing: no file is created or
 removed, no query is paid. An evaluation interrupted later (a full disk, a kill) is resumed
-with the same command plus ``--config.resume_from=<its directory>`` (its own config.json,
+with ``--config.resume_from=<its directory>`` alone (its own config.json,
 :func:`online.validation.resume_config`): the staged batch is reused and only the items
 without a journaled answer are asked.
 """
@@ -244,8 +244,8 @@ def _describe_os_error(error: OSError, run: RunDirectory, started: bool) -> str:
         return f"{what}{target}; nothing was asked yet: fix the path or free the space, then run it again."
     return (
         f"{what}{target}; every answer already paid for is kept in {run.evaluation_journal.path}: free the space "
-        f"or fix the path, then resume the evaluation with the same command plus --config.resume_from={run.path} "
-        "(without --config.overwrite)."
+        f"or fix the path, then resume the evaluation with python online/online_main_smc.py "
+        f"--config.resume_from={run.path}."
     )
 
 

@@ -4,7 +4,7 @@
     python online/online_main_smc.py --config config/UCB_smc.py:tiny_jpeg --config.loop.num_rounds=7
     python online/online_main_smc.py --config config/UCB_smc.py:tiny_evaluate \\
         --config.reward_model_path=runs/UCB-tiny_jpeg/round_0006
-    python online/online_main_smc.py --config config/UCB_smc.py:tiny_jpeg --config.resume_from=runs/UCB-tiny_jpeg
+    python online/online_main_smc.py --config.resume_from=runs/UCB-tiny_jpeg   (or --resume runs/UCB-tiny_jpeg)
 
 A mistake in the command line or the config ends in one line and exit status 2 before any
 model is loaded or any directory is created; a failure while running ends in one line and
@@ -18,6 +18,7 @@ import sys
 EXAMPLE = "config/UCB_smc.py:tiny_jpeg"
 
 HELP = """usage: online/online_main_smc.py --config config/<METHOD>_smc.py:<VARIANT> [--config.<field>=<value> ...]
+       online/online_main_smc.py --config.resume_from=<run or evaluation dir> [--config.<field>=<value> ...]
 
 Online black-box optimization of a diffusion model: each round samples a batch with DAS
 guided by an optimistic surrogate, asks the oracle about it, refits the surrogate, and
@@ -31,8 +32,9 @@ Variants: {variants}
 Main fields (override with --config.<field>=<value>):
   run_name, output_dir     the run directory is <output_dir>/<run_name> (a plain name)
   overwrite                empty an earlier run of this tool at that place (never anything else)
-  resume_from              a run directory to continue with its own config.json; only these may
-                           differ, when given: {safe}
+  resume_from              a run (or evaluation) directory to continue with its own config.json
+                           (alias --resume DIR; --config is then optional); a field given on the
+                           command line must equal the stored one, except: {safe}
   seed, device             '' (automatic), 'cpu', 'cuda' or 'cuda:N'
   loop.num_rounds, loop.initial_queries, loop.queries_per_round, loop.images_per_prompt
   smc.num_particles, smc.kl_coeff, smc.tempering, smc.tempering_gamma,
@@ -49,11 +51,11 @@ Main fields (override with --config.<field>=<value>):
   tracker                  '' | tensorboard | wandb: per-round scalars and image grids in
                            <run_dir>/tensorboard or wandb
   mode=evaluate with reward_model_path=<run_dir>/round_<k>; an interrupted evaluation is resumed
-                           with the same command plus resume_from=<its directory>
+                           with --config.resume_from=<its directory>
 
 Examples:
   python online/online_main_smc.py --config {example} --config.run_name=first
-  python online/online_main_smc.py --config {example} --config.resume_from=runs/first --config.loop.num_rounds=10
+  python online/online_main_smc.py --config.resume_from=runs/first --config.loop.num_rounds=10
   python online/online_main_smc.py --config config/UCB_smc.py:tiny_evaluate \\
       --config.reward_model_path=runs/first/round_0006
   python online/online_main_smc.py --config config/UCB_smc.py:tiny_human   (you rate each round in a browser)
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     with stop_on_signals():
         try:
             try:
-                config, overrides = parse_config_argv(argv, EXAMPLE, lock_config=False)
+                argv = expand_resume_alias(argv)
+                config, overrides = parse_config_argv(argv, EXAMPLE, lock_config=False, without_config=config_of_run)
             except CommandLineError as error:
                 return _fail(error, 2)
             return run(config, overrides)
@@ -166,27 +169,53 @@ def stop_message(stop, argv: list[str], config) -> str:
             f"stopped by {stop.name} before the {what} directory was ready; no query was paid: "
             "run the same command again."
         )
-    return f"stopped by {stop.name}; every answer so far is saved: resume the {what} with {resume_command(argv, path)}"
+    return f"stopped by {stop.name}; every answer so far is saved: resume the {what} with {resume_command(path)}"
 
 
-def resume_command(argv: list[str], path) -> str:
-    """`argv` (the same config file, variant and fields) without ``overwrite`` or an earlier
-    ``resume_from``, plus ``--config.resume_from=<path>``, as a line to paste in a shell."""
+def resume_command(path) -> str:
+    """The line to paste in a shell that continues the run or evaluation at `path` (its own
+    ``config.json`` holds the settings, so no config file or field is needed)."""
     import shlex
 
-    dropped = {"config.overwrite", "noconfig.overwrite", "config.resume_from"}
-    args, skip_value = [], False
-    for arg in argv[1:]:
-        if skip_value:
-            skip_value = False
-            if not arg.startswith("-"):
-                continue
-        name, equals, _ = arg.lstrip("-").partition("=")
-        if arg.startswith("-") and name in dropped:
-            skip_value = not equals and name != "noconfig.overwrite"
-            continue
-        args.append(arg)
-    return shlex.join(["python", "online/online_main_smc.py", *args, f"--config.resume_from={path}"])
+    return shlex.join(["python", "online/online_main_smc.py", f"--config.resume_from={path}"])
+
+
+def expand_resume_alias(argv: list[str]) -> list[str]:
+    """`argv` with ``--resume DIR`` (or ``--resume=DIR``) written as ``--config.resume_from=DIR``."""
+    out, i = [argv[0]] if argv else [], 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return out + argv[i:]
+        if arg.startswith("--resume="):
+            arg = "--config.resume_from=" + arg.partition("=")[2]
+        elif arg == "--resume" and i + 1 < len(argv):
+            arg, i = f"--config.resume_from={argv[i + 1]}", i + 1
+        out.append(arg)
+        i += 1
+    return out
+
+
+def config_of_run(argv: list[str]):
+    """The config of a command line without ``--config``: the stored config of the run (or, by
+    its marker or ``--config.mode``, the evaluation) named by ``--config.resume_from``.
+
+    Raises:
+        CommandLineError: no ``resume_from`` either, or the directory is no resumable run.
+    """
+    from dasapp.config_checks import ConfigError
+    from dasapp.config_cli import CommandLineError, flag_value
+    from online.validation import config_of_run as stored
+
+    resume_from = flag_value(argv, "config.resume_from")
+    if not resume_from:
+        raise CommandLineError(
+            f"--config is required, e.g. --config {EXAMPLE}, unless you resume with --config.resume_from=<run dir>."
+        )
+    try:
+        return stored(resume_from, flag_value(argv, "config.mode"))
+    except ConfigError as error:
+        raise CommandLineError(str(error)) from None
 
 
 def _made_by_this_process(path) -> bool:

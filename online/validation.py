@@ -2,8 +2,9 @@
 
 Also decides what a resumed run uses: the run's own ``config.json``, with only the fields in
 :data:`SAFE_TO_CHANGE_ON_RESUME` taken from the command line, and only when they were given
-there explicitly. Any other difference is refused with a line naming the field, so a resume
-never silently changes the method, the seed, or the number of paid rounds.
+there explicitly. Any other field given there with a different value is refused with a line
+naming it, so a resume never silently changes the method, the seed, or the number of paid
+rounds; fields a config file supplies but the command line does not are the stored ones.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from pathlib import Path
 
 from dasapp.config_checks import ConfigError, check_choice, check_flag, check_number, check_shared_sections
 from dasapp.factory import check_prompt_source, resolve_path
-from dasapp.run_dirs import RunDirError
+from dasapp.run_dirs import RunDirError, read_marker
+from dasapp.weights import check_weights
 from online.builders import BETA_SCHEDULES, FEATURIZERS, ORACLES, SURROGATES, featurizer_dim
 from online.guidance import GUIDANCE_MODES, SURROGATE_GUIDANCE, guidance_acquisition
-from online.run_directory import RunDirectory
+from online.run_directory import EVALUATE_KIND, TRAIN_KIND, RunDirectory
 
 MODES = ("train", "evaluate")
 TRACKERS = ("", "tensorboard", "wandb")
@@ -75,6 +77,7 @@ def validate(config) -> None:
     _validate_evaluate_section(config.evaluate, config.smc)
     _validate_surrogate(config.surrogate)
     _validate_oracle(config.oracle)
+    check_weights(config)  # every model and weight file on this machine, or one message listing the missing
     _validate_files(config)
     if config.mode == "evaluate":
         _validate_evaluate(config)
@@ -344,57 +347,131 @@ def surrogate_path(path: Path) -> Path:
 # ---------------------------------------------------------------------------- resume
 def resume_config(config, overrides: dict | None = None):
     """The config a resumed run (or, with ``mode="evaluate"``, a resumed evaluation) uses: its
-    stored ``config.json`` plus the allowed changes.
+    stored ``config.json`` (:func:`stored_run_config`) plus the allowed changes.
+
+    Only the fields given on the command line are compared with the stored ones: a field of
+    :data:`SAFE_TO_CHANGE_ON_RESUME` given there is taken, a location field
+    (:data:`LOCATION_FIELDS`) is ignored, and any other given field must equal its stored
+    value. Fields `config` got from a config file but not from the command line are the
+    stored ones.
 
     Args:
-        config: the config built from the command line (file, variant and overrides).
+        config: the config built from the command line (a config file and its overrides,
+            or the run's own config and its overrides).
         overrides: the fields given explicitly on the command line (``{"loop.num_rounds":
-            9}``); None means every field of `config` is what the caller wants, so its safe
-            fields are taken as they are.
+            9}``); None means every field of `config` is what the caller wants: all are
+            compared, and the safe ones taken. Without ``mode`` among them, the run's
+            marker says whether `config.resume_from` is a run or an evaluation.
 
     Raises:
-        ConfigError: when `config` differs from the stored one in a field that a resume may
-            not change (the message names it), or the stored config is unreadable.
+        ConfigError: when a given field differs from the stored one and a resume may not
+            change it (one line names each such field, stored and given), or the stored
+            config is unreadable or not in a directory this tool made.
     """
     import ml_collections
 
-    try:
-        stored = RunDirectory.for_config(config).stored_config()
-    except RunDirError as error:
-        raise ConfigError(str(error)) from None
+    mode = config.mode if overrides is None or "mode" in overrides else None
+    stored = stored_run_config(config.resume_from, mode)
     if config.overwrite:
         raise ConfigError("resume_from and overwrite=True contradict each other; a resume never deletes anything.")
-    stored = upgrade_pre_acquisition_config(stored, RunDirectory.for_config(config).config_path)
     wanted, kept = _flatten(config.to_dict()), _flatten(stored)
-    for field, value in ADDED_FIELDS.items():  # a run older than the field ran with its old behaviour
-        if field not in kept and field in wanted:
-            kept[field] = value
-            stored = _with_field(stored, field, value)
+    given = _given_fields(wanted, overrides)
     differ = [
         field
-        for field in sorted(set(wanted) | set(kept))
+        for field in sorted(given)
         if field not in SAFE_TO_CHANGE_ON_RESUME
         and field not in LOCATION_FIELDS
         and _canonical(wanted.get(field, "<absent>")) != _canonical(kept.get(field, "<absent>"))
     ]
     if differ:
-        field, what = differ[0], "evaluation" if config.mode == "evaluate" else "run"
-        more = f" (and {len(differ) - 1} more: {', '.join(differ[1:4])})" if len(differ) > 1 else ""
-        raise ConfigError(
-            f"Cannot resume {config.resume_from!r} with different settings: {field} is "
-            f"{kept.get(field, '<absent>')!r} in its config.json but {wanted.get(field, '<absent>')!r} here{more}; "
-            f"resume with the {what}'s own config file and variant and no such override (only "
-            f"{', '.join(SAFE_TO_CHANGE_ON_RESUME)} may change), or start a new {what}."
-        )
+        raise ConfigError(_refusal(config.resume_from, kept.get("mode", config.mode), differ, kept, wanted))
     resumed = ml_collections.ConfigDict(stored)
     # a safe field is taken from the command line when given there, or when the run (from an
     # older version of the tool) has no value for it
-    taken = [f for f in SAFE_TO_CHANGE_ON_RESUME if overrides is None or f in overrides or f not in kept]
+    taken = [f for f in SAFE_TO_CHANGE_ON_RESUME if (f in given or f not in kept) and f in wanted]
     for field in taken:
         _set(resumed, field, _get(config, field))
     resumed.resume_from = config.resume_from
     resumed.overwrite = False
     return resumed
+
+
+def stored_run_config(resume_from: str, mode: str | None = None) -> dict:
+    """The ``config.json`` of the run (``mode="train"``) or evaluation (``"evaluate"``) at
+    `resume_from`, in today's format: a pre-0.2 config upgraded, and the fields added since
+    (:data:`ADDED_FIELDS`) set to the value that reproduces what the run did.
+
+    Args:
+        resume_from: the directory; it is read only when it carries this tool's marker.
+        mode: None: the kind the directory's marker names.
+
+    Raises:
+        ConfigError: not a directory this tool made as that kind, or an unreadable config.
+    """
+    if mode is None:
+        marker = read_marker(Path(resume_from)) or {}
+        mode = "evaluate" if marker.get("kind") == EVALUATE_KIND else "train"
+    run = RunDirectory(Path(resume_from), None, EVALUATE_KIND if mode == "evaluate" else TRAIN_KIND)
+    try:
+        stored = run.stored_config()
+    except RunDirError as error:
+        raise ConfigError(str(error)) from None
+    stored = upgrade_pre_acquisition_config(stored, run.config_path)
+    kept = _flatten(stored)
+    for field, value in ADDED_FIELDS.items():  # a run older than the field ran with its old behaviour
+        if field not in kept:
+            stored = _with_field(stored, field, value)
+    return stored
+
+
+def config_of_run(resume_from: str, mode: str | None = None):
+    """The ConfigDict a resume without a config file starts from (the command line's
+    overrides apply to it): :func:`stored_run_config` with tuples for lists, plus today's
+    default for each field of :data:`SAFE_TO_CHANGE_ON_RESUME` an older version did not store.
+
+    Raises:
+        ConfigError: as :func:`stored_run_config`.
+    """
+    import ml_collections
+
+    from config.online_base import online_config
+
+    stored = stored_run_config(resume_from, mode)
+    kept, defaults = _flatten(stored), _flatten(online_config("ucb", "tiny_jpeg", method="").to_dict())
+    for field in SAFE_TO_CHANGE_ON_RESUME:
+        if field not in kept:
+            stored = _with_field(stored, field, defaults[field])
+    return ml_collections.ConfigDict(_tuples(stored))  # JSON's lists: the config files' tuples, as flags parse them
+
+
+def _tuples(tree):
+    """`tree` (parsed JSON) with every list a tuple."""
+    if isinstance(tree, dict):
+        return {key: _tuples(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return tuple(_tuples(value) for value in tree)
+    return tree
+
+
+def _given_fields(wanted: dict, overrides: dict | None) -> set[str]:
+    """The flat fields of `wanted` given on the command line (all of them when `overrides` is None)."""
+    if overrides is None:
+        return set(wanted)
+    return set(overrides) | {f for f in wanted if any(f.startswith(f"{name}.") for name in overrides)}
+
+
+def _refusal(resume_from: str, mode: str, differ: list[str], kept: dict, wanted: dict) -> str:
+    """The one line refusing a resume whose command line changes the fields `differ`."""
+    what = "evaluation" if mode == "evaluate" else "run"
+    changes = "; ".join(
+        f"{field} is {kept.get(field, '<absent>')!r} in its config.json but {wanted.get(field, '<absent>')!r} here"
+        for field in differ
+    )
+    return (
+        f"Cannot resume {resume_from!r} with different settings: {changes}; leave those fields off the command "
+        f"line (a resume uses the {what}'s own config.json, and only {', '.join(SAFE_TO_CHANGE_ON_RESUME)} may "
+        f"change), or start a new {what}."
+    )
 
 
 def upgrade_pre_acquisition_config(stored: dict, path: Path | str = "config.json") -> dict:

@@ -58,6 +58,9 @@ three (RMSE 0.405 and 0.015; ELBO 0.457 and 0.021; exact GP on 512 points 0.446 
 
 ``posterior`` is the GP posterior (exact: no LOVE / fast variances; sparse: `q(f)`) with its
 variance multiplied by a calibrated scale `s` (below); the UCB acquisition adds `β`·std to the mean.
+``joint_posterior`` is the same posterior jointly over a set of points (mean and covariance, the
+same scale `s`; capability ``"joint"``), which makes :mod:`surrogate.batch_selection`'s batch rules
+aware of how a batch's points are correlated.
 
 Calibration of the epistemic std. The marginal likelihood explains what the kernel cannot fit
 as noise, so on embedded-world data the GP's posterior std is too narrow against the noise-free
@@ -277,6 +280,8 @@ class GPSurrogate(Surrogate):
     """
 
     kind = "gp"
+    #: ``"joint"``: :meth:`joint_posterior`, the posterior covariance between points (batch-aware batch selection).
+    capabilities = frozenset({"joint"})
     hyperparameter_specs = {
         **Surrogate.hyperparameter_specs,
         "pca_dim": integer(1, 4096, optional=True),
@@ -670,6 +675,35 @@ class GPSurrogate(Surrogate):
         std = var.clamp_min(1e-30).sqrt() * self.y_norm.std[0]
         mean = self.y_norm.inverse(mean.unsqueeze(-1)).squeeze(-1)
         return Posterior(mean.to(self.dtype).reshape(lead), std.to(self.dtype).reshape(lead))
+
+    def joint_posterior(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The joint posterior of the latent function at `M` points: mean `(..., M)`, covariance `(..., M, M)`.
+
+        The same model as :meth:`posterior` (PCA, scaling, standardisation, the calibrated
+        variance scale `s`), in reward units and this surrogate's dtype: its diagonal is
+        :meth:`posterior`'s std² (epistemic, without observation noise). Exact GP: the GP's
+        posterior covariance; sparse GP: `q(f)`'s. Leading dimensions of `features` are
+        independent sets of points (each gets its own `M x M` covariance). Not differentiable:
+        it is meant for batch selection (:mod:`surrogate.batch_selection`).
+
+        Args:
+            features: `(..., M, D)` with `M >= 1`.
+        """
+        self._check_fitted()
+        assert self.model is not None
+        if features.dim() < 2 or features.shape[-1] != self.input_dim:
+            raise ValueError(f"Expected features (..., M, {self.input_dim}), got shape {tuple(features.shape)}.")
+        self.model.eval()
+        with (
+            torch.no_grad(),
+            gpytorch.settings.fast_pred_var(False),
+            gpytorch.settings.max_cholesky_size(_CHOLESKY_ALWAYS),
+        ):
+            mvn = self.model(self.project(features))
+            scale = self.y_norm.std[0]
+            covariance = mvn.covariance_matrix * (self.variance_scale * scale**2)
+            mean = self.y_norm.inverse(mvn.mean.unsqueeze(-1)).squeeze(-1)
+        return mean.to(self.dtype), covariance.to(self.dtype)
 
     # ------------------------------------------------------------ checkpoint
     def _move(self, device: torch.device) -> None:

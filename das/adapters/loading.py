@@ -10,7 +10,10 @@ traceback from the hub client.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -42,6 +45,20 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def fetch_command(repo_id: str, local_dir: str) -> str:
+    """A shell command that downloads hub model `repo_id` into `local_dir` with the installed tools.
+
+    The ``hf`` command of huggingface_hub 1.x and later when it is installed (on ``PATH`` or beside
+    this Python), else huggingface_hub's ``snapshot_download`` through this Python.
+    """
+    beside = Path(sys.executable).with_name("hf")
+    if shutil.which("hf") or beside.is_file():
+        program = "hf" if shutil.which("hf") else str(beside)
+        return f"{program} download {repo_id} --local-dir {local_dir}"
+    code = f"from huggingface_hub import snapshot_download; snapshot_download({repo_id!r}, local_dir={local_dir!r})"
+    return f'{sys.executable} -c "{code}"'
+
+
 def missing_weights_message(what: str, model_id: str | os.PathLike, config_hint: str = "the model path") -> str:
     """The one-sentence explanation for weights that cannot be loaded."""
     model_id = str(model_id)
@@ -52,7 +69,8 @@ def missing_weights_message(what: str, model_id: str | os.PathLike, config_hint:
         )
     return (
         f"The {what} {model_id!r} is not in the local Hugging Face cache and the hub cannot be reached; download it "
-        f"where there is network (huggingface-cli download {model_id}) and set {config_hint} to that local folder."
+        f"where there is network ({fetch_command(model_id, 'weights/' + model_id)}) and set {config_hint} to that "
+        "local folder."
     )
 
 

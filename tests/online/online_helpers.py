@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from config.online_base import online_config
+from config.online_base import NO_POOL, online_config
 from tests import REPO_ROOT as REPO
 
 LOGGING_ORACLE = """
@@ -48,6 +48,7 @@ def loop_argv(
         "--config.oracle.noise_std=0.01",
         "--config.evaluate.images_per_prompt=1",
         "--config.evaluate.num_prompts=2",
+        *(f"--config.loop.{field}={value}" for field, value in NO_POOL.items()),  # the pool: test_pool.py
         *(
             ["--config.surrogate.kwargs.hidden=(16, 8)", "--config.surrogate.kwargs.max_epochs=5"]
             if method != "GP"
@@ -74,6 +75,7 @@ def small_config(model_path: str, output_dir: Path, variant: str = "tiny_jpeg", 
     c.loop.queries_per_round = 4
     c.evaluate.images_per_prompt = 1
     c.evaluate.num_prompts = 3
+    c.loop.update(NO_POOL)  # the loop without a pool (the world variants' pool has its own tests: test_pool.py)
     if kind in ("ucb", "greedy", "bootstrap"):
         c.surrogate.kwargs.hidden = (16, 8)
         c.surrogate.kwargs.max_epochs = 20

@@ -327,7 +327,12 @@ CASES = [
     Case("resume from a foreign folder", setup=foreign_resume, text="no run.json marker"),
     Case("resume with another seed", setup=resume_of(extra=["--config.seed=5"]), text="seed"),
     Case("resume with another kl_coeff", setup=resume_of(extra=["--config.smc.kl_coeff=0.5"]), text="smc.kl_coeff"),
-    Case("resume with another surrogate", setup=resume_of(), method="Bootstrap", text="surrogate.kind"),
+    Case(
+        "resume with another surrogate",
+        setup=resume_of(extra=["--config.surrogate.kind=bootstrap"]),
+        method="Bootstrap",
+        text="surrogate.kind",
+    ),
     Case("resume and overwrite", setup=resume_of(extra=["--config.overwrite=True"]), text="contradict"),
     Case("resume a locked run", setup=locked_resume, text="in use by"),
     Case("resume with a half shard", setup=resume_of(half_shard), text="round_0000.safetensors"),

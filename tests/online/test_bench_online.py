@@ -1,19 +1,37 @@
-"""The online benchmark's bookkeeping: equal budgets per method, and its summary against hand-computed figures."""
+"""The online benchmark's bookkeeping: equal budgets, shared round 0, paired statistics against hand-computed
+figures, the per-run metrics read from a run directory, and the README table made from ``online.json``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
 import pytest
+import torch
 
-from benchmarks.bench_online import METHODS, run_argv, summarize
-from online.analysis import Run
+from benchmarks import bench_online
+from benchmarks.bench_online import (
+    METHODS,
+    POOL_OVERRIDES,
+    evaluate_argv,
+    paired,
+    plan_jobs,
+    readme_table,
+    run_argv,
+    run_metrics,
+    summarize,
+)
+from online.storage import save_rows
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def settings(**changes) -> argparse.Namespace:
-    base = dict(runs="/tmp/r", rounds=4, initial_queries=36, queries_per_round=12, steps=10, particles=4)
+    base = dict(
+        runs="/tmp/r", rounds=4, initial_queries=36, queries_per_round=12, steps=10, particles=4, eval_images=4
+    )
     return argparse.Namespace(**{**base, **changes})
 
 
@@ -32,43 +50,139 @@ def test_every_method_spends_the_same_query_budget(rounds):
         )
         budgets[method] = initial + (n - 1) * per_round
     assert set(budgets.values()) == {36 + (rounds - 1) * 12}
-    non_adaptive = run_argv("non-adaptive", "rare", 0, args)
-    assert flag(non_adaptive, "loop.num_rounds") == "2"  # one fit, one guided batch
+    assert flag(run_argv("non-adaptive", "rare", 0, settings()), "loop.num_rounds") == "2"
 
 
-def test_reference_methods_are_named_in_their_configs():
+def test_pool_methods_share_the_pool_and_round_0_and_the_greedy_pool_uses_no_optimism():
     args = settings()
+    pool_methods = [name for name, method in METHODS.items() if method.pool]
+    assert {"greedy-pool", "non-adaptive", "gp-qucb"} <= set(pool_methods)
+    for name in pool_methods:
+        argv = run_argv(name, "rare", 2, args)
+        assert set(POOL_OVERRIDES) <= set(argv), name
+        assert flag(argv, "seed") == "2"
+    for name in set(METHODS) - set(pool_methods):
+        assert not any(a.startswith("--config.loop.pool_size") for a in run_argv(name, "rare", 2, args)), name
+    greedy = run_argv("greedy-pool", "rare", 0, args)
+    assert METHODS["greedy-pool"].config == "config/Greedy_smc.py"  # posterior mean: acquisition.beta = 0
+    assert flag(greedy, "loop.acquisition") == flag(run_argv("gp-qucb", "rare", 0, args), "loop.acquisition")
     assert "--config.smc.guidance=none" in run_argv("pretrained", "jpeg", 3, args)
     assert "--config.smc.guidance=oracle" in run_argv("ceiling", "jpeg", 3, args)
-    assert "--config.smc.guidance=thompson" in run_argv("thompson", "jpeg", 3, args)
-    assert flag(run_argv("ucb", "jpeg", 3, args), "method") == "UCB"
-    assert flag(run_argv("ucb", "jpeg", 3, args), "seed") == "3"
 
 
-def fake_run(method: str, seed: int, final: float) -> Run:
-    row = {"round": 0, "queries_total": 72, "true_reward": {"mean": final, "max": final}, "diversity": 0.1}
-    return Run(Path(f"/x/{method}{seed}"), {"method": method, "seed": seed, "oracle": {"kind": "rare"}}, [row])
-
-
-def test_the_summary_gives_gain_fractions_and_leads_in_standard_errors():
-    finals = {
-        "Pretrained": [0.2, 0.2],
-        "Ceiling": [0.6, 0.6],
-        "UCB": [0.5, 0.4],
-        "Greedy": [0.3, 0.3],
-        "Non-adaptive": [0.1, 0.3],
+def test_evaluations_follow_the_evaluated_methods_runs_with_the_pretrained_reference():
+    args = settings()
+    plan = {
+        "tasks": {"rare": {"seeds": [0, 1], "methods": ["pretrained", "greedy", "gp-qucb"]}},
+        "evaluate": ["gp-qucb"],
     }
-    runs = [fake_run(method, seed, value) for method, values in finals.items() for seed, value in enumerate(values)]
-    summary, comparisons = summarize(runs, ["ucb", "greedy", "non-adaptive", "pretrained", "ceiling"])
+    jobs, after = plan_jobs(plan, args)
+    assert len(jobs) == 6
+    assert [job[-1] for job in jobs if "gp-qucb" in job[2]] == [4, 4]
+    assert after["rare-greedy-s0"] == [] and after["rare-pretrained-s1"] == []
+    (mine, reference) = after["rare-gp-qucb-s1"]
+    assert flag(mine[1], "mode") == flag(reference[1], "mode") == "evaluate"
+    checkpoint = str(Path("/tmp/r") / "rare-gp-qucb-s1" / "round_0003")
+    assert flag(mine[1], "reward_model_path") == flag(reference[1], "reward_model_path") == checkpoint
+    assert "--config.smc.guidance=none" in reference[1] and "--config.smc.guidance=none" not in mine[1]
+    assert mine[2].endswith("rare-gp-qucb-s1-evaluate") and reference[2].endswith("rare-pretrained-s1-evaluate")
+    assert flag(evaluate_argv("gp-qucb", "jpeg", 0, args, "gp-qucb"), "evaluate.images_per_prompt") == "4"
+
+
+def test_paired_differences_against_hand_computed_values():
+    lead = paired({0: 0.5, 1: 0.4, 2: 0.9, 7: 1.0}, {0: 0.3, 1: 0.3, 2: 0.5})
+    diffs = [0.2, 0.1, 0.4]  # seed 7 has no partner
+    mean = sum(diffs) / 3
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2 / 3)
+    assert lead["seeds"] == 3
+    assert lead["diff"] == pytest.approx(mean)
+    assert lead["se"] == pytest.approx(se)
+    assert lead["in_se"] == pytest.approx(mean / se)
+
+
+def figures(final: float, evaluate: float | None = None) -> dict:
+    out = {"final": final, "auc": final / 2, "best": final + 1, "queries": 72, "curve": []}
+    if evaluate is not None:
+        out["evaluate"] = evaluate
+    return out
+
+
+def test_the_summary_pairs_each_method_with_the_greedy_of_its_own_pool():
+    finals = {
+        "pretrained": [0.2, 0.2],
+        "ceiling": [0.6, 0.6],
+        "greedy": [0.3, 0.3],
+        "greedy-pool": [0.35, 0.25],
+        "non-adaptive": [0.1, 0.3],
+        "gp-qucb": [0.5, 0.4],
+        "gp": [0.4, 0.36],
+    }
+    evaluations = {"pretrained": [0.1, 0.2], "gp-qucb": [0.4, 0.3]}
+    per_run = {
+        ("rare", m): {s: figures(v, (evaluations.get(m) or [None, None])[s]) for s, v in enumerate(values)}
+        for m, values in finals.items()
+    }
+    summary, comparisons = summarize(per_run)
     rows = {row["method"]: row for row in summary}
-    assert rows["ucb"]["final_true_reward_mean"] == pytest.approx(0.45)
-    assert rows["ucb"]["final_true_reward_se"] == pytest.approx(0.05)  # std 0.0707 / sqrt 2
-    assert rows["ucb"]["gain_fraction_of_ceiling"] == pytest.approx((0.45 - 0.2) / (0.6 - 0.2))
-    assert rows["greedy"]["gain_fraction_of_ceiling"] == pytest.approx(0.25)
-    assert rows["ceiling"]["gain_fraction_of_ceiling"] == pytest.approx(1.0)
-    assert rows["pretrained"]["gain_fraction_of_ceiling"] == pytest.approx(0.0)
+    top = rows["gp-qucb"]
+    assert top["final_true_reward_mean"] == pytest.approx(0.45)
+    assert top["final_true_reward_se"] == pytest.approx(0.05)
+    assert top["auc_mean"] == pytest.approx(0.225)
+    assert top["gain_fraction_of_ceiling"] == pytest.approx((0.45 - 0.2) / 0.4)
+    assert top["paired_vs_greedy"]["against"] == "greedy-pool"
+    assert top["paired_vs_greedy"]["diff"] == pytest.approx(0.15)  # per seed +0.15, +0.15: no spread
+    assert math.isnan(top["paired_vs_greedy_se"])  # a zero paired SE gives no finite lead
+    assert rows["gp"]["paired_vs_greedy"]["against"] == "greedy"
+    assert rows["gp"]["paired_vs_greedy"]["diff"] == pytest.approx(0.08)
+    assert rows["gp"]["paired_vs_greedy_se"] == pytest.approx(0.08 / 0.02)  # diffs 0.10, 0.06
+    assert top["paired_vs_non_adaptive_se"] == pytest.approx(0.25 / 0.15)  # diffs 0.4, 0.1
+    assert top["evaluate_true_reward_mean"] == pytest.approx(0.35)
+    assert top["evaluate_vs_pretrained"]["diff"] == pytest.approx(0.2)
+    assert "paired_vs_greedy" not in rows["greedy"]
     (entry,) = comparisons
-    assert entry["best_optimistic"] == "ucb"
-    assert entry["lead_over_greedy"] == pytest.approx(0.15)
-    assert entry["lead_over_greedy_in_se"] == pytest.approx(0.15 / 0.05)  # greedy's se is 0
-    assert entry["lead_over_non-adaptive_in_se"] == pytest.approx(0.25 / math.hypot(0.05, 0.1))
+    assert entry["best_with_uncertainty"] == "gp-qucb"
+
+
+def write_run(path: Path, rows: list[dict], images: list[torch.Tensor]) -> None:
+    path.mkdir(parents=True)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (path / "data").mkdir()
+    for k, batch in enumerate(images):
+        tensors = {
+            "images": (batch * 255).round().to(torch.uint8),
+            "valid": torch.ones(len(batch), dtype=torch.bool),
+            "features": torch.zeros(len(batch), 2),
+        }
+        save_rows(path / "data" / f"round_{k:04d}.safetensors", tensors, ["p"] * len(batch), k)
+
+
+def colour(rgb: tuple[float, float, float], n: int) -> torch.Tensor:
+    return torch.tensor(rgb).view(1, 3, 1, 1).expand(n, 3, 8, 8).clone()
+
+
+def test_run_metrics_reads_the_curve_the_hit_rate_and_the_evaluation(tmp_path):
+    rows = [
+        {"queries_round": 4, "queries_total": 4, "true_reward": {"mean": 0.2, "max": 0.5}},
+        {"queries_round": 2, "queries_total": 6, "true_reward": {"mean": 0.8, "max": 1.1}},
+    ]
+    grey, orange = (0.5, 0.5, 0.5), (0.65, 0.5, 0.425)  # opponent means (0, 0) and (0.15, 0.15): the target
+    write_run(tmp_path / "rare-x-s0", rows, [colour(grey, 4), torch.cat([colour(orange, 1), colour(grey, 1)])])
+    (tmp_path / "rare-x-s0-evaluate").mkdir()
+    (tmp_path / "rare-x-s0-evaluate" / "metrics.json").write_text(json.dumps({"true_reward": {"mean": 0.7}}))
+    got = run_metrics(tmp_path / "rare-x-s0", "rare")
+    assert got["final"] == 0.8 and got["best"] == 1.1 and got["queries"] == 6
+    assert got["auc"] == pytest.approx((4 * 0.2 + 2 * 0.8) / 6)
+    assert got["final_hit_rate"] == pytest.approx(0.5)
+    assert got["hit_rate"] == pytest.approx(1 / 6)
+    assert got["evaluate"] == 0.7
+    assert run_metrics(tmp_path / "missing", "rare") is None
+
+
+def test_the_readme_table_is_the_one_online_json_gives():
+    payload = json.loads((REPO / "benchmarks" / "results" / "online.json").read_text())
+    if payload.get("status") != "complete":
+        pytest.skip("online.json holds a benchmark still running")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start = readme.index(bench_online.README_START) + len(bench_online.README_START)
+    assert readme[start : readme.index(bench_online.README_END)].strip() == readme_table(payload)
+    assert payload["default_method"] in METHODS

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import surrogate.batch_selection as batch_selection
-from config.online_base import online_config
+from config.online_base import NO_POOL, WORLD_POOL, online_config
 from online.loop import run_training
 from online.run_directory import complete_rounds
 from online.validation import ADDED_FIELDS
@@ -25,13 +25,25 @@ POOL_ARGS = (
 )
 
 
-def test_the_new_fields_default_to_the_behaviour_before_pools():
-    config = online_config("ucb", "tiny_jpeg", method="test")
-    for field, old in ADDED_FIELDS.items():
-        if field.startswith("loop."):
-            assert config.loop[field.split(".", 1)[1]] == old, field
+def test_the_new_fields_default_to_the_behaviour_before_pools_outside_the_world_variants():
+    """Stable Diffusion variants (and a run made before the fields) keep the loop without a pool; the world
+    variants choose from a pool (the benchmark's default method), the rating page's excepted."""
+    for variant in ("aesthetic", "jpeg", "tiny_human"):
+        config = online_config("ucb", variant, method="test")
+        for field, old in ADDED_FIELDS.items():
+            if field.startswith("loop.") and field != "loop.images_per_prompt":
+                assert config.loop[field.split(".", 1)[1]] == old, (variant, field)
     new = {"loop.pool_size", "loop.acquisition", "loop.pool_pretrained", "loop.initial_pool_size"}
     assert new | {"loop.initial_selection"} <= set(ADDED_FIELDS)
+    assert {f"loop.{field}": value for field, value in NO_POOL.items() if field != "images_per_prompt"} == {
+        field: value
+        for field, value in ADDED_FIELDS.items()
+        if field.startswith("loop.") and "pool" in field or field in ("loop.acquisition", "loop.initial_selection")
+    }
+    for variant in ("tiny_jpeg", "tiny_rare", "tiny_colorfulness", "tiny_multi"):
+        loop = online_config("gp", variant, method="test").loop
+        assert {field: loop[field] for field in WORLD_POOL} == WORLD_POOL
+        assert online_config("gp", variant, method="test").surrogate.kwargs.pca_dim is None
 
 
 @pytest.mark.parametrize("rule", ["qucb", "qlognei"])

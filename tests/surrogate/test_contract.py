@@ -67,7 +67,7 @@ class TestSurrogateContract:
 
     def test_posterior_offers_exactly_the_declared_capabilities(self, fitted, kind):
         model = fitted[kind]
-        assert model.capabilities <= {"sample", "heads"}
+        assert model.capabilities <= {"sample", "heads", "joint"}
         for query in _queries():
             posterior, lead = model.posterior(query), query.shape[:-1]
             if "sample" in model.capabilities:
@@ -83,6 +83,12 @@ class TestSurrogateContract:
                 torch.testing.assert_close(posterior.heads.mean(0), posterior.mean)
             else:
                 assert posterior.heads is None
+            if "joint" in model.capabilities:  # each set's covariance has the posterior's std² on its diagonal
+                mean, covariance = model.joint_posterior(query)
+                assert mean.shape == lead and covariance.shape == (*lead, lead[-1])
+                torch.testing.assert_close(mean, posterior.mean.detach())
+                diagonal = torch.diagonal(covariance, dim1=-2, dim2=-1)
+                torch.testing.assert_close(diagonal, posterior.std.detach().pow(2), rtol=1e-4, atol=1e-9)
 
     def test_save_load_gives_identical_predictions_and_header(self, fitted, kind, tmp_path):
         model = fitted[kind]
