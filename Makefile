@@ -19,11 +19,12 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
-# The embedded-world UCB loop (7 rounds: round 0 + 6 guided rounds), then evaluate mode on
-# its last round's surrogate.
+# The embedded-world loop with the benchmark's default method (GP, qUCB over a candidate pool;
+# 7 rounds: round 0 + 6 guided rounds), then evaluate mode on its last round's surrogate.
+# `python -m benchmarks.demo_figures --update-readme` then writes the README's demo figures.
 demo: $(STAMP)
-	$(PY) online/online_main_smc.py --config config/UCB_smc.py:tiny_jpeg --config.run_name=demo --config.overwrite=True
-	$(PY) online/online_main_smc.py --config config/UCB_smc.py:tiny_evaluate --config.run_name=demo-evaluate \
+	$(PY) online/online_main_smc.py --config config/GP_smc.py:tiny_jpeg --config.run_name=demo --config.overwrite=True
+	$(PY) online/online_main_smc.py --config config/GP_smc.py:tiny_evaluate --config.run_name=demo-evaluate \
 		--config.overwrite=True --config.reward_model_path=runs/demo/round_0006
 
 toy-demo: $(STAMP)

@@ -12,17 +12,19 @@ one resumed, so a stopped benchmark continues where it was. ``--summarize-only``
 Methods (:data:`METHODS`), all on the same query budget (``--rounds`` rounds: round 0, then guided
 rounds of ``--queries-per-round``):
 
-* pool methods (``*-pool``, ``gp-*``): round 0 picks its queries from a pretrained pool of
-  :data:`INITIAL_POOL` by maximin in feature space; each guided round samples a pool of
-  :data:`POOL` candidates (DAS's K particles of every prompt under the surrogate's guidance, plus
-  :data:`POOL_PRETRAINED` pretrained samples, which cost no queries) and chooses its queries by a
-  batch acquisition (``loop.acquisition``) on the surrogate. ``greedy-pool`` is the same with the
-  posterior mean (β = 0), so a pool method against it isolates the use of uncertainty;
+* pool methods (``gp-*``, ``non-adaptive``): the world variants' default query choice
+  (``config/online_base.py``'s ``WORLD_POOL``): round 0 picks its queries from a pretrained pool
+  by maximin in feature space; each guided round samples a pool (DAS's K particles of every prompt
+  under the surrogate's guidance, plus pretrained samples, which cost no queries) and chooses its
+  queries by a batch acquisition (``loop.acquisition``) on the GP (ARD over every world feature).
+  ``gp-mean`` is the same with the posterior mean (β = 0): a pool method against it isolates the
+  use of uncertainty;
 * ``greedy``, ``ucb``, ``bootstrap``, ``gp``, ``thompson``: the loop without a pool (the queried
   image of each prompt is DAS's heaviest particle), guided by the mean or the optimistic surrogate;
+  ``greedy`` is the MLP surrogate's mean, the greedy of the benchmark before pools;
 * ``non-adaptive`` (SEIKO's baseline): the whole budget but one batch in round 0 (picked from the
   same pretrained pool, so its first queries are the pool methods'), then one batch chosen by the
-  posterior mean from a guided pool;
+  GP's posterior mean from a guided pool;
 * ``pretrained`` (``smc.guidance=none``) and ``ceiling`` (DAS guided by the true oracle).
 
 Pairing: the runs of one seed share the pretrained draws of round 0 (and the pool methods the same
@@ -33,7 +35,7 @@ reward-vs-queries curve per query), ``best_true_reward_mean``, ``final_hit_rate_
 ``hit_rate_mean`` (rare task: the share of queried images whose target bump exceeds 0.5),
 ``evaluate_true_reward_mean`` (evaluate mode on the last round's checkpoint, ``--eval-images`` per
 evaluation prompt, for the methods in the plan's ``evaluate``), ``gain_fraction_of_ceiling``, and the
-paired leads ``paired_vs_greedy_se`` (against ``greedy-pool`` for a pool method, ``greedy`` otherwise:
+paired leads ``paired_vs_greedy_se`` (against ``gp-mean`` for a pool method, ``greedy`` otherwise:
 the greedy of the same pool and round 0) and ``paired_vs_non_adaptive_se``, in paired standard errors.
 The pretrained reference of evaluate mode (``smc.guidance=none`` on the same prompts) is the
 ``evaluate_true_reward_mean`` of the ``pretrained`` row.
@@ -55,18 +57,14 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from config.online_base import NO_POOL, WORLD_POOL
+
 REPO = Path(__file__).resolve().parents[1]
 ORACLES = ("rare", "jpeg", "colorfulness")
-POOL = 72  # candidates of a guided round: 12 prompts × K = 4 DAS particles + 24 pretrained samples
-POOL_PRETRAINED = 24
-INITIAL_POOL = 144  # pretrained candidates of round 0
-POOL_OVERRIDES = (
-    "--config.loop.images_per_prompt=4",
-    f"--config.loop.pool_size={POOL}",
-    f"--config.loop.pool_pretrained={POOL_PRETRAINED}",
-    f"--config.loop.initial_pool_size={INITIAL_POOL}",
-    "--config.loop.initial_selection=maximin",
-)
+#: The world variants' pool (config/online_base.py), as overrides; a method without a pool turns it off.
+POOL_OVERRIDES = tuple(f"--config.loop.{field}={value}" for field, value in WORLD_POOL.items())
+NO_POOL_OVERRIDES = tuple(f"--config.loop.{field}={value}" for field, value in NO_POOL.items())
+MEAN = ("--config.acquisition.kind=mean", "--config.acquisition.beta=0.0")  # the posterior mean, no optimism
 
 
 @dataclass(frozen=True)
@@ -80,50 +78,60 @@ class Method:
     uncertainty: bool = False  # uses the surrogate's uncertainty
     cost: int = 5  # relative cost, for ordering (guided rounds with gradients dominate)
 
+    def argv(self) -> tuple[str, ...]:
+        return (*(POOL_OVERRIDES if self.pool else NO_POOL_OVERRIDES), *self.overrides)
 
-def _pool(acquisition: str) -> tuple[str, ...]:
-    return (*POOL_OVERRIDES, f"--config.loop.acquisition={acquisition}")
 
-
+GP, GREEDY = "config/GP_smc.py", "config/Greedy_smc.py"
 METHODS = {
-    "pretrained": Method("Pretrained", "config/Greedy_smc.py", ("--config.smc.guidance=none",), cost=1),
-    "ceiling": Method("Ceiling", "config/Greedy_smc.py", ("--config.smc.guidance=oracle",), cost=4),
-    "non-adaptive": Method("Non-adaptive", "config/Greedy_smc.py", _pool("qucb"), pool=True, cost=3),
-    "greedy": Method("Greedy", "config/Greedy_smc.py"),
-    "greedy-pool": Method("Greedy (pool)", "config/Greedy_smc.py", _pool("qucb"), pool=True, cost=6),
-    "ucb": Method("UCB", "config/UCB_smc.py", uncertainty=True),
-    "bootstrap": Method("Bootstrap", "config/Bootstrap_smc.py", uncertainty=True),
-    "gp": Method("GP", "config/GP_smc.py", uncertainty=True),
-    "thompson": Method("Thompson", "config/Bootstrap_smc.py", ("--config.smc.guidance=thompson",), uncertainty=True),
-    "gp-qucb": Method("GP qUCB (pool)", "config/GP_smc.py", _pool("qucb"), pool=True, uncertainty=True, cost=6),
-    "bootstrap-qucb": Method(
-        "Bootstrap qUCB (pool)", "config/Bootstrap_smc.py", _pool("qucb"), pool=True, uncertainty=True, cost=6
-    ),
+    "pretrained": Method("Pretrained", GREEDY, ("--config.smc.guidance=none",), cost=1),
+    "ceiling": Method("Ceiling", GREEDY, ("--config.smc.guidance=oracle",), cost=4),
+    "non-adaptive": Method("Non-adaptive (GP mean, pool)", GP, MEAN, pool=True, cost=3),
+    "greedy": Method("Greedy (MLP mean, no pool)", GREEDY),
+    "gp-mean": Method("Greedy (GP mean, pool)", GP, MEAN, pool=True, cost=6),
+    "gp-qucb": Method("GP qUCB (pool)", GP, pool=True, uncertainty=True, cost=6),
     "gp-thompson": Method(
-        "GP Thompson (pool)", "config/GP_smc.py", _pool("thompson"), pool=True, uncertainty=True, cost=6
+        "GP Thompson (pool)", GP, ("--config.loop.acquisition=thompson",), pool=True, uncertainty=True, cost=6
     ),
-    "gp-qucb-growing": Method(
-        "GP qUCB, growing β (pool)",
-        "config/GP_smc.py",
-        (*_pool("qucb"), "--config.acquisition.beta_schedule=gp_ucb"),
+    "gp-qucb-exploit": Method(
+        "GP qUCB, last round greedy (pool)",
+        GP,
+        ("--config.acquisition.exploit_last_round=True",),
         pool=True,
         uncertainty=True,
         cost=6,
     ),
+    "gp-qucb-beta2": Method(
+        "GP qUCB β = 2 (pool)", GP, ("--config.acquisition.beta=2.0",), pool=True, uncertainty=True, cost=6
+    ),
+    "gp-qucb-growing": Method(
+        "GP qUCB, growing β (pool)",
+        GP,
+        ("--config.acquisition.beta_schedule=gp_ucb",),
+        pool=True,
+        uncertainty=True,
+        cost=6,
+    ),
+    "ucb": Method("UCB (no pool)", "config/UCB_smc.py", uncertainty=True),
+    "bootstrap": Method("Bootstrap (no pool)", "config/Bootstrap_smc.py", uncertainty=True),
+    "gp": Method("GP (no pool)", GP, uncertainty=True),
+    "thompson": Method(
+        "Thompson (no pool)", "config/Bootstrap_smc.py", ("--config.smc.guidance=thompson",), uncertainty=True
+    ),
 }
-GREEDY_REFERENCE = {True: "greedy-pool", False: "greedy"}  # the greedy of the same pool setting
+GREEDY_REFERENCE = {True: "gp-mean", False: "greedy"}  # the greedy of the same pool setting (and, pooled, surrogate)
 
-#: The method the world variants use by default (chosen on pilot seeds 100-102, before this plan's runs).
+#: The method the world variants use by default (chosen on pilot seeds 100-105, before this plan's runs).
 DEFAULT_METHOD = "gp-qucb"
 #: The committed plan: per task, its seeds and methods; ``evaluate``: the methods whose last
 #: checkpoint is evaluated (the pretrained reference is evaluated on the same seeds).
 PLAN = {
     "rare": {
         "seeds": 10,
-        "methods": ["pretrained", "ceiling", "non-adaptive", "greedy", "greedy-pool", "gp-qucb", "bootstrap-qucb"],
+        "methods": ["pretrained", "ceiling", "non-adaptive", "greedy", "gp-mean", "gp-qucb", "gp-thompson"],
     },
-    "jpeg": {"seeds": 5, "methods": ["pretrained", "ceiling", "greedy-pool", "gp-qucb"]},
-    "colorfulness": {"seeds": 5, "methods": ["pretrained", "ceiling", "greedy-pool", "gp-qucb"]},
+    "jpeg": {"seeds": 5, "methods": ["pretrained", "ceiling", "gp-qucb"]},
+    "colorfulness": {"seeds": 5, "methods": ["pretrained", "ceiling", "gp-qucb"]},
 }
 EVALUATE = [DEFAULT_METHOD]
 
@@ -158,14 +166,14 @@ def run_argv(method: str, oracle: str, seed: int, args) -> list[str]:
         f"--config.smc.num_particles={args.particles}",
         "--config.progress=False",
         "--config.report=False",
-        *spec.overrides,
+        *spec.argv(),
     ]
 
 
 def evaluate_argv(method: str, oracle: str, seed: int, args, checkpoint_of: str) -> list[str]:
     """Evaluate mode on the last round of ``checkpoint_of``'s run; the ``pretrained`` method evaluates
     the pretrained reference (``smc.guidance=none``) on the same prompts."""
-    spec = METHODS[method]
+    spec = METHODS[checkpoint_of]  # the checkpoint's own config, so that its surrogate kind loads
     rounds, _ = _rounds(checkpoint_of, args)
     checkpoint = Path(args.runs) / run_name(oracle, checkpoint_of, seed) / f"round_{rounds - 1:04d}"
     return [
@@ -431,19 +439,14 @@ def _settings(args) -> dict:
     )
     return {
         **{k: getattr(args, k) for k in keep},
-        "pool": {
-            "overrides": list(POOL_OVERRIDES),
-            "size": POOL,
-            "pretrained": POOL_PRETRAINED,
-            "initial": INITIAL_POOL,
-        },
+        "pool": dict(WORLD_POOL),
         "methods": {
-            name: {"label": m.label, "config": m.config, "overrides": list(m.overrides)} for name, m in METHODS.items()
+            name: {"label": m.label, "config": m.config, "overrides": list(m.argv())} for name, m in METHODS.items()
         },
-        "greedy_reference": "greedy-pool for pool methods, greedy otherwise",
+        "greedy_reference": "gp-mean (the GP posterior mean, same pool and round 0) for pool methods; else greedy",
         "pairing": "per seed: the runs of a seed share round 0's pretrained draws; diff mean ± sd/sqrt(n) over seeds",
         "acceptance": {
-            "rare": "best method using uncertainty ≥ 2 paired SE over greedy-pool and non-adaptive; "
+            "rare": "best method using uncertainty ≥ 2 paired SE over gp-mean and non-adaptive; "
             "default ≥ 0.5 of ceiling gain",
             "jpeg, colorfulness": "default ≥ 0.7 of ceiling gain",
             "evaluate": "default's evaluate reward ≥ 3 paired SE over the pretrained reference on every task",
@@ -451,10 +454,21 @@ def _settings(args) -> dict:
     }
 
 
+def _strict(value):
+    """``value`` with NaN and infinities as None (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def _write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    tmp.write_text(json.dumps(_strict(payload), indent=2, allow_nan=False))
     os.replace(tmp, path)
 
 
@@ -527,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = _payload(header, plan, args, results, time.perf_counter() - started, previous)
     _write_json(out, payload)
     _print_summary(payload, out)
-    if args.update_readme and not update_readme(REPO / "README.md", readme_table(payload)):
+    if args.update_readme and not update_readme(REPO / "README.md", readme_table(json.loads(out.read_text()))):
         print(
             f"README.md has no {README_START!r} … {README_END!r} markers; the table was not written", file=sys.stderr
         )
@@ -591,18 +605,27 @@ README_END = "<!-- /bench_online -->"
 TASK_NAMES = {"rare": "rare colour", "jpeg": "JPEG (−kB)", "colorfulness": "colourfulness"}
 
 
+def _missing(value) -> bool:
+    """None (NaN in ``online.json``) or NaN."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _number(value, spec: str) -> str:
+    return "n/a" if _missing(value) else format(value, spec)
+
+
 def _cell(row: dict | None, key: str, digits: int, se: bool = True) -> str:
-    if row is None or key + "_mean" not in row or math.isnan(row[key + "_mean"]):
+    if row is None or _missing(row.get(key + "_mean")):
         return "—"
     text = f"{row[key + '_mean']:.{digits}f}"
-    if se and not math.isnan(row.get(key + "_se", math.nan)):
+    if se and not _missing(row.get(key + "_se")):
         text += f" ± {row[key + '_se']:.{digits}f}"
     return text.replace("-", "−")
 
 
 def _lead(row: dict | None, key: str) -> str:
     value = (row or {}).get(key)
-    return "—" if value is None or math.isnan(value) else f"{value:+.1f}"
+    return "—" if _missing(value) else f"{value:+.1f}"
 
 
 def readme_table(payload: dict) -> str:
@@ -619,13 +642,56 @@ def readme_table(payload: dict) -> str:
         cells = [METHODS[method].label + (" **(default)**" if method == payload["default_method"] else "")]
         for task in tasks:
             row = rows.get((task, method))
-            gain = (row or {}).get("gain_fraction_of_ceiling", math.nan)
+            gain = (row or {}).get("gain_fraction_of_ceiling")
             final = _cell(row, "final_true_reward", digits[task])
-            cells.append(final if math.isnan(gain) or final == "—" else f"{final} ({gain:.2f})")
+            cells.append(final if _missing(gain) or final == "—" else f"{final} ({gain:.2f})")
             cells.append(_lead(row, "paired_vs_greedy_se"))
             cells.append(_cell(row, "evaluate_true_reward", digits[task]))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + _verdict(payload, rows)
+
+
+def _verdict(payload: dict, rows: dict) -> str:
+    """The figures the acceptance bars read, in sentences (from ``online.json`` alone)."""
+    default, label = payload["default_method"], METHODS[payload["default_method"]].label
+    gains = []
+    for task in payload["plan"]["tasks"]:
+        gain = (rows.get((task, default)) or {}).get("gain_fraction_of_ceiling")
+        gains.append(f"{TASK_NAMES[task]} {_number(gain, '.2f')}")
+    parts = [f"Default method: **{label}**; its gain as a share of the ceiling's: {', '.join(gains)}."]
+    for entry in payload["comparisons"]:
+        best = entry["best_with_uncertainty"]
+        leads = []
+        for key in ("paired_vs_greedy", "paired_vs_non_adaptive"):
+            if key in entry:
+                lead = entry[key]
+                against = METHODS[lead["against"]].label
+                diff, se, in_se = (
+                    _number(lead[k], f) for k, f in (("diff", "+.3g"), ("se", ".2g"), ("in_se", "+.1f"))
+                )
+                leads.append(f"{against} by {diff} ± {se} ({in_se} paired SE)")
+        if leads:
+            parts.append(
+                f"On {TASK_NAMES[entry['oracle']]}, the best method using uncertainty, {METHODS[best].label}, "
+                f"leads {' and '.join(leads)}."
+            )
+    evaluated = []
+    for task in payload["plan"]["tasks"]:
+        lead = (rows.get((task, default)) or {}).get("evaluate_vs_pretrained")
+        if lead:
+            evaluated.append(
+                f"{TASK_NAMES[task]} {_number(lead['diff'], '+.3g')} ({_number(lead['in_se'], '+.1f')} paired SE)"
+            )
+    if evaluated:
+        parts.append(
+            f"Evaluate mode with its last checkpoint, against the pretrained reference: {', '.join(evaluated)}."
+        )
+    minutes = payload.get("wall_seconds", math.nan) / 60
+    parts.append(
+        f"{payload.get('runs', 0)} runs and evaluations in {minutes:.1f} min "
+        f"({payload['machine'].get('cpu_count')} cores, {payload['settings']['workers']} workers)."
+    )
+    return " ".join(parts)
 
 
 def update_readme(readme: Path, table: str) -> bool:

@@ -275,6 +275,7 @@ def online_config(
         c.run_name = f"{method}-{variant}"
         if oracle == "evaluate":
             c.mode = "evaluate"
+            c.loop.update(NO_POOL)  # evaluate mode samples no pool
         if oracle == "human":  # a round a person can rate in a minute; the rating is the observation
             c.oracle.noise_std = 0.0
             c.loop.num_rounds = 4

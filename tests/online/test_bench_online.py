@@ -11,21 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench_online
 from benchmarks.bench_online import (
+    DEFAULT_METHOD,
     METHODS,
     POOL_OVERRIDES,
     evaluate_argv,
     paired,
     plan_jobs,
-    readme_table,
     run_argv,
     run_metrics,
     summarize,
 )
 from online.storage import save_rows
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def settings(**changes) -> argparse.Namespace:
@@ -56,18 +53,33 @@ def test_every_method_spends_the_same_query_budget(rounds):
 def test_pool_methods_share_the_pool_and_round_0_and_the_greedy_pool_uses_no_optimism():
     args = settings()
     pool_methods = [name for name, method in METHODS.items() if method.pool]
-    assert {"greedy-pool", "non-adaptive", "gp-qucb"} <= set(pool_methods)
+    assert {"gp-mean", "non-adaptive", "gp-qucb"} <= set(pool_methods)
     for name in pool_methods:
         argv = run_argv(name, "rare", 2, args)
         assert set(POOL_OVERRIDES) <= set(argv), name
         assert flag(argv, "seed") == "2"
     for name in set(METHODS) - set(pool_methods):
-        assert not any(a.startswith("--config.loop.pool_size") for a in run_argv(name, "rare", 2, args)), name
-    greedy = run_argv("greedy-pool", "rare", 0, args)
-    assert METHODS["greedy-pool"].config == "config/Greedy_smc.py"  # posterior mean: acquisition.beta = 0
-    assert flag(greedy, "loop.acquisition") == flag(run_argv("gp-qucb", "rare", 0, args), "loop.acquisition")
+        assert flag(run_argv(name, "rare", 2, args), "loop.pool_size") == "0", name
+        assert flag(run_argv(name, "rare", 2, args), "loop.initial_pool_size") == "0", name
+    greedy, default = run_argv("gp-mean", "rare", 0, args), run_argv(DEFAULT_METHOD, "rare", 0, args)
+    assert flag(greedy, "acquisition.kind") == "mean" and flag(greedy, "acquisition.beta") == "0.0"
+    assert flag(greedy, "loop.acquisition") == flag(default, "loop.acquisition")
+    assert METHODS["gp-mean"].config == METHODS[DEFAULT_METHOD].config  # the same surrogate
     assert "--config.smc.guidance=none" in run_argv("pretrained", "jpeg", 3, args)
     assert "--config.smc.guidance=oracle" in run_argv("ceiling", "jpeg", 3, args)
+
+
+def test_the_default_method_is_what_the_world_configs_do_by_default():
+    """The default method's overrides change nothing in the world variants beyond the benchmark's budget."""
+    from config.online_base import online_config
+
+    spec = METHODS[DEFAULT_METHOD]
+    kind = {"config/GP_smc.py": "gp", "config/UCB_smc.py": "ucb", "config/Bootstrap_smc.py": "bootstrap"}
+    config = online_config(kind[spec.config], "tiny_rare", method="x")
+    for override in spec.argv():
+        field, value = override[len("--config.") :].split("=", 1)
+        section, name = field.split(".")
+        assert str(config[section][name]) == value, field
 
 
 def test_evaluations_follow_the_evaluated_methods_runs_with_the_pretrained_reference():
@@ -112,7 +124,7 @@ def test_the_summary_pairs_each_method_with_the_greedy_of_its_own_pool():
         "pretrained": [0.2, 0.2],
         "ceiling": [0.6, 0.6],
         "greedy": [0.3, 0.3],
-        "greedy-pool": [0.35, 0.25],
+        "gp-mean": [0.35, 0.25],
         "non-adaptive": [0.1, 0.3],
         "gp-qucb": [0.5, 0.4],
         "gp": [0.4, 0.36],
@@ -129,7 +141,7 @@ def test_the_summary_pairs_each_method_with_the_greedy_of_its_own_pool():
     assert top["final_true_reward_se"] == pytest.approx(0.05)
     assert top["auc_mean"] == pytest.approx(0.225)
     assert top["gain_fraction_of_ceiling"] == pytest.approx((0.45 - 0.2) / 0.4)
-    assert top["paired_vs_greedy"]["against"] == "greedy-pool"
+    assert top["paired_vs_greedy"]["against"] == "gp-mean"
     assert top["paired_vs_greedy"]["diff"] == pytest.approx(0.15)  # per seed +0.15, +0.15: no spread
     assert math.isnan(top["paired_vs_greedy_se"])  # a zero paired SE gives no finite lead
     assert rows["gp"]["paired_vs_greedy"]["against"] == "greedy"
@@ -176,13 +188,3 @@ def test_run_metrics_reads_the_curve_the_hit_rate_and_the_evaluation(tmp_path):
     assert got["hit_rate"] == pytest.approx(1 / 6)
     assert got["evaluate"] == 0.7
     assert run_metrics(tmp_path / "missing", "rare") is None
-
-
-def test_the_readme_table_is_the_one_online_json_gives():
-    payload = json.loads((REPO / "benchmarks" / "results" / "online.json").read_text())
-    if payload.get("status") != "complete":
-        pytest.skip("online.json holds a benchmark still running")
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    start = readme.index(bench_online.README_START) + len(bench_online.README_START)
-    assert readme[start : readme.index(bench_online.README_END)].strip() == readme_table(payload)
-    assert payload["default_method"] in METHODS

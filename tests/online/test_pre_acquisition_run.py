@@ -75,7 +75,13 @@ def test_old_ucb_run_resumes_with_identical_rounds_and_evaluates_identically(tmp
     for got, expected in zip(rows, [*EXPECTED["run_rows"], EXPECTED["resumed_row"]]):
         _assert_same(got, expected)
     recorded = json.loads((run / "config.json").read_text())["acquisition"]
-    assert recorded == {"kind": "ucb", "beta": 1.5, "clip": 10.0, "beta_schedule": "constant"}
+    assert recorded == {
+        "kind": "ucb",
+        "beta": 1.5,
+        "clip": 10.0,
+        "beta_schedule": "constant",
+        "exploit_last_round": False,
+    }
     evaluation = tmp_path / "evaluations"
     with pytest.warns(FutureWarning, match=f"pre-0.2 format.*{ACQUISITION_SPLIT_REMOVAL}"):
         status = main(evaluate_argv(evaluation, FIXTURE / "run" / "round_0001", NEW_BETA))
