@@ -200,12 +200,13 @@ WORLD_KL_COEFF = {"jpeg": 0.02, "colorfulness": 5.0, "rare": 0.03, "multi": 0.1,
 
 #: The world variants' query choice (the default method of ``benchmarks/bench_online.py``; ``tiny_human``
 #: excepted): each guided round samples 72 candidates (12 prompts × K = 4 DAS particles, plus 24 pretrained
-#: samples) and queries the batch qUCB picks; round 0 queries a maximin cover of 144 pretrained samples.
+#: samples) and queries the batch per-query Thompson draws pick (``qucb`` with β = 0, the top of the mean,
+#: for a method without optimism); round 0 queries a maximin cover of 144 pretrained samples.
 WORLD_POOL = {
     "images_per_prompt": 4,
     "pool_size": 72,
     "pool_pretrained": 24,
-    "acquisition": "qucb",
+    "acquisition": "thompson",
     "initial_pool_size": 144,
     "initial_selection": "maximin",
 }
@@ -240,6 +241,8 @@ def _tiny(c: ml_collections.ConfigDict, oracle: str) -> ml_collections.ConfigDic
     c.evaluate.images_per_prompt = 2
     if oracle != "human":
         c.loop.update(WORLD_POOL)
+        if c.acquisition.kind == "mean":  # no optimism: the batch is the top of the posterior mean
+            c.loop.acquisition = "qucb"
     if c.surrogate.kind == "gp":  # ARD over every world feature: it finds the rare task's two colour features
         c.surrogate.kwargs.pca_dim = None
     return c

@@ -33,7 +33,8 @@ def settings(**changes) -> argparse.Namespace:
 
 
 def flag(argv: list[str], name: str) -> str:
-    return next(a.split("=", 1)[1] for a in argv if a.startswith(f"--config.{name}="))
+    """The value of ``--config.<name>`` in `argv` (the last one: the command line's last override wins)."""
+    return [a.split("=", 1)[1] for a in argv if a.startswith(f"--config.{name}=")][-1]
 
 
 @pytest.mark.parametrize("rounds", [2, 4, 7])
@@ -63,7 +64,9 @@ def test_pool_methods_share_the_pool_and_round_0_and_the_greedy_pool_uses_no_opt
         assert flag(run_argv(name, "rare", 2, args), "loop.initial_pool_size") == "0", name
     greedy, default = run_argv("gp-mean", "rare", 0, args), run_argv(DEFAULT_METHOD, "rare", 0, args)
     assert flag(greedy, "acquisition.kind") == "mean" and flag(greedy, "acquisition.beta") == "0.0"
-    assert flag(greedy, "loop.acquisition") == flag(default, "loop.acquisition")
+    assert flag(greedy, "loop.acquisition") == "qucb"  # with β = 0: the top of the posterior mean
+    for field in ("pool_size", "pool_pretrained", "images_per_prompt", "initial_pool_size", "initial_selection"):
+        assert flag(greedy, f"loop.{field}") == flag(default, f"loop.{field}"), field
     assert METHODS["gp-mean"].config == METHODS[DEFAULT_METHOD].config  # the same surrogate
     assert "--config.smc.guidance=none" in run_argv("pretrained", "jpeg", 3, args)
     assert "--config.smc.guidance=oracle" in run_argv("ceiling", "jpeg", 3, args)
@@ -76,8 +79,8 @@ def test_the_default_method_is_what_the_world_configs_do_by_default():
     spec = METHODS[DEFAULT_METHOD]
     kind = {"config/GP_smc.py": "gp", "config/UCB_smc.py": "ucb", "config/Bootstrap_smc.py": "bootstrap"}
     config = online_config(kind[spec.config], "tiny_rare", method="x")
-    for override in spec.argv():
-        field, value = override[len("--config.") :].split("=", 1)
+    effective = dict(override[len("--config.") :].split("=", 1) for override in spec.argv())
+    for field, value in effective.items():
         section, name = field.split(".")
         assert str(config[section][name]) == value, field
 
