@@ -32,6 +32,15 @@ setup(
         ]
     ),
     include_package_data=True,
+    # The two tools as commands of the environment: `.venv/bin/das-online --config config/GP_smc.py:tiny_jpeg`
+    # (the online loop, also `python -m online`) and `.venv/bin/das-sample --config config/sd.py:world`
+    # (offline DAS sampling, also `python -m das`).
+    entry_points={
+        "console_scripts": [
+            "das-online = online.online_main_smc:main",
+            "das-sample = dasapp.cli:main",
+        ]
+    },
     package_data={"online.human": ["page.html"]},
     install_requires=[
         # Ranges that the CPU wheel torch==2.13.0 satisfies; install it first.

@@ -123,6 +123,7 @@ METHODS = {
         "Thompson (no pool)", "config/Bootstrap_smc.py", ("--config.smc.guidance=thompson",), uncertainty=True
     ),
 }
+REFERENCES = ("pretrained", "ceiling")
 GREEDY_REFERENCE = {True: "gp-mean", False: "greedy"}  # the greedy of the same pool setting (and, pooled, surrogate)
 
 #: The method the world variants use by default, chosen before this plan's runs on pilot seeds 100-105 of
@@ -388,6 +389,8 @@ def _add_relative(summary: list[dict], per_run) -> None:
         if base is not None and top is not None and top != base:
             gain = (row["final_true_reward_mean"] - base) / (top - base)
         row["gain_fraction_of_ceiling"] = gain
+        if method in REFERENCES:  # pretrained and the ceiling are the scale, not contenders
+            continue
         mine = _values(per_run, oracle, method, "final")
         greedy = GREEDY_REFERENCE[row["uses_pool"]]
         for label, other in (("greedy", greedy), ("non_adaptive", "non-adaptive")):
@@ -632,7 +635,7 @@ def _cell(row: dict | None, key: str, digits: int, se: bool = True) -> str:
 
 def _lead(row: dict | None, key: str) -> str:
     value = (row or {}).get(key)
-    return "—" if _missing(value) else f"{value:+.1f}"
+    return "—" if _missing(value) else f"{value:+.1f}".replace("-", "−")
 
 
 def readme_table(payload: dict) -> str:

@@ -48,7 +48,8 @@ def sentence(figures: dict) -> str:
     first, last = figures["rounds"][0], figures["rounds"][-1]
     scored = figures["evaluate"]
     return (
-        f"In the committed run the batch's true reward (negated JPEG kB) went from {first['true_reward_mean']:.3f} "
+        "In the run behind `benchmarks/results/demo.json` the batch's true reward (negated JPEG kB) went "
+        f"from {first['true_reward_mean']:.3f} "
         f"(pretrained, round 0) to {last['true_reward_mean']:.3f} in round {last['round']} "
         f"({last['queries_total']} queries), and evaluate mode scored {scored['true_reward_mean']:.3f} "
         f"± {scored['true_reward_std']:.3f} (mean ± std of {scored['num_images']} images); the loop's rounds "

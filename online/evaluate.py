@@ -32,6 +32,7 @@ from online.errors import RunError
 from online.guidance import SurrogateReward, ZeroReward
 from online.metrics import evaluation_metrics
 from online.oracles import query_with_retries
+from online.progress import bars_wanted
 from online.run_directory import RunDirectory
 from online.sampling import SamplingSetup, non_finite_rows, sample_prompts
 from online.seeds import stream_seed
@@ -170,7 +171,7 @@ def _sample_and_stage(evaluation: Evaluation) -> None:
         evaluation.featurizer,
         settings,
         config.smc.prompts_per_call,
-        progress=config.progress and evaluation.main,
+        progress=bars_wanted(config.progress, evaluation.main),
     )
     seed = stream_seed(config.seed, 0, "evaluate", accelerator.process_index)
     batch = sample_prompts(setup, lambda call: reward, prompts, per_prompt, seed, accelerator)

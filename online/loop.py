@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from dasapp.stopping import deferred
 from online import builders, faults
@@ -33,6 +32,7 @@ from online.errors import RunError
 from online.guidance import SurrogateReward, ZeroReward
 from online.metrics import plot_reward_vs_queries, print_table, round_metrics
 from online.oracles import NoisyOracle
+from online.progress import RoundProgress, bars_wanted
 from online.run_directory import RoundFiles, RunDirectory
 from online.sampling import SamplingSetup, merge_batches, non_finite_rows, sample_prompts
 from online.seeds import STREAMS, call_seed, rng_record, round_prompts, stream_seed
@@ -94,11 +94,12 @@ def _train(config, accelerator, run: RunDirectory) -> Path:
     training = _load_models(config, accelerator, run)
     _prepare_directory(training)
     first = _restore(training)
-    rounds = tqdm(range(first, config.loop.num_rounds), desc="rounds", disable=not (training.main and config.progress))
-    for k in rounds:
-        row = _run_round(training, k)
-        if row is not None:
-            rounds.set_postfix(true_mean=f"{row['true_reward']['mean']:.3f}")
+    progress = RoundProgress(first, config.loop.num_rounds, enabled=training.main, bar=config.progress)
+    try:
+        for k in range(first, config.loop.num_rounds):
+            progress.done(k, _run_round(training, k))
+    finally:
+        progress.close()
     if training.main and training.rows:
         _summarize(training)
     return run.path
@@ -223,7 +224,7 @@ def _sample_round(training: Training, k: int) -> dict | None:
         training.featurizer,
         settings,
         config.smc.prompts_per_call,
-        progress=config.progress and accelerator.is_main_process,
+        progress=bars_wanted(config.progress, accelerator.is_main_process),
     )
     prompts = round_prompts(training.prompts, count, config.seed, k)
     seed = stream_seed(config.seed, k, "sample", accelerator.process_index)
@@ -245,7 +246,7 @@ def _add_pretrained(training: Training, k: int, batch: dict | None, guided: int,
         training.featurizer,
         builders.sampler_settings(config, num_particles=1),
         config.smc.prompts_per_call,
-        progress=config.progress and accelerator.is_main_process,
+        progress=bars_wanted(config.progress, accelerator.is_main_process),
     )
     prompts = round_prompts(training.prompts, guided + extra, config.seed, k)[guided:]
     seed = call_seed(stream_seed(config.seed, k, "sample", accelerator.process_index), 2)
