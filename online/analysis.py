@@ -175,11 +175,37 @@ def _cross_rewards(images: torch.Tensor, optimized: str) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------- summary
 def group(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
-    """Runs by (oracle, method), each group sorted by seed."""
-    groups: dict[tuple[str, str], list[Run]] = {}
+    """Runs by (oracle, method), each group sorted by seed, one run per seed: a second run of a seed already
+    in its group is left out with a warning line (the same seed twice is not two independent samples)."""
+    groups: dict[tuple[str, str], dict[int, Run]] = {}
     for run in runs:
-        groups.setdefault((run.oracle, run.method), []).append(run)
-    return {key: sorted(value, key=lambda r: r.seed) for key, value in sorted(groups.items())}
+        members = groups.setdefault((run.oracle, run.method), {})
+        if run.seed in members:
+            _warn(
+                f"{run.path} is seed {run.seed} of {run.oracle}/{run.method} again (as {members[run.seed].path}); "
+                "it is left out: the same seed twice is not two independent samples."
+            )
+            continue
+        members[run.seed] = run
+    return {key: [value[seed] for seed in sorted(value)] for key, value in sorted(groups.items())}
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether `path` holds a loop run (its ``config.json`` and ``metrics.jsonl``)."""
+    return (path / "config.json").is_file() and (path / "metrics.jsonl").is_file()
+
+
+def expand_run_dirs(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """``(runs, empty)``: each path that is a run, or the runs directly inside a folder given instead
+    (``python -m online.analysis runs``); `empty` lists the paths that are neither."""
+    runs, empty = [], []
+    for path in paths:
+        if is_run_dir(path):
+            runs.append(path)
+            continue
+        inside = sorted(child for child in path.iterdir() if child.is_dir() and is_run_dir(child))
+        (runs.extend(inside) if inside else empty.append(path))
+    return runs, empty
 
 
 def summary_rows(runs: Sequence[Run]) -> list[dict]:
@@ -507,7 +533,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "calibration, cross rewards, image grids, a summary table and one self-contained report.html.",
         epilog="Example: python -m online.analysis runs/UCB-s0 runs/UCB-s1 runs/Greedy-s0 --out reports/cmp",
     )
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (each with config.json)")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        type=Path,
+        help="run directories, or folders of them (e.g. runs/), each run with config.json",
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for the figures, tables and report.html")
     parser.add_argument("--title", default="Online runs", help="the report's title")
     args = parser.parse_args(argv)
@@ -518,7 +549,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out.exists() and not args.out.is_dir():
         print(f"error: --out {str(args.out)!r} is a file; give a folder.", file=sys.stderr)
         return 2
-    written = write_report(args.runs, args.out, args.title)
+    runs, empty = expand_run_dirs(args.runs)
+    if empty:
+        names = ", ".join(str(p) for p in empty)
+        print(
+            f"error: no run in {names} (a run directory holds config.json and metrics.jsonl; a folder given "
+            "instead is read for the runs directly inside it).",
+            file=sys.stderr,
+        )
+        return 2
+    written = write_report(runs, args.out, args.title)
     print(f"Wrote {written['report']} ({len(written)} files in {args.out}).")
     return 0
 

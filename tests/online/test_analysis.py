@@ -91,6 +91,34 @@ def test_the_command_line(three_runs, tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
 
 
+def test_a_folder_of_runs_is_read_and_a_folder_without_one_is_refused(three_runs, tmp_path, capsys):
+    folder = three_runs[0].parent
+    assert main([str(folder), "--out", str(tmp_path / "all")]) == 0
+    assert (tmp_path / "all" / "summary.csv").read_text().count("\n") == 3  # header, Greedy, UCB
+    empty = tmp_path / "not_runs"
+    (empty / "notes").mkdir(parents=True)
+    capsys.readouterr()
+    assert main([str(empty), "--out", str(tmp_path / "none")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "no run in" in err[0] and str(empty) in err[0]
+    assert not (tmp_path / "none").exists()
+
+
+def test_the_same_seed_twice_counts_once(three_runs, tmp_path, capsys):
+    import shutil
+
+    from online.analysis import load_run
+
+    copy = tmp_path / "a-again"
+    shutil.copytree(three_runs[0], copy)
+    runs = [load_run(path, details=False) for path in [*three_runs, copy]]
+    capsys.readouterr()
+    groups = group(runs)
+    assert [r.seed for r in groups[("jpeg", "UCB")]] == [0, 1]
+    assert [r.path for r in groups[("jpeg", "UCB")]][0] == three_runs[0]
+    assert "is seed 0 of jpeg/UCB again" in capsys.readouterr().err
+
+
 def test_a_method_name_comes_from_the_config_or_its_surrogate_and_guidance():
     from pathlib import Path
 
