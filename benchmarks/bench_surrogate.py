@@ -109,7 +109,9 @@ def bench_fit_and_bonus(n: int, d: int, results: dict) -> None:
         "note": "same model and fit as 'ucb' (scored by its posterior mean); not timed separately",
     }
     fits["gp"]["note"] = (
-        f"default max_points=512, max_iter=100: fitted on a random subset of 512 of the {n} points (PCA to 32 dims)"
+        f"default method='auto' with {n} > max_points=512: the sparse variational GP on all {n} points "
+        "(512 inducing points, PCA to 32 dims); only the kernel, noise and mean hyperparameters come from the "
+        "exact GP's marginal likelihood on a random subset of 512 points (objective 'mll_subset', max_iter=100)"
     )
     results["fit_n4096_d768"] = fits
 
@@ -164,8 +166,9 @@ def bench_gp_scaling(d: int, sizes: list[int], results: dict, limit_s: float = 6
         "load_average_at_end": list(os.getloadavg()),
         "rows": rows,
         "largest_n_tried_under_60s": max(under) if under else None,
-        "fallback": "beyond max_points (default 512) the GP is fitted on a uniformly random subset of "
-        "max_points points drawn with the fit generator, with a UserWarning",
+        "fallback": "beyond max_points (default 512) method='auto' (default) fits the sparse GP on every point; only "
+        "method='exact' fits a uniformly random subset of max_points points drawn with the fit generator, "
+        "with a UserWarning",
     }
 
 
@@ -401,17 +404,16 @@ def _run_sections(args, results: dict) -> None:
 
 
 def _record_targets(results: dict) -> None:
+    """Set the fit/bonus targets from the sections present in ``results`` (a fresh ``--out`` holds only those run)."""
     targets = results.setdefault("targets", {})
-    targets["ucb_fit_le_15s"] = results["fit_n4096_d768"]["ucb"]["seconds"] <= 15.0
-    if "ucb_fit_n4096_d768_by_threads" in results:
-        targets["ucb_fit_le_15s_any_thread_count"] = (
-            min(
-                [results["fit_n4096_d768"]["ucb"]["seconds"]]
-                + [r["seconds"] for r in results["ucb_fit_n4096_d768_by_threads"]["rows"]]
-            )
-            <= 15.0
-        )
-    targets["bonus_speedup_ge_50x"] = results["bonus_throughput_1024_queries"]["speedup_bonus_only"] >= 50.0
+    fit = results.get("fit_n4096_d768")
+    if fit is not None:
+        targets["ucb_fit_le_15s"] = fit["ucb"]["seconds"] <= 15.0
+        targets["bonus_speedup_ge_50x"] = results["bonus_throughput_1024_queries"]["speedup_bonus_only"] >= 50.0
+    by_threads = results.get("ucb_fit_n4096_d768_by_threads", {}).get("rows", [])
+    fit_times = ([fit["ucb"]["seconds"]] if fit is not None else []) + [r["seconds"] for r in by_threads]
+    if by_threads:
+        targets["ucb_fit_le_15s_any_thread_count"] = min(fit_times) <= 15.0
 
 
 if __name__ == "__main__":

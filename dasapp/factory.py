@@ -149,7 +149,9 @@ def build_adapter(model, device: str):
         kwargs["eta"] = model.eta
         if model.negative_prompt:
             kwargs["negative_prompt"] = model.negative_prompt
-    adapter = ADAPTERS.build(model.family).from_pretrained(model.path, **kwargs)
+    local = resolve_path(model.path)  # a folder of the repository (the world's model) from any working directory
+    path = str(local) if local.exists() else model.path  # else a hub id, or a path the loader reports missing
+    adapter = ADAPTERS.build(model.family).from_pretrained(path, **kwargs)
     speed = {flag: bool(model[flag]) for flag in ("channels_last", "compile_unet") if model.get(flag, False)}
     return adapter.set_speed_options(**speed) if speed else adapter
 

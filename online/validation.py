@@ -161,10 +161,10 @@ def _validate_loop(loop, smc, surrogate_kind: str) -> None:
             f"loop.images_per_prompt ({loop.images_per_prompt}) exceeds smc.num_particles ({smc.num_particles}): "
             f"a prompt's particles allow at most {smc.num_particles} queries; lower it or raise num_particles."
         )
-    if loop.queries_per_round % loop.images_per_prompt:
+    if not loop.pool_size and loop.queries_per_round % loop.images_per_prompt:  # a pool's batch is any size
         raise ConfigError(
             f"loop.queries_per_round ({loop.queries_per_round}) must be a multiple of "
-            f"loop.images_per_prompt ({loop.images_per_prompt})."
+            f"loop.images_per_prompt ({loop.images_per_prompt}) without a pool (loop.pool_size=0)."
         )
     _validate_pools(loop)
 
