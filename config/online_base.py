@@ -174,7 +174,7 @@ def _base(surrogate_kind: str, acquisition: str) -> ml_collections.ConfigDict:
     c.loop.queries_per_round = 16
     c.loop.images_per_prompt = 1  # queried images per prompt: the K particles by weight
     # A candidate pool (surrogate/batch_selection.py): rounds k > 0 sample pool_size candidates with DAS
-    # and query the queries_per_round that loop.acquisition picks ("qucb", "qlognei", "penalized");
+    # and query the queries_per_round that loop.acquisition picks ("qucb", "qlognei", "thompson", "penalized");
     # 0 and "": the batch is what DAS samples (the behaviour before pools).
     c.loop.pool_size = 0
     c.loop.acquisition = ""
