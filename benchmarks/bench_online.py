@@ -57,6 +57,8 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from atomicfile import atomic_write_text
+from benchmarks.common import replace_between_markers
 from config.online_base import NO_POOL, WORLD_POOL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,38 +86,26 @@ class Method:
 
 
 GP, GREEDY = "config/GP_smc.py", "config/Greedy_smc.py"
+
+
+def _gp_pool_ucb(label: str, *overrides: str) -> Method:
+    """The GP choosing each pool's batch by qUCB, with `overrides` on top."""
+    return Method(label, GP, ("--config.loop.acquisition=qucb", *overrides), pool=True, uncertainty=True, cost=6)
+
+
 METHODS = {
     "pretrained": Method("Pretrained", GREEDY, ("--config.smc.guidance=none",), cost=1),
     "ceiling": Method("Ceiling", GREEDY, ("--config.smc.guidance=oracle",), cost=4),
     "non-adaptive": Method("Non-adaptive (GP mean, pool)", GP, MEAN, pool=True, cost=3),
     "greedy": Method("Greedy (MLP mean, no pool)", GREEDY),
     "gp-mean": Method("Greedy (GP mean, pool)", GP, MEAN, pool=True, cost=6),
-    "gp-qucb": Method("GP qUCB (pool)", GP, ("--config.loop.acquisition=qucb",), pool=True, uncertainty=True, cost=6),
+    "gp-qucb": _gp_pool_ucb("GP qUCB (pool)"),
     "gp-thompson": Method("GP Thompson (pool)", GP, pool=True, uncertainty=True, cost=6),
-    "gp-qucb-exploit": Method(
-        "GP qUCB, last round greedy (pool)",
-        GP,
-        ("--config.loop.acquisition=qucb", "--config.acquisition.exploit_last_round=True"),
-        pool=True,
-        uncertainty=True,
-        cost=6,
+    "gp-qucb-exploit": _gp_pool_ucb(
+        "GP qUCB, last round greedy (pool)", "--config.acquisition.exploit_last_round=True"
     ),
-    "gp-qucb-beta2": Method(
-        "GP qUCB β = 2 (pool)",
-        GP,
-        ("--config.loop.acquisition=qucb", "--config.acquisition.beta=2.0"),
-        pool=True,
-        uncertainty=True,
-        cost=6,
-    ),
-    "gp-qucb-growing": Method(
-        "GP qUCB, growing β (pool)",
-        GP,
-        ("--config.loop.acquisition=qucb", "--config.acquisition.beta_schedule=gp_ucb"),
-        pool=True,
-        uncertainty=True,
-        cost=6,
-    ),
+    "gp-qucb-beta2": _gp_pool_ucb("GP qUCB β = 2 (pool)", "--config.acquisition.beta=2.0"),
+    "gp-qucb-growing": _gp_pool_ucb("GP qUCB, growing β (pool)", "--config.acquisition.beta_schedule=gp_ucb"),
     "ucb": Method("UCB (no pool)", "config/UCB_smc.py", uncertainty=True),
     "bootstrap": Method("Bootstrap (no pool)", "config/Bootstrap_smc.py", uncertainty=True),
     "gp": Method("GP (no pool)", GP, uncertainty=True),
@@ -128,8 +118,7 @@ GREEDY_REFERENCE = {True: "gp-mean", False: "greedy"}  # the greedy of the same 
 
 #: The method the world variants use by default, chosen before this plan's runs on pilot seeds 100-105 of
 #: the rare task by a rule fixed before the pilot: the GP pool variant using uncertainty with the best mean
-#: final reward (Thompson 0.834, qUCB with a greedy last round 0.833, qUCB 0.822, qUCB β = 2 0.802; the
-#: GP's mean, no uncertainty, 0.834), and the runner-up as the plan's second method using uncertainty.
+#: final reward is the default, the runner-up the plan's second method using uncertainty.
 DEFAULT_METHOD = "gp-thompson"
 #: The committed plan: per task, its seeds and methods; ``evaluate``: the methods whose last
 #: checkpoint is evaluated (the pretrained reference is evaluated on the same seeds).
@@ -476,10 +465,7 @@ def _strict(value):
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_strict(payload), indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_strict(payload), indent=2, allow_nan=False))
 
 
 def _collect(plan: dict, args) -> dict[tuple[str, str], dict[int, dict]]:
@@ -551,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = _payload(header, plan, args, results, time.perf_counter() - started, previous)
     _write_json(out, payload)
     _print_summary(payload, out)
-    if args.update_readme and not update_readme(REPO / "README.md", readme_table(json.loads(out.read_text()))):
+    table = readme_table(json.loads(out.read_text()))
+    if args.update_readme and not replace_between_markers(REPO / "README.md", README_START, README_END, table):
         print(
             f"README.md has no {README_START!r} … {README_END!r} markers; the table was not written", file=sys.stderr
         )
@@ -702,19 +689,6 @@ def _verdict(payload: dict, rows: dict) -> str:
         f"({payload['machine'].get('cpu_count')} cores, {payload['settings']['workers']} workers)."
     )
     return " ".join(parts)
-
-
-def update_readme(readme: Path, table: str) -> bool:
-    """Replaces the text between the README's markers with ``table``; False when the markers are missing."""
-    text = readme.read_text(encoding="utf-8")
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start:
-        return False
-    new = text[: start + len(README_START)] + "\n" + table + "\n" + text[end:]
-    tmp = readme.with_name(readme.name + ".tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, readme)
-    return True
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from atomicfile import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -34,3 +36,14 @@ def write_result(name: str, payload: dict) -> Path:
     tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
     os.replace(tmp, path)
     return path
+
+
+def replace_between_markers(path: Path, start: str, end: str, text: str) -> bool:
+    """Replaces what lies between the lines `start` and `end` of `path` with `text` (atomically);
+    False, and nothing written, when the markers are missing."""
+    content = path.read_text(encoding="utf-8")
+    first, last = content.find(start), content.find(end)
+    if first < 0 or last < first:
+        return False
+    atomic_write_text(path, content[: first + len(start)] + "\n" + text + "\n" + content[last:])
+    return True

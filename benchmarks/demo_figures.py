@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
+
+from atomicfile import atomic_write_text
+from benchmarks.common import replace_between_markers
 
 REPO = Path(__file__).resolve().parents[1]
 README_START = "<!-- demo figures (python -m benchmarks.demo_figures --update-readme) -->"
@@ -57,19 +59,6 @@ def sentence(figures: dict) -> str:
     ).replace("-", "−")
 
 
-def update_readme(readme: Path, text: str) -> bool:
-    """Replaces the text between the README's demo markers; False when they are missing."""
-    content = readme.read_text(encoding="utf-8")
-    start, end = content.find(README_START), content.find(README_END)
-    if start < 0 or end < start:
-        return False
-    new = content[: start + len(README_START)] + "\n" + text + "\n" + content[end:]
-    tmp = readme.with_name(readme.name + ".tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, readme)
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.demo_figures", description=__doc__.splitlines()[0])
     p.add_argument("--run", default=str(REPO / "runs" / "demo"), help="the demo's run directory")
@@ -82,15 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as error:
         print(f"error: cannot read the demo's figures: {error}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(figures, indent=2))
-    os.replace(tmp, out)
+    atomic_write_text(args.out, json.dumps(figures, indent=2))
     plot = Path(args.run) / "reward_vs_queries.png"
     if plot.is_file():
         shutil.copyfile(plot, REPO / "docs" / "images" / "demo_reward_vs_queries.png")
     print(sentence(figures))
-    if args.update_readme and not update_readme(REPO / "README.md", sentence(figures)):
+    if args.update_readme and not replace_between_markers(
+        REPO / "README.md", README_START, README_END, sentence(figures)
+    ):
         print(f"error: README.md has no {README_START!r} … {README_END!r} markers", file=sys.stderr)
         return 1
     return 0

@@ -36,7 +36,7 @@ from online.progress import bars_wanted
 from online.run_directory import RunDirectory
 from online.sampling import SamplingSetup, non_finite_rows, sample_prompts
 from online.seeds import stream_seed
-from online.validation import resume_config, surrogate_path, validate
+from online.validation import prepared_config, surrogate_path
 
 
 @dataclass
@@ -74,9 +74,7 @@ def run_evaluation(config, accelerator, overrides: dict | None = None) -> Path:
         RunError: the oracle answered no item (the files are written, the journal kept), or a
             filesystem error while running (the message names the resume command).
     """
-    if config.resume_from:
-        config = resume_config(config, overrides)
-    validate(config)  # pure; every process, before the main one creates anything
+    config = prepared_config(config, overrides)  # pure; every process, before the main one creates anything
     return evaluate(config, accelerator)
 
 

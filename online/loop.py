@@ -37,7 +37,7 @@ from online.run_directory import RoundFiles, RunDirectory
 from online.sampling import SamplingSetup, merge_batches, non_finite_rows, sample_prompts
 from online.seeds import STREAMS, call_seed, rng_record, round_prompts, stream_seed
 from online.tracking import log_round, start_trackers
-from online.validation import resume_config, validate
+from online.validation import prepared_config
 
 __all__ = ["STREAMS", "round_prompts", "run_training", "stream_seed", "train"]
 
@@ -75,9 +75,7 @@ def run_training(config, accelerator, overrides: dict | None = None) -> Path:
         overrides: on a resume, the fields given explicitly on the command line (see
             :func:`online.validation.resume_config`); None takes the safe fields of `config`.
     """
-    if config.resume_from:
-        config = resume_config(config, overrides)
-    validate(config)  # pure; every process, before the main one creates anything
+    config = prepared_config(config, overrides)  # pure; every process, before the main one creates anything
     return train(config, accelerator)
 
 

@@ -81,13 +81,11 @@ def run(config, overrides: dict | None = None) -> int:
     from dasapp.config_checks import ConfigError
     from dasapp.run_dirs import RunDirError
     from online.errors import RunError, describe_os_error
-    from online.validation import resume_config, validate
+    from online.validation import prepared_config
     from surrogate import SurrogateCheckpointError
 
     try:
-        if config.resume_from:  # a training run, or (mode=evaluate) an evaluation
-            config = resume_config(config, overrides)
-        validate(config)
+        config = prepared_config(config, overrides)
     except ConfigError as error:
         return _fail(error, 2)
     from accelerate import Accelerator

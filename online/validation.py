@@ -345,6 +345,19 @@ def surrogate_path(path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- resume
+def prepared_config(config, overrides: dict | None = None):
+    """The config a run or evaluation uses: with ``resume_from``, the stored one (:func:`resume_config`,
+    `overrides` the fields typed on the command line), then :func:`validate`; pure, creates nothing.
+
+    Raises:
+        ConfigError: anything :func:`resume_config` or :func:`validate` refuses.
+    """
+    if config.resume_from:  # a training run, or (mode=evaluate) an evaluation
+        config = resume_config(config, overrides)
+    validate(config)
+    return config
+
+
 def resume_config(config, overrides: dict | None = None):
     """The config a resumed run (or, with ``mode="evaluate"``, a resumed evaluation) uses: its
     stored ``config.json`` (:func:`stored_run_config`) plus the allowed changes.
